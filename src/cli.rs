@@ -1,0 +1,176 @@
+//! The command line shared by the `hyperfork` binary and every binary built on the library.
+//!
+//! Every flag is optional here: defaults live in [`crate::config`], so that a flag that was not given
+//! can fall back to the environment and then to the TOML file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Flags accepted by every hyperfork binary.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "hyperfork",
+    version,
+    about = "A pre-fork master for Rust HTTP services",
+    long_about = "Binds the listening socket once, forks a pool of workers that share it, restarts any worker \
+                  that dies into the same slot, and shuts down gracefully on SIGTERM."
+)]
+pub struct Cli {
+    /// Host to listen on (env HYPERFORK_HOST) [default: 127.0.0.1]
+    #[arg(long, global = true, value_name = "HOST")]
+    pub host: Option<String>,
+
+    /// TCP port to listen on (env HYPERFORK_PORT) [default: 8000]
+    #[arg(long, global = true, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT or unix:/path (env HYPERFORK_BIND,
+    /// comma-separated). Replaces --host/--port.
+    #[arg(long, global = true, value_name = "ADDRESS")]
+    pub bind: Vec<String>,
+
+    /// Listen backlog: connections the kernel queues before a worker accepts them (env HYPERFORK_BACKLOG)
+    /// [default: 2048]
+    #[arg(long, global = true, value_name = "N", value_parser = positive_u32)]
+    pub backlog: Option<u32>,
+
+    /// Number of workers; overrides the computed size (env UVICORN_WORKERS, WEB_CONCURRENCY)
+    #[arg(long, short = 'w', global = true, value_name = "N", value_parser = positive_usize)]
+    pub workers: Option<usize>,
+
+    /// Upper bound of the computed worker count (env HYPERFORK_MAX_WORKERS) [default: 8]
+    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
+    pub max_workers: Option<usize>,
+
+    /// Development mode: exactly one worker and debug logging (env HYPERFORK_DEBUG)
+    #[arg(long, global = true)]
+    pub debug: bool,
+
+    /// Runtime threads per worker: 1 = current-thread runtime, more = multi-thread runtime
+    /// (env HYPERFORK_THREADS) [default: 1]
+    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
+    pub threads: Option<usize>,
+
+    /// How long SIGTERM waits for in-flight requests before killing workers, e.g. 30s, 2m, 500ms
+    /// (env HYPERFORK_GRACEFUL_TIMEOUT) [default: 30s]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub graceful_timeout: Option<Duration>,
+
+    /// Log level (env HYPERFORK_LOG_LEVEL; RUST_LOG, when set, takes precedence) [default: info]
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+
+    /// TOML configuration file (env HYPERFORK_CONFIG)
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do; without a subcommand the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print the worker-count decision, every input it used, and exit.
+    Plan {
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Log levels, named as uvicorn names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Only errors (uvicorn's `critical`).
+    Critical,
+    /// Errors.
+    Error,
+    /// Warnings and errors.
+    Warning,
+    /// The default.
+    Info,
+    /// Verbose; `--debug` selects it.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` level filter this level stands for.
+    pub fn as_filter(self) -> tracing::level_filters::LevelFilter {
+        use tracing::level_filters::LevelFilter;
+        match self {
+            LogLevel::Critical | LogLevel::Error => LevelFilter::ERROR,
+            LogLevel::Warning => LevelFilter::WARN,
+            LogLevel::Info => LevelFilter::INFO,
+            LogLevel::Debug => LevelFilter::DEBUG,
+            LogLevel::Trace => LevelFilter::TRACE,
+        }
+    }
+
+    /// Parses a level name as written in the environment or the TOML file.
+    pub fn from_name(name: &str) -> Option<Self> {
+        <LogLevel as ValueEnum>::from_str(name, true).ok()
+    }
+}
+
+/// Parses a strictly positive count.
+pub fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n >= 1 && n <= usize::MAX as i128 => Ok(n as usize),
+        Ok(_) => Err(format!("expected a positive integer (1 or more), got {s:?}")),
+        Err(_) => Err(format!("expected a positive integer, got {s:?}")),
+    }
+}
+
+/// Parses a strictly positive `u32`.
+pub fn positive_u32(s: &str) -> Result<u32, String> {
+    let n = positive_usize(s)?;
+    u32::try_from(n).map_err(|_| format!("expected an integer from 1 to {}, got {s:?}", u32::MAX))
+}
+
+/// Parses a duration: a plain number of seconds (`30`) or a humantime string (`30s`, `1m 30s`, `500ms`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|_| format!("expected a duration such as 30, 30s, 2m or 500ms, got {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positive_counts() {
+        assert_eq!(positive_usize("4"), Ok(4));
+        assert!(positive_usize("0").is_err());
+        assert!(positive_usize("-1").is_err());
+        assert!(positive_usize("abc").is_err());
+        assert!(positive_u32("5000000000").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn every_flag_is_global_so_it_works_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["hyperfork", "plan", "--workers", "3", "--json"]).unwrap();
+        assert_eq!(cli.workers, Some(3));
+        assert!(matches!(cli.command, Some(Command::Plan { json: true })));
+    }
+}

@@ -1,0 +1,637 @@
+//! Settings: command line, then environment, then TOML file, then defaults.
+//!
+//! [`Settings::resolve`] merges the layers and remembers where each value came from ([`Source`]), so that
+//! `hyperfork plan` and the startup log can say why the pool has the size it has. An empty environment
+//! variable counts as unset.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{self, Cli, LogLevel};
+use crate::error::ConfigError;
+use crate::listener::BindSpec;
+
+/// Default TCP host.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// Default TCP port.
+pub const DEFAULT_PORT: u16 = 8000;
+/// Default listen backlog.
+pub const DEFAULT_BACKLOG: u32 = 2048;
+/// Default cap of the computed worker count.
+pub const DEFAULT_MAX_WORKERS: usize = 8;
+/// Default graceful shutdown timeout.
+pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A command-line flag, e.g. `--workers`.
+    Cli(&'static str),
+    /// An environment variable, e.g. `UVICORN_WORKERS`.
+    Env(&'static str),
+    /// A key of the TOML file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+    },
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Cli(flag) => write!(f, "{flag}"),
+            Source::Env(name) => write!(f, "env {name}"),
+            Source::File { path, key } => write!(f, "{} key `{key}`", path.display()),
+            Source::Default => write!(f, "default"),
+        }
+    }
+}
+
+/// A value together with its [`Source`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sourced<T> {
+    /// The value.
+    pub value: T,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// The fully resolved settings the master runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Addresses to listen on, at least one.
+    pub binds: Vec<Sourced<BindSpec>>,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// An explicit worker count, if any layer gave one.
+    pub workers: Option<Sourced<usize>>,
+    /// Cap of the computed worker count.
+    pub max_workers: Sourced<usize>,
+    /// Development mode: one worker, debug logs.
+    pub debug: Sourced<bool>,
+    /// Runtime threads per worker (1 = current-thread runtime).
+    pub threads: usize,
+    /// How long a graceful shutdown waits before killing workers.
+    pub graceful_timeout: Duration,
+    /// Log level (ignored when `RUST_LOG` is set).
+    pub log_level: LogLevel,
+    /// The configuration file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The TOML file's schema. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    host: Option<String>,
+    port: Option<u16>,
+    bind: Option<Vec<String>>,
+    backlog: Option<toml::Spanned<u32>>,
+    workers: Option<toml::Spanned<i64>>,
+    max_workers: Option<toml::Spanned<i64>>,
+    debug: Option<bool>,
+    threads: Option<toml::Spanned<i64>>,
+    graceful_timeout: Option<toml::Spanned<DurationValue>>,
+    log_level: Option<LogLevel>,
+}
+
+/// A duration in the TOML file: integer seconds or a string such as `"30s"`.
+#[derive(Debug)]
+struct DurationValue(Result<Duration, String>);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: integer seconds or a string such as \"30s\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
+                u64::try_from(v)
+                    .map(|s| DurationValue(Ok(Duration::from_secs(s))))
+                    .map_err(|_| E::custom(format!("expected a non-negative number of seconds, got {v}")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationValue, E> {
+                Ok(DurationValue(Ok(Duration::from_secs(v))))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                Ok(DurationValue(cli::parse_duration(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads environment variables; a seam so tests can pass a map instead of the process environment.
+pub trait Env {
+    /// The variable's value, `None` when unset or empty.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned().filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn env_count(env: &dyn Env, name: &'static str) -> Result<Option<Sourced<usize>>, ConfigError> {
+    match env.get(name) {
+        None => Ok(None),
+        Some(v) => cli::positive_usize(&v)
+            .map(|n| {
+                Some(Sourced {
+                    value: n,
+                    source: Source::Env(name),
+                })
+            })
+            .map_err(|_| ConfigError::Env {
+                name,
+                value: v,
+                expected: "a positive integer (1 or more)",
+            }),
+    }
+}
+
+fn env_parse<T>(
+    env: &dyn Env,
+    name: &'static str,
+    expected: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, ConfigError> {
+    match env.get(name) {
+        None => Ok(None),
+        Some(v) => parse(v.trim()).map(Some).ok_or(ConfigError::Env {
+            name,
+            value: v,
+            expected,
+        }),
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key written on the line holding `offset` (the text before `=`), if any.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = &text[start..end];
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('#')).then(|| key.to_string())
+}
+
+fn file_error(path: &Path, text: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
+    ConfigError::File {
+        path: path.to_path_buf(),
+        line: line_of(text, span.start),
+        message,
+    }
+}
+
+fn load_file(path: &Path) -> Result<(FileConfig, String), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match toml::from_str::<FileConfig>(&text) {
+        Ok(cfg) => Ok((cfg, text)),
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().replace('\n', " ");
+            let message = match key_at(&text, span.start) {
+                Some(key) if !msg.contains(&format!("`{key}`")) => format!("key `{key}`: {msg}"),
+                _ => msg,
+            };
+            Err(file_error(path, &text, span, message))
+        }
+    }
+}
+
+/// Checks a count read from the TOML file.
+fn file_count(
+    path: &Path,
+    text: &str,
+    key: &'static str,
+    v: &toml::Spanned<i64>,
+) -> Result<Sourced<usize>, ConfigError> {
+    let n = *v.get_ref();
+    if n < 1 {
+        return Err(file_error(
+            path,
+            text,
+            v.span(),
+            format!("key `{key}`: expected a positive integer (1 or more), got {n}"),
+        ));
+    }
+    Ok(Sourced {
+        value: n as usize,
+        source: Source::File {
+            path: path.to_path_buf(),
+            key,
+        },
+    })
+}
+
+fn parse_binds(
+    values: &[String],
+    source: Source,
+    out: &mut Vec<Sourced<BindSpec>>,
+) -> Result<(), ConfigError> {
+    for v in values {
+        let spec = BindSpec::parse(v).ok_or_else(|| ConfigError::Bind {
+            value: v.clone(),
+            source_name: source.to_string(),
+        })?;
+        out.push(Sourced {
+            value: spec,
+            source: source.clone(),
+        });
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Merges command line, environment and the TOML file (from `--config` or `HYPERFORK_CONFIG`).
+    pub fn resolve(cli: &Cli, env: &dyn Env) -> Result<Settings, ConfigError> {
+        let config_file = cli
+            .config
+            .clone()
+            .or_else(|| env.get("HYPERFORK_CONFIG").map(PathBuf::from));
+        let (file, text) = match &config_file {
+            Some(p) => load_file(p)?,
+            None => (FileConfig::default(), String::new()),
+        };
+        let path = config_file.clone().unwrap_or_default();
+        let from_file = |key: &'static str| Source::File {
+            path: path.clone(),
+            key,
+        };
+
+        // Worker count: --workers > UVICORN_WORKERS > WEB_CONCURRENCY > HYPERFORK_WORKERS > file.
+        let workers = match cli.workers {
+            Some(n) => Some(Sourced {
+                value: n,
+                source: Source::Cli("--workers"),
+            }),
+            None => match env_count(env, "UVICORN_WORKERS")? {
+                Some(s) => Some(s),
+                None => match env_count(env, "WEB_CONCURRENCY")? {
+                    Some(s) => Some(s),
+                    None => match env_count(env, "HYPERFORK_WORKERS")? {
+                        Some(s) => Some(s),
+                        None => match &file.workers {
+                            Some(v) => Some(file_count(&path, &text, "workers", v)?),
+                            None => None,
+                        },
+                    },
+                },
+            },
+        };
+
+        let max_workers = match cli.max_workers {
+            Some(n) => Sourced {
+                value: n,
+                source: Source::Cli("--max-workers"),
+            },
+            None => match env_count(env, "HYPERFORK_MAX_WORKERS")? {
+                Some(s) => s,
+                None => match &file.max_workers {
+                    Some(v) => file_count(&path, &text, "max_workers", v)?,
+                    None => Sourced {
+                        value: DEFAULT_MAX_WORKERS,
+                        source: Source::Default,
+                    },
+                },
+            },
+        };
+
+        let env_debug = env_parse(env, "HYPERFORK_DEBUG", "1, 0, true or false", parse_bool)?;
+        let debug = if cli.debug {
+            Sourced {
+                value: true,
+                source: Source::Cli("--debug"),
+            }
+        } else if let Some(d) = env_debug {
+            Sourced {
+                value: d,
+                source: Source::Env("HYPERFORK_DEBUG"),
+            }
+        } else if let Some(d) = file.debug {
+            Sourced {
+                value: d,
+                source: from_file("debug"),
+            }
+        } else {
+            Sourced {
+                value: false,
+                source: Source::Default,
+            }
+        };
+
+        let threads = match cli.threads {
+            Some(n) => n,
+            None => match env_count(env, "HYPERFORK_THREADS")? {
+                Some(s) => s.value,
+                None => match &file.threads {
+                    Some(v) => file_count(&path, &text, "threads", v)?.value,
+                    None => 1,
+                },
+            },
+        };
+
+        let backlog = match cli.backlog {
+            Some(n) => n,
+            None => match env_parse(env, "HYPERFORK_BACKLOG", "an integer from 1 to 4294967295", |s| {
+                cli::positive_u32(s).ok()
+            })? {
+                Some(n) => n,
+                None => match &file.backlog {
+                    Some(v) if *v.get_ref() == 0 => {
+                        return Err(file_error(
+                            &path,
+                            &text,
+                            v.span(),
+                            "key `backlog`: expected a positive integer (1 or more), got 0".into(),
+                        ));
+                    }
+                    Some(v) => *v.get_ref(),
+                    None => DEFAULT_BACKLOG,
+                },
+            },
+        };
+
+        let graceful_timeout = match cli.graceful_timeout {
+            Some(d) => d,
+            None => match env_parse(
+                env,
+                "HYPERFORK_GRACEFUL_TIMEOUT",
+                "a duration such as 30, 30s or 2m",
+                |s| cli::parse_duration(s).ok(),
+            )? {
+                Some(d) => d,
+                None => match &file.graceful_timeout {
+                    Some(v) => match &v.get_ref().0 {
+                        Ok(d) => *d,
+                        Err(msg) => {
+                            return Err(file_error(
+                                &path,
+                                &text,
+                                v.span(),
+                                format!("key `graceful_timeout`: {msg}"),
+                            ));
+                        }
+                    },
+                    None => DEFAULT_GRACEFUL_TIMEOUT,
+                },
+            },
+        };
+
+        let log_level = match cli.log_level {
+            Some(l) => l,
+            None => match env_parse(
+                env,
+                "HYPERFORK_LOG_LEVEL",
+                "one of critical, error, warning, info, debug, trace",
+                LogLevel::from_name,
+            )? {
+                Some(l) => l,
+                None => file.log_level.unwrap_or(if debug.value {
+                    LogLevel::Debug
+                } else {
+                    LogLevel::Info
+                }),
+            },
+        };
+        let log_level = if debug.value && cli.log_level.is_none() {
+            LogLevel::Debug
+        } else {
+            log_level
+        };
+
+        let binds = Self::resolve_binds(cli, env, &file, &path)?;
+
+        Ok(Settings {
+            binds,
+            backlog,
+            workers,
+            max_workers,
+            debug,
+            threads,
+            graceful_timeout,
+            log_level,
+            config_file,
+        })
+    }
+
+    fn resolve_binds(
+        cli: &Cli,
+        env: &dyn Env,
+        file: &FileConfig,
+        path: &Path,
+    ) -> Result<Vec<Sourced<BindSpec>>, ConfigError> {
+        let mut out = Vec::new();
+        if !cli.bind.is_empty() {
+            parse_binds(&cli.bind, Source::Cli("--bind"), &mut out)?;
+            return Ok(out);
+        }
+        if cli.host.is_none() && cli.port.is_none() {
+            if let Some(v) = env.get("HYPERFORK_BIND") {
+                let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+                parse_binds(&list, Source::Env("HYPERFORK_BIND"), &mut out)?;
+                return Ok(out);
+            }
+        }
+        let env_port = env_parse(env, "HYPERFORK_PORT", "a port number from 0 to 65535", |s| {
+            s.parse::<u16>().ok()
+        })?;
+        let env_host = env.get("HYPERFORK_HOST");
+        let host_or_port_given = cli.host.is_some()
+            || cli.port.is_some()
+            || env_port.is_some()
+            || env_host.is_some();
+        if !host_or_port_given {
+            if let Some(list) = &file.bind {
+                parse_binds(
+                    list,
+                    Source::File {
+                        path: path.to_path_buf(),
+                        key: "bind",
+                    },
+                    &mut out,
+                )?;
+                if out.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: key `bind`: expected at least one address",
+                        path.display()
+                    )));
+                }
+                return Ok(out);
+            }
+        }
+        let (host, host_src) = if let Some(h) = &cli.host {
+            (h.clone(), Source::Cli("--host"))
+        } else if let Some(h) = env_host {
+            (h, Source::Env("HYPERFORK_HOST"))
+        } else if let Some(h) = &file.host {
+            (
+                h.clone(),
+                Source::File {
+                    path: path.to_path_buf(),
+                    key: "host",
+                },
+            )
+        } else {
+            (DEFAULT_HOST.to_string(), Source::Default)
+        };
+        let port = cli.port.or(env_port).or(file.port).unwrap_or(DEFAULT_PORT);
+        let host = host.trim().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "empty host (from {host_src}): expected a host name or IP address"
+            )));
+        }
+        out.push(Sourced {
+            value: BindSpec::Tcp {
+                host: host.to_string(),
+                port,
+            },
+            source: host_src,
+        });
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut v = vec!["hyperfork"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).unwrap()
+    }
+
+    fn toml_file(body: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn cli_beats_env_beats_file() {
+        let f = toml_file("workers = 2\nmax_workers = 3\n");
+        let path = f.path().to_str().unwrap();
+        let s = Settings::resolve(&cli(&["--config", path]), &env(&[])).unwrap();
+        assert_eq!(s.workers.as_ref().unwrap().value, 2);
+        assert_eq!(s.max_workers.value, 3);
+        let s = Settings::resolve(
+            &cli(&["--config", path]),
+            &env(&[("WEB_CONCURRENCY", "5"), ("UVICORN_WORKERS", "4")]),
+        )
+        .unwrap();
+        assert_eq!(s.workers.unwrap().source, Source::Env("UVICORN_WORKERS"));
+        let s = Settings::resolve(
+            &cli(&["--config", path, "--workers", "7"]),
+            &env(&[("UVICORN_WORKERS", "4")]),
+        )
+        .unwrap();
+        assert_eq!(s.workers.unwrap().value, 7);
+    }
+
+    #[test]
+    fn empty_env_is_unset_and_bad_env_is_an_error() {
+        let s = Settings::resolve(&cli(&[]), &env(&[("UVICORN_WORKERS", "")])).unwrap();
+        assert!(s.workers.is_none());
+        for bad in ["abc", "0", "-1"] {
+            let e = Settings::resolve(&cli(&[]), &env(&[("UVICORN_WORKERS", bad)])).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("UVICORN_WORKERS") && msg.contains("positive integer"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_file_line_and_key() {
+        let f = toml_file("port = 8001\n\nworkers = \"many\"\n");
+        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":3:") && e.contains("workers"), "{e}");
+        let f = toml_file("bogus = 1\n");
+        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":1:") && e.contains("bogus"), "{e}");
+        let f = toml_file("max_workers = 0\n");
+        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":1:") && e.contains("max_workers"), "{e}");
+    }
+
+    #[test]
+    fn binds_default_and_override() {
+        let s = Settings::resolve(&cli(&[]), &env(&[])).unwrap();
+        assert_eq!(
+            s.binds[0].value,
+            BindSpec::Tcp {
+                host: "127.0.0.1".into(),
+                port: 8000
+            }
+        );
+        let s = Settings::resolve(
+            &cli(&["--bind", "[::1]:9000", "--bind", "unix:/tmp/x.sock"]),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.binds.len(), 2);
+        assert!(Settings::resolve(&cli(&["--bind", "nonsense"]), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn debug_turns_on_debug_logs() {
+        let s = Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_DEBUG", "1")])).unwrap();
+        assert!(s.debug.value);
+        assert_eq!(s.log_level, LogLevel::Debug);
+        assert!(Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_DEBUG", "maybe")])).is_err());
+    }
+}

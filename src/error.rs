@@ -1,0 +1,114 @@
+//! Error types of the library.
+//!
+//! Every error a user or the operating system can cause is a variant here, with a message that names the
+//! input and what was expected. The binary (and [`crate::Server::run`]) turns them into one line on stderr
+//! and an exit code: [`ConfigError`] exits 2 (usage), [`StartError`] exits 1, a worker boot failure exits 3.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A problem with the command line, an environment variable or the configuration file. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The command line could not be parsed (unknown flag, bad value).
+    #[error("{0}")]
+    Cli(String),
+    /// An environment variable holds a value of the wrong form.
+    #[error("invalid value {value:?} for environment variable {name}: expected {expected}")]
+    Env {
+        /// The variable's name, e.g. `UVICORN_WORKERS`.
+        name: &'static str,
+        /// The value found.
+        value: String,
+        /// What a valid value looks like.
+        expected: &'static str,
+    },
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file named by `--config` or `HYPERFORK_CONFIG`.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration file is not valid TOML or has a wrong key or type.
+    #[error("{path}:{line}: {message}")]
+    File {
+        /// The configuration file.
+        path: PathBuf,
+        /// 1-based line of the offending key.
+        line: usize,
+        /// What is wrong, naming the key and what was expected.
+        message: String,
+    },
+    /// A `--bind` / `bind` value is not a recognised address.
+    #[error("invalid bind address {value:?} (from {source_name}): expected HOST:PORT, [IPv6]:PORT or unix:/path")]
+    Bind {
+        /// The value given.
+        value: String,
+        /// Where it came from, e.g. `--bind`.
+        source_name: String,
+    },
+    /// Settings that cannot hold together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A failure while the master sets itself up (before or while forking). Exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A host name could not be resolved to an address.
+    #[error("cannot resolve host {host:?}: {source}")]
+    Resolve {
+        /// The host as given.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A listening socket could not be created, bound or put in listening state.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address as the user would write it.
+        address: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The directory meant to hold a unix socket does not exist.
+    #[error("cannot listen on unix:{path}: directory {dir} does not exist")]
+    UnixDirMissing {
+        /// The socket path.
+        path: PathBuf,
+        /// Its parent directory.
+        dir: PathBuf,
+    },
+    /// A unix socket path is taken by a live server or by something that is not a socket.
+    #[error("cannot listen on unix:{path}: {reason}")]
+    UnixPathTaken {
+        /// The socket path.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
+    /// An operating-system call the master relies on failed (signal mask, signalfd, pipe, fork).
+    #[error("{what} failed: {source}")]
+    Os {
+        /// The call that failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StartError {
+    /// Wraps an errno from a nix call.
+    pub(crate) fn os(what: &'static str, errno: nix::errno::Errno) -> Self {
+        StartError::Os {
+            what,
+            source: io::Error::from(errno),
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Serving HTTP in a worker: one accept loop per listener, one task per connection, graceful drain.
+//!
+//! Connections are served by hyper-util's auto builder (HTTP/1.1 and HTTP/2, with upgrades). On a
+//! graceful stop the accept loops end first (the socket stays open in the master and the other workers,
+//! so queued connections go to them), then every open connection is told to finish: an HTTP/1
+//! connection answers its in-flight request with `Connection: close` and closes, an HTTP/2 connection
+//! sends GOAWAY. The drain is bounded by the graceful timeout.
+
+use std::error::Error as StdError;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::watch;
+
+use crate::listener::Listener;
+
+/// How a worker is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep serving.
+    Run,
+    /// Stop accepting, finish in-flight requests, exit.
+    Graceful,
+}
+
+/// What the worker hands to a serving loop.
+pub struct ServeControl {
+    /// Called once every listener is accepting.
+    pub ready: Box<dyn FnOnce()>,
+    /// Turns to [`Stop::Graceful`] when the worker must drain.
+    pub stop: watch::Receiver<Stop>,
+    /// Upper bound of the drain.
+    pub graceful_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServeControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeControl")
+            .field("graceful_timeout", &self.graceful_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors a service or body may return.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+enum AsyncListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+fn adopt(l: Listener) -> io::Result<AsyncListener> {
+    Ok(match l {
+        Listener::Tcp(s) => AsyncListener::Tcp(tokio::net::TcpListener::from_std(s)?),
+        Listener::Unix(s, _) => AsyncListener::Unix(tokio::net::UnixListener::from_std(s)?),
+    })
+}
+
+/// Errors from `accept` that concern one connection only, not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Serves `service` on every listener until a graceful stop, then drains.
+pub async fn serve<S, B>(listeners: Vec<Listener>, service: S, control: ServeControl) -> io::Result<()>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let ServeControl {
+        ready,
+        stop,
+        graceful_timeout,
+    } = control;
+    let graceful = Arc::new(GracefulShutdown::new());
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut accept_loops = tokio::task::JoinSet::new();
+    for l in listeners {
+        let listener = adopt(l)?;
+        accept_loops.spawn(accept_loop(
+            listener,
+            service.clone(),
+            builder.clone(),
+            graceful.clone(),
+            stop.clone(),
+        ));
+    }
+    ready();
+    while accept_loops.join_next().await.is_some() {}
+
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!("draining {open} open connection(s)");
+    }
+    match Arc::try_unwrap(graceful) {
+        Ok(g) => {
+            if tokio::time::timeout(graceful_timeout, g.shutdown()).await.is_err() {
+                tracing::warn!(
+                    "graceful timeout ({}) reached with connections still open; closing them",
+                    humantime::format_duration(graceful_timeout)
+                );
+            }
+        }
+        Err(_) => tracing::warn!("accept loops still hold the drain handle; not waiting"),
+    }
+    Ok(())
+}
+
+async fn accept_loop<S, B>(
+    listener: AsyncListener,
+    service: S,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<Stop>,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        if *stop.borrow() != Stop::Run {
+            return;
+        }
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            r = accept(&listener) => r,
+        };
+        match accepted {
+            Ok(io) => {
+                let conn = match io {
+                    Stream::Tcp(s) => {
+                        let _ = s.set_nodelay(true);
+                        graceful.watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(s), service.clone())
+                                .into_owned(),
+                        )
+                    }
+                    .boxed(),
+                    Stream::Unix(s) => graceful
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(s), service.clone())
+                                .into_owned(),
+                        )
+                        .boxed(),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection ended with an error: {e}");
+                    }
+                });
+            }
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS: back off instead of spinning.
+                tracing::error!("accept failed: {e}; retrying in 100ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(l: &AsyncListener) -> io::Result<Stream> {
+    match l {
+        AsyncListener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+        AsyncListener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+    }
+}
+
+type ConnFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>;
+
+trait BoxedConn {
+    fn boxed(self) -> ConnFuture;
+}
+
+impl<F> BoxedConn for F
+where
+    F: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    fn boxed(self) -> ConnFuture {
+        Box::pin(self)
+    }
+}

@@ -1,0 +1,300 @@
+//! The library's entry point: [`Server`] wraps an application in the hyperfork master.
+//!
+//! Every binary built on the library gets the same command line, environment variables and TOML file
+//! as the `hyperfork` binary. The app factory runs in each worker, after `fork`, inside the worker's
+//! tokio runtime; it receives the worker's [`Worker`] identity (slot, pid).
+
+use std::error::Error as StdError;
+use std::ffi::OsString;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use hyper_util::service::TowerToHyperService;
+
+use crate::cli::{Cli, Command};
+use crate::config::{ProcessEnv, Settings};
+use crate::cores;
+use crate::error::ConfigError;
+use crate::listener::{self, Listener};
+use crate::logging;
+use crate::master::{self, MasterArgs, Outcome};
+use crate::serve::{self, BoxError, ServeControl};
+use crate::sizing::Plan;
+use crate::worker::Worker;
+
+/// Exit status for a clean shutdown.
+pub const EXIT_OK: u8 = 0;
+/// Exit status for a runtime failure (a socket that cannot be bound, an OS call that fails).
+pub const EXIT_RUNTIME: u8 = 1;
+/// Exit status for a usage error (bad flag, environment variable or config file).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when every worker failed to boot.
+pub const EXIT_BOOT: u8 = 3;
+
+pub(crate) type ServeFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>>>>;
+pub(crate) type Runner = Box<dyn FnOnce(Vec<Listener>, ServeControl) -> ServeFuture>;
+pub(crate) type AppFactory = Box<dyn Fn(&Worker) -> Result<Runner, BoxError>>;
+
+/// A pre-fork server: settings plus an app factory.
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use http_body_util::Full;
+/// use hyper::{Request, Response, body::{Bytes, Incoming}};
+///
+/// fn main() -> std::process::ExitCode {
+///     hyperfork::Server::from_env_and_args()
+///         .hyper_app(|worker: &hyperfork::Worker| {
+///             let slot = worker.slot();
+///             hyper::service::service_fn(move |_req: Request<Incoming>| async move {
+///                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!("slot {slot}\n")))))
+///             })
+///         })
+///         .run()
+/// }
+/// ```
+pub struct Server {
+    program: String,
+    cli: Result<Cli, clap::Error>,
+    app: Option<AppFactory>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("program", &self.program)
+            .field("cli", &self.cli)
+            .field("app", &self.app.is_some())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Reads the command line of this process; environment and TOML file are read by [`Server::run`].
+    pub fn from_env_and_args() -> Server {
+        Server::from_args(std::env::args_os())
+    }
+
+    /// Like [`Server::from_env_and_args`] with an explicit command line (the first item is the program).
+    pub fn from_args<I, T>(args: I) -> Server
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let program = args
+            .first()
+            .and_then(|a| std::path::Path::new(a).file_name())
+            .map_or_else(|| "hyperfork".to_string(), |n| n.to_string_lossy().into_owned());
+        let cli = Cli::command()
+            .bin_name(program.clone())
+            .try_get_matches_from(args)
+            .and_then(|m| Cli::from_arg_matches(&m));
+        Server {
+            program,
+            cli,
+            app: None,
+        }
+    }
+
+    /// Serves a tower service (an axum `Router`, for instance), built once per worker by `factory`.
+    pub fn app<F, S, B>(self, factory: F) -> Server
+    where
+        F: Fn(&Worker) -> S + 'static,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.try_app(move |w| Ok::<_, std::convert::Infallible>(factory(w)))
+    }
+
+    /// Like [`Server::app`], for a factory that can fail; an error stops the worker with exit status 3
+    /// and, when every worker keeps failing, stops the master with the error.
+    pub fn try_app<F, S, B, E>(self, factory: F) -> Server
+    where
+        F: Fn(&Worker) -> Result<S, E> + 'static,
+        E: Into<BoxError>,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.try_hyper_app(move |w| factory(w).map(TowerToHyperService::new))
+    }
+
+    /// Serves a hyper service (e.g. from `hyper::service::service_fn`), built once per worker.
+    pub fn hyper_app<F, S, B>(self, factory: F) -> Server
+    where
+        F: Fn(&Worker) -> S + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.try_hyper_app(move |w| Ok::<_, std::convert::Infallible>(factory(w)))
+    }
+
+    /// Like [`Server::hyper_app`], for a factory that can fail.
+    pub fn try_hyper_app<F, S, B, E>(mut self, factory: F) -> Server
+    where
+        F: Fn(&Worker) -> Result<S, E> + 'static,
+        E: Into<BoxError>,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.app = Some(Box::new(move |w: &Worker| {
+            let service = factory(w).map_err(Into::into)?;
+            let runner: Runner = Box::new(move |listeners, control| {
+                Box::pin(async move {
+                    serve::serve(listeners, service, control)
+                        .await
+                        .map_err(|e| Box::new(e) as BoxError)
+                })
+            });
+            Ok(runner)
+        }));
+        self
+    }
+
+    /// Runs the subcommand (by default: the server) and returns the process's exit status.
+    ///
+    /// Errors are printed as one line on stderr: status 2 for usage errors, 1 for runtime failures,
+    /// 3 when every worker failed to boot.
+    pub fn run(self) -> ExitCode {
+        let program = self.program.clone();
+        let fail = |code: u8, msg: &dyn std::fmt::Display| {
+            eprintln!("{program}: {msg}");
+            ExitCode::from(code)
+        };
+        let cli = match self.cli {
+            Ok(cli) => cli,
+            Err(e) => return clap_exit(&program, e),
+        };
+        let settings = match Settings::resolve(&cli, &ProcessEnv) {
+            Ok(s) => s,
+            Err(e) => return fail(EXIT_USAGE, &e),
+        };
+        let plan = Plan::decide(&settings, cores::detect());
+        if let Some(Command::Plan { json }) = cli.command {
+            if json {
+                println!("{}", plan.to_json());
+            } else {
+                print!("{}", plan.to_text());
+            }
+            return ExitCode::from(EXIT_OK);
+        }
+        let Some(app) = self.app else {
+            return fail(
+                EXIT_USAGE,
+                &ConfigError::Invalid("no app: call Server::app before Server::run".into()),
+            );
+        };
+
+        logging::init(settings.log_level);
+        logging::install_panic_hook();
+        for w in &plan.warnings {
+            tracing::warn!("{w}");
+        }
+        let threads = thread_count();
+        if threads > 1 {
+            tracing::warn!(
+                "the process has {threads} threads before forking; only the forking thread exists in \
+                 the workers, so anything those threads hold (locks, runtimes) is unusable there"
+            );
+        }
+        let specs: Vec<_> = settings.binds.iter().map(|b| b.value.clone()).collect();
+        let listeners = match listener::bind_all(&specs, settings.backlog) {
+            Ok(l) => l,
+            Err(e) => return fail(EXIT_RUNTIME, &e),
+        };
+        for l in &listeners {
+            let url = match l {
+                Listener::Tcp(_) => format!("http://{}", l.describe()),
+                Listener::Unix(..) => l.describe(),
+            };
+            tracing::info!("listening on {url}");
+        }
+        tracing::info!("starting {}", plan.summary());
+
+        let outcome = master::run(MasterArgs {
+            workers: plan.workers,
+            threads: settings.threads,
+            graceful_timeout: settings.graceful_timeout,
+            listeners: &listeners,
+            app: &app,
+        });
+        listener::remove_unix_files(&listeners);
+        match outcome {
+            Ok(Outcome::Stopped) => ExitCode::from(EXIT_OK),
+            Ok(Outcome::GaveUp(msg)) => {
+                tracing::error!("{msg}");
+                fail(EXIT_BOOT, &msg)
+            }
+            Err(e) => fail(EXIT_RUNTIME, &e),
+        }
+    }
+}
+
+/// Prints a clap error: help and version in full (exit 0), anything else as one line (exit 2).
+fn clap_exit(program: &str, e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::from(EXIT_OK)
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(EXIT_USAGE)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("{program}: {first} (see --help)");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Threads in this process, from `/proc/self/stat`; 1 if unknown.
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            after.split_whitespace().nth(17)?.parse().ok()
+        })
+        .unwrap_or(1)
+}
+
+/// An error a boxed app factory can return; public for signatures in user code.
+pub type AppError = Box<dyn StdError + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_test_thread_count_is_readable() {
+        assert!(thread_count() >= 1);
+    }
+}

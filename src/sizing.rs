@@ -1,0 +1,243 @@
+//! Worker sizing: how many workers the pool runs, and why.
+//!
+//! An explicit count wins (`--workers`, `UVICORN_WORKERS`, `WEB_CONCURRENCY`, `HYPERFORK_WORKERS`, the
+//! TOML `workers` key, in that order). Otherwise the count is `min(2 × cores + 1, cap)`. `--debug` forces
+//! exactly one worker. An explicit count is not capped: the cap bounds only the computed value.
+//!
+//! `2 × cores + 1` comes from gunicorn, where workers block on I/O. A non-blocking hyper worker keeps a
+//! core busy on its own, so `--workers <cores>` is often faster; the plan says so.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::{Settings, Source, Sourced};
+use crate::cores::Cores;
+
+/// The formula applied when no count is given.
+pub const FORMULA: &str = "min(2 × cores + 1, cap)";
+
+/// The sizing decision and every input it used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The number of workers the pool will run.
+    pub workers: usize,
+    /// What decided it: `debug`, `explicit` or `formula`.
+    pub decided_by: &'static str,
+    /// Usable cores and how they were found.
+    pub cores: Cores,
+    /// The cap on the computed count.
+    pub cap: usize,
+    /// Where the cap came from.
+    pub cap_source: String,
+    /// Whether debug mode is on.
+    pub debug: bool,
+    /// Where the debug setting came from.
+    pub debug_source: String,
+    /// The explicit count, if one was given.
+    pub explicit: Option<usize>,
+    /// Where the explicit count came from.
+    pub explicit_source: Option<String>,
+    /// The formula.
+    pub formula: &'static str,
+    /// The formula with the numbers filled in.
+    pub formula_result: String,
+    /// Things the user should know, e.g. an explicit count ignored in debug mode.
+    pub warnings: Vec<String>,
+}
+
+/// The computed count: `min(2 × cores + 1, cap)`, at least 1.
+pub fn formula(cores: usize, cap: usize) -> usize {
+    cores.saturating_mul(2).saturating_add(1).min(cap).max(1)
+}
+
+impl Plan {
+    /// Decides the worker count from settings and detected cores.
+    pub fn decide(settings: &Settings, cores: Cores) -> Plan {
+        Plan::from_parts(
+            settings.workers.as_ref(),
+            &settings.max_workers,
+            &settings.debug,
+            cores,
+        )
+    }
+
+    /// Decides the worker count from its inputs.
+    pub fn from_parts(
+        explicit: Option<&Sourced<usize>>,
+        cap: &Sourced<usize>,
+        debug: &Sourced<bool>,
+        cores: Cores,
+    ) -> Plan {
+        let computed = formula(cores.count, cap.value);
+        let formula_result = format!(
+            "min(2 × {} + 1, {}) = {}",
+            cores.count, cap.value, computed
+        );
+        let mut warnings = Vec::new();
+        let (workers, decided_by) = if debug.value {
+            if let Some(e) = explicit {
+                warnings.push(format!(
+                    "debug mode runs exactly 1 worker; the count {} from {} is ignored",
+                    e.value, e.source
+                ));
+            }
+            (1, "debug")
+        } else if let Some(e) = explicit {
+            if e.value > cap.value && cap.source != Source::Default {
+                warnings.push(format!(
+                    "explicit count {} from {} is above the cap {}; the cap bounds only the computed count",
+                    e.value, e.source, cap.value
+                ));
+            }
+            (e.value, "explicit")
+        } else {
+            (computed, "formula")
+        };
+        Plan {
+            workers,
+            decided_by,
+            cores,
+            cap: cap.value,
+            cap_source: cap.source.to_string(),
+            debug: debug.value,
+            debug_source: debug.source.to_string(),
+            explicit: explicit.map(|e| e.value),
+            explicit_source: explicit.map(|e| e.source.to_string()),
+            formula: FORMULA,
+            formula_result,
+            warnings,
+        }
+    }
+
+    /// One line for the startup log.
+    pub fn summary(&self) -> String {
+        match self.decided_by {
+            "debug" => "1 worker (debug mode)".to_string(),
+            "explicit" => format!(
+                "{} worker{} (explicit, from {})",
+                self.workers,
+                if self.workers == 1 { "" } else { "s" },
+                self.explicit_source.as_deref().unwrap_or("?")
+            ),
+            _ => format!(
+                "{} worker{} ({} with {} usable cores)",
+                self.workers,
+                if self.workers == 1 { "" } else { "s" },
+                self.formula_result,
+                self.cores.count
+            ),
+        }
+    }
+
+    /// The human-readable plan printed by `hyperfork plan`.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "workers:   {} (decided by {})", self.workers, self.decided_by);
+        let _ = writeln!(s, "cores:     {} ({})", self.cores.count, self.cores.explain());
+        let _ = writeln!(s, "cap:       {} ({})", self.cap, self.cap_source);
+        let _ = writeln!(
+            s,
+            "debug:     {} ({})",
+            if self.debug { "on" } else { "off" },
+            self.debug_source
+        );
+        match (&self.explicit, &self.explicit_source) {
+            (Some(n), Some(src)) => {
+                let _ = writeln!(s, "explicit:  {n} ({src})");
+            }
+            _ => {
+                let _ = writeln!(
+                    s,
+                    "explicit:  none (--workers, UVICORN_WORKERS, WEB_CONCURRENCY, HYPERFORK_WORKERS, TOML workers)"
+                );
+            }
+        }
+        let _ = writeln!(s, "formula:   {} = {}", self.formula, self.formula_result);
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning:   {w}");
+        }
+        let _ = writeln!(
+            s,
+            "note:      2 × cores + 1 suits workers that block; for a non-blocking app try --workers {}",
+            self.cores.count
+        );
+        s
+    }
+
+    /// The plan as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cores(n: usize) -> Cores {
+        Cores::combine(Some(n), None)
+    }
+    fn src<T>(value: T, source: Source) -> Sourced<T> {
+        Sourced { value, source }
+    }
+    fn default_cap() -> Sourced<usize> {
+        src(8, Source::Default)
+    }
+    fn no_debug() -> Sourced<bool> {
+        src(false, Source::Default)
+    }
+
+    #[test]
+    fn formula_and_cap() {
+        assert_eq!(formula(1, 8), 3);
+        assert_eq!(formula(2, 8), 5);
+        assert_eq!(formula(3, 8), 7);
+        assert_eq!(formula(4, 8), 8);
+        assert_eq!(formula(64, 8), 8);
+        assert_eq!(formula(64, 100), 100);
+        assert_eq!(formula(2, 1), 1);
+        assert_eq!(formula(0, 8), 1);
+    }
+
+    #[test]
+    fn auto_uses_the_formula() {
+        let p = Plan::from_parts(None, &default_cap(), &no_debug(), cores(2));
+        assert_eq!((p.workers, p.decided_by), (5, "formula"));
+        let p = Plan::from_parts(None, &src(3, Source::Cli("--max-workers")), &no_debug(), cores(2));
+        assert_eq!(p.workers, 3);
+    }
+
+    #[test]
+    fn explicit_wins_and_is_not_capped() {
+        let e = src(12, Source::Env("UVICORN_WORKERS"));
+        let p = Plan::from_parts(Some(&e), &default_cap(), &no_debug(), cores(2));
+        assert_eq!((p.workers, p.decided_by), (12, "explicit"));
+        assert_eq!(p.explicit_source.as_deref(), Some("env UVICORN_WORKERS"));
+    }
+
+    #[test]
+    fn debug_forces_one_and_warns_about_a_given_count() {
+        let debug = src(true, Source::Cli("--debug"));
+        let p = Plan::from_parts(None, &default_cap(), &debug, cores(8));
+        assert_eq!((p.workers, p.decided_by), (1, "debug"));
+        assert!(p.warnings.is_empty());
+        let e = src(4, Source::Cli("--workers"));
+        let p = Plan::from_parts(Some(&e), &default_cap(), &debug, cores(8));
+        assert_eq!(p.workers, 1);
+        assert!(p.warnings[0].contains("ignored"), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn json_carries_every_input() {
+        let p = Plan::from_parts(None, &default_cap(), &no_debug(), cores(2));
+        let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v["workers"], 5);
+        assert_eq!(v["cores"]["count"], 2);
+        assert_eq!(v["cap"], 8);
+        assert_eq!(v["cap_source"], "default");
+        assert_eq!(v["debug"], false);
+        assert!(v["explicit"].is_null());
+        assert_eq!(v["formula"], FORMULA);
+    }
+}

@@ -1,0 +1,230 @@
+//! The worker: what runs in a child process after `fork`, up to its `exit`.
+//!
+//! hyperfork forks without `exec`: a worker starts in well under a millisecond and shares the master's
+//! memory copy-on-write. That is sound only because the master is single-threaded and has never touched
+//! tokio when it forks (tokio's docs allow fork only then), and because the child follows these rules,
+//! in this order:
+//!
+//! 1. ask the kernel for `SIGKILL` when the master dies (`PR_SET_PDEATHSIG`), then check the master did
+//!    not die before that call (`getppid`), so no worker outlives its master;
+//! 2. close the master's private descriptors (signalfd, the control pipe's read end);
+//! 3. unblock the signals the master blocked (the mask is inherited, also by programs the app runs);
+//! 4. export `HYPERFORK_WORKER_ID` and remove the variables meant for the master only (`NOTIFY_SOCKET`,
+//!    `LISTEN_*`);
+//! 5. build its own tokio runtime, call the app factory inside it, and serve;
+//! 6. never return into the master's code: panics are caught and every path ends in `exit`.
+//!
+//! Exit status 3 means the app failed to boot; the master counts those towards giving up.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::control::{ControlWriter, Message};
+use crate::listener::Listener;
+use crate::serve::{ServeControl, Stop};
+use crate::server::AppFactory;
+
+/// Exit status of a worker whose app failed to boot (gunicorn's and uvicorn's convention).
+pub const EXIT_BOOT_FAILURE: i32 = 3;
+/// Exit status of a worker that failed at runtime.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// The identity of one worker, passed to the app factory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    slot: usize,
+    pid: u32,
+    pool_size: usize,
+}
+
+impl Worker {
+    /// Creates a worker identity; the master does this for every fork. Public for tests of app factories.
+    pub fn new(slot: usize, pid: u32, pool_size: usize) -> Worker {
+        Worker {
+            slot,
+            pid,
+            pool_size,
+        }
+    }
+
+    /// The slot, `0..pool_size`. A replacement worker gets the slot of the one it replaces.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How many slots the pool has.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// Whether this is slot 0, the primary worker (the one that runs scheduled jobs).
+    pub fn is_primary(&self) -> bool {
+        self.slot == 0
+    }
+}
+
+/// Everything a freshly forked worker needs from the master.
+pub(crate) struct ChildArgs<'a> {
+    pub slot: usize,
+    pub pool_size: usize,
+    pub master_pid: nix::unistd::Pid,
+    pub listeners: &'a [Listener],
+    pub close_fds: [std::os::fd::RawFd; 2],
+    pub control: ControlWriter,
+    pub threads: usize,
+    pub graceful_timeout: Duration,
+    pub app: &'a AppFactory,
+}
+
+/// Runs the worker in the child process. Never returns.
+pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
+    let code = match catch_unwind(AssertUnwindSafe(|| child_main(args))) {
+        Ok(code) => code,
+        Err(_) => EXIT_FAILURE,
+    };
+    std::process::exit(code)
+}
+
+fn child_main(args: ChildArgs<'_>) -> i32 {
+    // Rule 1: die with the master.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    if nix::unistd::getppid() != args.master_pid {
+        return EXIT_FAILURE;
+    }
+    // Rule 2: close the master's private descriptors.
+    for fd in args.close_fds {
+        // SAFETY: these descriptors belong to the master's signalfd and control-pipe read end. This
+        // child never returns into the master's code (it ends in `exit`), so nothing will use or close
+        // them again here.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+    // Rule 3: signals.
+    crate::signals::unblock_all();
+    crate::logging::set_worker(args.slot);
+    let pid = std::process::id();
+    // Rule 4: environment.
+    // SAFETY: the child of a single-threaded master has exactly one thread, and no runtime or thread
+    // exists yet, so nothing can read the environment concurrently.
+    unsafe {
+        std::env::set_var("HYPERFORK_WORKER_ID", args.slot.to_string());
+        for var in ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(var);
+        }
+    }
+
+    let worker = Worker::new(args.slot, pid, args.pool_size);
+    let boot_error = |text: String| {
+        tracing::error!("app failed to boot: {text}");
+        args.control.send(&Message::BootError {
+            pid: pid as i32,
+            text,
+        });
+        EXIT_BOOT_FAILURE
+    };
+
+    // Rule 5: own runtime.
+    let runtime = if args.threads > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => return boot_error(format!("cannot build the tokio runtime: {e}")),
+    };
+    let listeners: Vec<Listener> = match args.listeners.iter().map(Listener::try_clone).collect() {
+        Ok(v) => v,
+        Err(e) => return boot_error(format!("cannot duplicate the listening socket: {e}")),
+    };
+
+    let guard = runtime.enter();
+    let runner = match catch_unwind(AssertUnwindSafe(|| (args.app)(&worker))) {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return boot_error(format!("app factory failed: {e}")),
+        Err(panic) => return boot_error(format!("app factory panicked: {}", panic_text(&panic))),
+    };
+    drop(guard);
+
+    let control = args.control;
+    let graceful_timeout = args.graceful_timeout;
+    let result = runtime.block_on(async move {
+        let (tx, rx) = watch::channel(Stop::Run);
+        if let Err(e) = watch_signals(tx) {
+            return Err(format!("cannot install signal handlers: {e}"));
+        }
+        let ready = Box::new(move || {
+            tracing::debug!("accepting connections");
+            control.send(&Message::Ready { pid: pid as i32 });
+        });
+        runner(
+            listeners,
+            ServeControl {
+                ready,
+                stop: rx,
+                graceful_timeout,
+            },
+        )
+        .await
+        .map_err(|e| format!("serving failed: {e}"))
+    });
+    match result {
+        Ok(()) => {
+            tracing::debug!("exiting");
+            0
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// `SIGTERM` asks for a graceful stop; `SIGINT` and `SIGQUIT` exit at once.
+fn watch_signals(tx: watch::Sender<Stop>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: finishing in-flight requests");
+                let _ = tx.send(Stop::Graceful);
+                // A second TERM, or INT/QUIT, during the drain: stop now.
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                    _ = quit.recv() => {},
+                }
+                std::process::exit(0);
+            }
+            _ = int.recv() => std::process::exit(0),
+            _ = quit.recv() => std::process::exit(0),
+        }
+    });
+    Ok(())
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
