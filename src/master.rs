@@ -227,6 +227,11 @@ impl Master<'_> {
             let lived = humantime::format_duration(Duration::from_millis(death.lived.as_millis() as u64));
             if !running {
                 tracing::debug!("worker {} (pid {pid}) {how}", death.slot);
+            } else if self.pool.gave_up() {
+                tracing::warn!(
+                    "worker {} (pid {pid}) {how} after {lived} before it was ready",
+                    death.slot
+                );
             } else if death.delay.is_zero() {
                 tracing::warn!(
                     "worker {} (pid {pid}) {how} after {lived}; restarting it",

@@ -1,0 +1,332 @@
+//! Test harness: start hyperfork binaries as separate processes on unique loopback ports, talk HTTP/1.1
+//! to them, and kill everything they started on every path.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The hyperfork binary.
+pub fn hyperfork_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hyperfork"))
+}
+
+/// An example binary; `cargo test` builds examples next to the binaries.
+pub fn example_bin(name: &str) -> PathBuf {
+    let bin = hyperfork_bin();
+    let dir = bin.parent().expect("binary has a directory");
+    let path = dir.join("examples").join(name);
+    assert!(path.exists(), "example {} not built at {}", name, path.display());
+    path
+}
+
+/// A port that was free a moment ago, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A command with a clean environment for hyperfork's variables.
+pub fn command(bin: &PathBuf) -> Command {
+    let mut c = Command::new(bin);
+    for var in [
+        "UVICORN_WORKERS",
+        "WEB_CONCURRENCY",
+        "HYPERFORK_WORKERS",
+        "HYPERFORK_MAX_WORKERS",
+        "HYPERFORK_DEBUG",
+        "HYPERFORK_CONFIG",
+        "HYPERFORK_HOST",
+        "HYPERFORK_PORT",
+        "HYPERFORK_BIND",
+        "HYPERFORK_LOG_LEVEL",
+        "HYPERFORK_THREADS",
+        "HYPERFORK_GRACEFUL_TIMEOUT",
+        "HYPERFORK_FAULT",
+        "RUST_LOG",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// A running process, its stderr collected, killed (with its children) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Starts `cmd` (stdout discarded, stderr captured).
+    pub fn start(mut cmd: Command, port: u16) -> Proc {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn process");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr piped");
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(pipe);
+            let mut line = String::new();
+            while let Ok(n) = r.read_line(&mut line) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Proc {
+            child,
+            port,
+            stderr,
+            reader: Some(reader),
+            status: None,
+        }
+    }
+
+    /// Starts a server binary on a fresh port with extra arguments and waits until it answers.
+    pub fn serve(bin: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let port = free_port();
+        let mut cmd = command(bin);
+        cmd.arg("--port").arg(port.to_string()).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut p = Proc::start(cmd, port);
+        p.wait_serving();
+        p
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `GET /health` answers 200.
+    pub fn wait_serving(&mut self) {
+        let port = self.port;
+        let ok = wait_until(Duration::from_secs(20), || {
+            get(port, "/health").map(|r| r.status == 200).unwrap_or(false)
+        });
+        if !ok {
+            panic!("server on port {port} never answered; stderr:\n{}", self.stderr());
+        }
+    }
+
+    /// Waits (bounded) until stderr contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.stderr().contains(needle))
+    }
+
+    /// Sends a signal to the master.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; `None` on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(s) = self.status {
+            return Some(s);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.status = Some(s);
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The master's live child processes.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let kids = if self.status.is_none() {
+            children_of(self.pid())
+        } else {
+            Vec::new()
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for k in kids {
+            // SAFETY: kill(2) on a pid that was our child's child a moment ago.
+            unsafe {
+                libc::kill(k, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Child pids of `pid`, from `/proc/PID/task/*/children`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+/// One request on a new connection.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    let mut conn = Conn::open(port)?;
+    conn.get(path)
+}
+
+/// A keep-alive HTTP/1.1 connection to 127.0.0.1.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> std::io::Result<Conn> {
+        let s = TcpStream::connect_timeout(
+            &format!("127.0.0.1:{port}").parse().expect("addr"),
+            Duration::from_secs(5),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Conn {
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// Sends a GET without reading the answer.
+    pub fn send_get(&mut self, path: &str) -> std::io::Result<()> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        self.reader.get_mut().write_all(req.as_bytes())
+    }
+
+    /// Reads one response (Content-Length bodies).
+    pub fn read_response(&mut self) -> std::io::Result<Response> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response",
+            ));
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = HashMap::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.reader.read_exact(&mut body)?;
+        Ok(Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        self.send_get(path)?;
+        self.read_response()
+    }
+}
+
+/// `(slot, pid)` from the built-in app's `/health` body.
+pub fn health_identity(r: &Response) -> (u64, u64) {
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("health is JSON");
+    (
+        v["worker"].as_u64().expect("worker field"),
+        v["pid"].as_u64().expect("pid field"),
+    )
+}
+
+/// Fires `n` concurrent `/health` requests, each on its own connection; returns the `(slot, pid)` seen.
+pub fn burst(port: u16, n: usize) -> Vec<(u64, u64)> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| std::thread::spawn(move || get(port, "/health").ok().map(|r| health_identity(&r))))
+        .collect();
+    handles
+        .into_iter()
+        .filter_map(|h| h.join().ok().flatten())
+        .collect()
+}
