@@ -113,11 +113,11 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Waits (bounded) until `GET /health` answers 200.
+    /// Waits (bounded) until `GET /` answers 200.
     pub fn wait_serving(&mut self) {
         let port = self.port;
         let ok = wait_until(Duration::from_secs(20), || {
-            get(port, "/health").map(|r| r.status == 200).unwrap_or(false)
+            get(port, "/").map(|r| r.status == 200).unwrap_or(false)
         });
         if !ok {
             panic!("server on port {port} never answered; stderr:\n{}", self.stderr());
