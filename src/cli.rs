@@ -125,7 +125,9 @@ impl LogLevel {
 pub fn positive_usize(s: &str) -> Result<usize, String> {
     match s.trim().parse::<i128>() {
         Ok(n) if n >= 1 && n <= usize::MAX as i128 => Ok(n as usize),
-        Ok(_) => Err(format!("expected a positive integer (1 or more), got {s:?}")),
+        Ok(_) => Err(format!(
+            "expected a positive integer (1 or more), got {s:?}"
+        )),
         Err(_) => Err(format!("expected a positive integer, got {s:?}")),
     }
 }

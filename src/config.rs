@@ -92,15 +92,38 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     host: Option<String>,
-    port: Option<u16>,
+    port: Option<toml::Spanned<Count>>,
     bind: Option<Vec<String>>,
-    backlog: Option<toml::Spanned<u32>>,
-    workers: Option<toml::Spanned<i64>>,
-    max_workers: Option<toml::Spanned<i64>>,
+    backlog: Option<toml::Spanned<Count>>,
+    workers: Option<toml::Spanned<Count>>,
+    max_workers: Option<toml::Spanned<Count>>,
     debug: Option<bool>,
-    threads: Option<toml::Spanned<i64>>,
+    threads: Option<toml::Spanned<Count>>,
     graceful_timeout: Option<toml::Spanned<DurationValue>>,
     log_level: Option<LogLevel>,
+}
+
+/// An integer in the TOML file; range checks happen after parsing, so errors can name the line.
+#[derive(Debug, Clone, Copy)]
+struct Count(i64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a positive integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Count, E> {
+                Ok(Count(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Count, E> {
+                Ok(Count(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A duration in the TOML file: integer seconds or a string such as `"30s"`.
@@ -118,7 +141,11 @@ impl<'de> Deserialize<'de> for DurationValue {
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
                 u64::try_from(v)
                     .map(|s| DurationValue(Ok(Duration::from_secs(s))))
-                    .map_err(|_| E::custom(format!("expected a non-negative number of seconds, got {v}")))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "expected a non-negative number of seconds, got {v}"
+                        ))
+                    })
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationValue, E> {
                 Ok(DurationValue(Ok(Duration::from_secs(v))))
@@ -149,7 +176,9 @@ impl Env for ProcessEnv {
 
 impl Env for HashMap<String, String> {
     fn get(&self, name: &str) -> Option<String> {
-        HashMap::get(self, name).cloned().filter(|v| !v.trim().is_empty())
+        HashMap::get(self, name)
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
     }
 }
 
@@ -211,7 +240,12 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     (!key.is_empty() && !key.starts_with('#')).then(|| key.to_string())
 }
 
-fn file_error(path: &Path, text: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
+fn file_error(
+    path: &Path,
+    text: &str,
+    span: std::ops::Range<usize>,
+    message: String,
+) -> ConfigError {
     ConfigError::File {
         path: path.to_path_buf(),
         line: line_of(text, span.start),
@@ -243,9 +277,9 @@ fn file_count(
     path: &Path,
     text: &str,
     key: &'static str,
-    v: &toml::Spanned<i64>,
+    v: &toml::Spanned<Count>,
 ) -> Result<Sourced<usize>, ConfigError> {
-    let n = *v.get_ref();
+    let n = v.get_ref().0;
     if n < 1 {
         return Err(file_error(
             path,
@@ -372,20 +406,28 @@ impl Settings {
 
         let backlog = match cli.backlog {
             Some(n) => n,
-            None => match env_parse(env, "HYPERFORK_BACKLOG", "an integer from 1 to 4294967295", |s| {
-                cli::positive_u32(s).ok()
-            })? {
+            None => match env_parse(
+                env,
+                "HYPERFORK_BACKLOG",
+                "an integer from 1 to 4294967295",
+                |s| cli::positive_u32(s).ok(),
+            )? {
                 Some(n) => n,
                 None => match &file.backlog {
-                    Some(v) if *v.get_ref() == 0 => {
-                        return Err(file_error(
-                            &path,
-                            &text,
-                            v.span(),
-                            "key `backlog`: expected a positive integer (1 or more), got 0".into(),
-                        ));
+                    Some(v) => {
+                        let n = file_count(&path, &text, "backlog", v)?.value;
+                        u32::try_from(n).map_err(|_| {
+                            file_error(
+                                &path,
+                                &text,
+                                v.span(),
+                                format!(
+                                    "key `backlog`: expected an integer from 1 to {}, got {n}",
+                                    u32::MAX
+                                ),
+                            )
+                        })?
                     }
-                    Some(v) => *v.get_ref(),
                     None => DEFAULT_BACKLOG,
                 },
             },
@@ -439,7 +481,7 @@ impl Settings {
             log_level
         };
 
-        let binds = Self::resolve_binds(cli, env, &file, &path)?;
+        let binds = Self::resolve_binds(cli, env, &file, &path, &text)?;
 
         Ok(Settings {
             binds,
@@ -459,6 +501,7 @@ impl Settings {
         env: &dyn Env,
         file: &FileConfig,
         path: &Path,
+        text: &str,
     ) -> Result<Vec<Sourced<BindSpec>>, ConfigError> {
         let mut out = Vec::new();
         if !cli.bind.is_empty() {
@@ -472,14 +515,15 @@ impl Settings {
                 return Ok(out);
             }
         }
-        let env_port = env_parse(env, "HYPERFORK_PORT", "a port number from 0 to 65535", |s| {
-            s.parse::<u16>().ok()
-        })?;
+        let env_port = env_parse(
+            env,
+            "HYPERFORK_PORT",
+            "a port number from 0 to 65535",
+            |s| s.parse::<u16>().ok(),
+        )?;
         let env_host = env.get("HYPERFORK_HOST");
-        let host_or_port_given = cli.host.is_some()
-            || cli.port.is_some()
-            || env_port.is_some()
-            || env_host.is_some();
+        let host_or_port_given =
+            cli.host.is_some() || cli.port.is_some() || env_port.is_some() || env_host.is_some();
         if !host_or_port_given {
             if let Some(list) = &file.bind {
                 parse_binds(
@@ -514,7 +558,21 @@ impl Settings {
         } else {
             (DEFAULT_HOST.to_string(), Source::Default)
         };
-        let port = cli.port.or(env_port).or(file.port).unwrap_or(DEFAULT_PORT);
+        let file_port = match &file.port {
+            Some(v) => {
+                let n = v.get_ref().0;
+                Some(u16::try_from(n).map_err(|_| {
+                    file_error(
+                        path,
+                        text,
+                        v.span(),
+                        format!("key `port`: expected a port number from 0 to 65535, got {n}"),
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let port = cli.port.or(env_port).or(file_port).unwrap_or(DEFAULT_PORT);
         let host = host.trim().trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err(ConfigError::Invalid(format!(
@@ -585,7 +643,10 @@ mod tests {
         for bad in ["abc", "0", "-1"] {
             let e = Settings::resolve(&cli(&[]), &env(&[("UVICORN_WORKERS", bad)])).unwrap_err();
             let msg = e.to_string();
-            assert!(msg.contains("UVICORN_WORKERS") && msg.contains("positive integer"), "{msg}");
+            assert!(
+                msg.contains("UVICORN_WORKERS") && msg.contains("positive integer"),
+                "{msg}"
+            );
         }
     }
 

@@ -55,10 +55,11 @@ impl Message {
         if rest == "ready" {
             Some(Message::Ready { pid })
         } else {
-            rest.strip_prefix("boot-error ").map(|t| Message::BootError {
-                pid,
-                text: t.to_string(),
-            })
+            rest.strip_prefix("boot-error ")
+                .map(|t| Message::BootError {
+                    pid,
+                    text: t.to_string(),
+                })
         }
     }
 }

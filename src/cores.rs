@@ -203,8 +203,13 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = u32::from(b[i + 1] - b'0') * 64 + u32::from(b[i + 2] - b'0') * 8 + u32::from(b[i + 3] - b'0');
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
             out.push(v as u8);
             i += 4;
         } else {
@@ -300,7 +305,10 @@ mod tests {
         assert_eq!(Cores::combine(Some(8), Some(q(150_000))).count, 2);
         assert_eq!(Cores::combine(Some(1), Some(q(400_000))).count, 1);
         assert_eq!(Cores::combine(Some(4), None).count, 4);
-        assert_eq!(Cores::combine(Some(4), Some(q(150_000))).decided_by, "cgroup quota");
+        assert_eq!(
+            Cores::combine(Some(4), Some(q(150_000))).decided_by,
+            "cgroup quota"
+        );
     }
 
     fn write(root: &Path, rel: &str, body: &str) {
@@ -319,7 +327,11 @@ mod tests {
             "proc/self/mountinfo",
             "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n",
         );
-        write(r, "sys/fs/cgroup/system.slice/app.service/cpu.max", "max 100000\n");
+        write(
+            r,
+            "sys/fs/cgroup/system.slice/app.service/cpu.max",
+            "max 100000\n",
+        );
         write(r, "sys/fs/cgroup/system.slice/cpu.max", "150000 100000\n");
         let cores = detect_in(r, Some(16));
         assert_eq!(cores.count, 2);

@@ -43,7 +43,9 @@ pub enum ConfigError {
         message: String,
     },
     /// A `--bind` / `bind` value is not a recognised address.
-    #[error("invalid bind address {value:?} (from {source_name}): expected HOST:PORT, [IPv6]:PORT or unix:/path")]
+    #[error(
+        "invalid bind address {value:?} (from {source_name}): expected HOST:PORT, [IPv6]:PORT or unix:/path"
+    )]
     Bind {
         /// The value given.
         value: String,

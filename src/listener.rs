@@ -116,12 +116,12 @@ pub fn bind_all(specs: &[BindSpec], backlog: u32) -> Result<Vec<Listener>, Start
         match spec {
             BindSpec::Tcp { host, port } => {
                 for addr in resolve(host, *port)? {
-                    out.push(Listener::Tcp(bind_tcp(addr, backlog).map_err(|source| {
-                        StartError::Bind {
+                    out.push(Listener::Tcp(bind_tcp(addr, backlog).map_err(
+                        |source| StartError::Bind {
                             address: spec.to_string(),
                             source,
-                        }
-                    })?));
+                        },
+                    )?));
                 }
             }
             BindSpec::Unix(path) => out.push(bind_unix(path, backlog)?),
@@ -251,7 +251,16 @@ mod tests {
             BindSpec::parse("unix:/run/app.sock"),
             Some(BindSpec::Unix("/run/app.sock".into()))
         );
-        for bad in ["", "8000", ":80", "host:", "host:99999", "::1:80", "[nope]:80", "unix:"] {
+        for bad in [
+            "",
+            "8000",
+            ":80",
+            "host:",
+            "host:99999",
+            "::1:80",
+            "[nope]:80",
+            "unix:",
+        ] {
             assert_eq!(BindSpec::parse(bad), None, "{bad}");
         }
     }

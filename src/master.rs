@@ -144,7 +144,9 @@ impl Master<'_> {
             Signal::SIGCHLD => {}
             Signal::SIGTERM => self.stop(true),
             Signal::SIGINT | Signal::SIGQUIT => self.stop(false),
-            other => tracing::info!("{other} received; live operations are not available yet, ignoring"),
+            other => {
+                tracing::info!("{other} received; live operations are not available yet, ignoring")
+            }
         }
     }
 
@@ -224,7 +226,8 @@ impl Master<'_> {
             let Some(death) = self.pool.died(pid, now, running) else {
                 continue;
             };
-            let lived = humantime::format_duration(Duration::from_millis(death.lived.as_millis() as u64));
+            let lived =
+                humantime::format_duration(Duration::from_millis(death.lived.as_millis() as u64));
             if !running {
                 tracing::debug!("worker {} (pid {pid}) {how}", death.slot);
             } else if self.pool.gave_up() {
@@ -241,7 +244,11 @@ impl Master<'_> {
                 tracing::warn!(
                     "worker {} (pid {pid}) {how} after {lived}{}; restarting in {}",
                     death.slot,
-                    if death.was_ready { "" } else { " before it was ready" },
+                    if death.was_ready {
+                        ""
+                    } else {
+                        " before it was ready"
+                    },
                     humantime::format_duration(death.delay)
                 );
             }
@@ -287,8 +294,6 @@ impl Master<'_> {
             Some((slot, e)) => format!("last error (worker {slot}): {e}"),
             None => "the workers died without reporting an error; see the log above".to_string(),
         };
-        format!(
-            "every worker failed to boot {GIVE_UP_AFTER} times in a row; giving up. {cause}"
-        )
+        format!("every worker failed to boot {GIVE_UP_AFTER} times in a row; giving up. {cause}")
     }
 }

@@ -215,7 +215,9 @@ mod tests {
         pool.spawned(0, Pid::from_raw(10), t0);
         pool.spawned(1, Pid::from_raw(11), t0);
         assert_eq!(pool.ready(Pid::from_raw(11)), Some(1));
-        let d = pool.died(Pid::from_raw(11), t0 + Duration::from_secs(5), true).unwrap();
+        let d = pool
+            .died(Pid::from_raw(11), t0 + Duration::from_secs(5), true)
+            .unwrap();
         assert_eq!((d.slot, d.delay), (1, Duration::ZERO));
         assert_eq!(pool.due(t0 + Duration::from_secs(5)), vec![1]);
     }

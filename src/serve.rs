@@ -74,9 +74,17 @@ fn is_connection_error(e: &io::Error) -> bool {
 }
 
 /// Serves `service` on every listener until a graceful stop, then drains.
-pub async fn serve<S, B>(listeners: Vec<Listener>, service: S, control: ServeControl) -> io::Result<()>
+pub async fn serve<S, B>(
+    listeners: Vec<Listener>,
+    service: S,
+    control: ServeControl,
+) -> io::Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
@@ -110,7 +118,10 @@ where
     }
     match Arc::try_unwrap(graceful) {
         Ok(g) => {
-            if tokio::time::timeout(graceful_timeout, g.shutdown()).await.is_err() {
+            if tokio::time::timeout(graceful_timeout, g.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     "graceful timeout ({}) reached with connections still open; closing them",
                     humantime::format_duration(graceful_timeout)
@@ -129,7 +140,11 @@ async fn accept_loop<S, B>(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<Stop>,
 ) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,

@@ -89,7 +89,10 @@ impl Server {
         let program = args
             .first()
             .and_then(|a| std::path::Path::new(a).file_name())
-            .map_or_else(|| "hyperfork".to_string(), |n| n.to_string_lossy().into_owned());
+            .map_or_else(
+                || "hyperfork".to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
         let cli = Cli::command()
             .bin_name(program.clone())
             .try_get_matches_from(args)
@@ -105,7 +108,11 @@ impl Server {
     pub fn app<F, S, B>(self, factory: F) -> Server
     where
         F: Fn(&Worker) -> S + 'static,
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
@@ -121,7 +128,11 @@ impl Server {
     where
         F: Fn(&Worker) -> Result<S, E> + 'static,
         E: Into<BoxError>,
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
@@ -135,7 +146,11 @@ impl Server {
     pub fn hyper_app<F, S, B>(self, factory: F) -> Server
     where
         F: Fn(&Worker) -> S + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,
@@ -150,7 +165,11 @@ impl Server {
     where
         F: Fn(&Worker) -> Result<S, E> + 'static,
         E: Into<BoxError>,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: Body + Send + 'static,

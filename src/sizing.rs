@@ -70,10 +70,7 @@ impl Plan {
         cores: Cores,
     ) -> Plan {
         let computed = formula(cores.count, cap.value);
-        let formula_result = format!(
-            "min(2 × {} + 1, {}) = {}",
-            cores.count, cap.value, computed
-        );
+        let formula_result = format!("min(2 × {} + 1, {}) = {}", cores.count, cap.value, computed);
         let mut warnings = Vec::new();
         let (workers, decided_by) = if debug.value {
             if let Some(e) = explicit {
@@ -133,8 +130,17 @@ impl Plan {
     /// The human-readable plan printed by `hyperfork plan`.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "workers:   {} (decided by {})", self.workers, self.decided_by);
-        let _ = writeln!(s, "cores:     {} ({})", self.cores.count, self.cores.explain());
+        let _ = writeln!(
+            s,
+            "workers:   {} (decided by {})",
+            self.workers, self.decided_by
+        );
+        let _ = writeln!(
+            s,
+            "cores:     {} ({})",
+            self.cores.count,
+            self.cores.explain()
+        );
         let _ = writeln!(s, "cap:       {} ({})", self.cap, self.cap_source);
         let _ = writeln!(
             s,
@@ -204,7 +210,12 @@ mod tests {
     fn auto_uses_the_formula() {
         let p = Plan::from_parts(None, &default_cap(), &no_debug(), cores(2));
         assert_eq!((p.workers, p.decided_by), (5, "formula"));
-        let p = Plan::from_parts(None, &src(3, Source::Cli("--max-workers")), &no_debug(), cores(2));
+        let p = Plan::from_parts(
+            None,
+            &src(3, Source::Cli("--max-workers")),
+            &no_debug(),
+            cores(2),
+        );
         assert_eq!(p.workers, 3);
     }
 

@@ -116,7 +116,12 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     // exists yet, so nothing can read the environment concurrently.
     unsafe {
         std::env::set_var("HYPERFORK_WORKER_ID", args.slot.to_string());
-        for var in ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        for var in [
+            "NOTIFY_SOCKET",
+            "LISTEN_PID",
+            "LISTEN_FDS",
+            "LISTEN_FDNAMES",
+        ] {
             std::env::remove_var(var);
         }
     }

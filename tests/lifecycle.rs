@@ -20,7 +20,10 @@ fn concurrent_load_is_served_by_more_than_one_worker() {
     }
     assert!(pids.len() >= 2, "only pids {pids:?} answered");
     let workers: HashSet<u64> = p.worker_pids().into_iter().map(|x| x as u64).collect();
-    assert!(pids.is_subset(&workers), "answers from {pids:?}, workers {workers:?}");
+    assert!(
+        pids.is_subset(&workers),
+        "answers from {pids:?}, workers {workers:?}"
+    );
 }
 
 #[test]
@@ -82,10 +85,18 @@ fn a_killed_worker_is_replaced_in_the_same_slot() {
     unsafe { libc::kill(old as i32, libc::SIGKILL) };
 
     let replaced = format!("worker 1 (pid {old}) was killed by SIGKILL");
-    assert!(p.wait_log(&replaced, Duration::from_secs(10)), "{}", p.stderr());
+    assert!(
+        p.wait_log(&replaced, Duration::from_secs(10)),
+        "{}",
+        p.stderr()
+    );
     let ready_re = |log: &str| {
         log.lines()
-            .find(|l| l.contains("worker 1 (pid") && l.contains("is ready") && !l.contains(&format!("pid {old})")))
+            .find(|l| {
+                l.contains("worker 1 (pid")
+                    && l.contains("is ready")
+                    && !l.contains(&format!("pid {old})"))
+            })
             .map(str::to_string)
     };
     assert!(
@@ -111,7 +122,10 @@ fn a_killed_worker_is_replaced_in_the_same_slot() {
     }
     let (_, new_pid) = seen.expect("slot 1 answers again");
     assert_ne!(new_pid, old);
-    assert!(ready_line.contains(&format!("pid {new_pid})")), "{ready_line}");
+    assert!(
+        ready_line.contains(&format!("pid {new_pid})")),
+        "{ready_line}"
+    );
     assert_eq!(p.worker_pids().len(), 2);
 }
 
@@ -126,7 +140,11 @@ fn a_worker_that_panics_at_boot_backs_off_and_the_master_gives_up() {
         .expect("the master gives up instead of looping");
     let log = p.stderr();
     assert_eq!(status.code(), Some(3), "{log}");
-    for backoff in ["restarting in 100ms", "restarting in 200ms", "restarting in 400ms"] {
+    for backoff in [
+        "restarting in 100ms",
+        "restarting in 200ms",
+        "restarting in 400ms",
+    ] {
         assert!(log.contains(backoff), "no {backoff:?} in:\n{log}");
     }
     let last = log.lines().last().unwrap_or_default();
@@ -143,7 +161,11 @@ fn a_boot_error_in_one_slot_does_not_stop_the_pool() {
         &["--workers", "2"],
         &[("HYPERFORK_FAULT", "boot-panic-slot0")],
     );
-    assert!(p.wait_log("restarting in 400ms", Duration::from_secs(30)), "{}", p.stderr());
+    assert!(
+        p.wait_log("restarting in 400ms", Duration::from_secs(30)),
+        "{}",
+        p.stderr()
+    );
     assert_eq!(get(p.port, "/health").unwrap().status, 200);
     assert!(!p.stderr().contains("giving up"));
 }
@@ -158,7 +180,9 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     std::thread::sleep(Duration::from_millis(500));
     p.signal(libc::SIGTERM);
 
-    let r = conn.read_response().expect("the in-flight request completes");
+    let r = conn
+        .read_response()
+        .expect("the in-flight request completes");
     assert_eq!(r.status, 200);
     assert!(r.body.starts_with("slow done"), "{}", r.body);
     assert_eq!(r.header("connection"), Some("close"));
@@ -202,10 +226,16 @@ fn no_worker_outlives_a_killed_master() {
     let workers = p.worker_pids();
     assert_eq!(workers.len(), 3);
     p.signal(libc::SIGKILL);
-    p.wait_exit(Duration::from_secs(10)).expect("master is gone");
-    let gone = wait_until(Duration::from_secs(2), || workers.iter().all(|&w| !alive(w)));
+    p.wait_exit(Duration::from_secs(10))
+        .expect("master is gone");
+    let gone = wait_until(Duration::from_secs(2), || {
+        workers.iter().all(|&w| !alive(w))
+    });
     let left: Vec<i32> = workers.iter().copied().filter(|&w| alive(w)).collect();
-    assert!(gone, "workers still alive 2 s after the master died: {left:?}");
+    assert!(
+        gone,
+        "workers still alive 2 s after the master died: {left:?}"
+    );
 }
 
 #[test]
@@ -222,10 +252,14 @@ fn unix_socket_serves_and_is_removed_on_exit() {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("Hello, world!"), "{out}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("Hello, world!"),
+        "{out}"
+    );
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
     assert!(!path.exists(), "socket file left behind");

@@ -80,7 +80,10 @@ fn auto_size_follows_the_formula_on_this_machine() {
     let affinity = affinity_cpus();
     assert_eq!(p["cores"]["affinity"], affinity);
     let cores = p["cores"]["count"].as_u64().unwrap();
-    assert!(cores >= 1 && cores <= affinity, "cores {cores}, affinity {affinity}");
+    assert!(
+        cores >= 1 && cores <= affinity,
+        "cores {cores}, affinity {affinity}"
+    );
     if p["cores"]["quota"].is_null() {
         assert_eq!(cores, affinity);
     }
@@ -114,7 +117,15 @@ fn text_plan_names_every_input() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for needle in ["workers:", "cores:", "cap:", "debug:", "explicit:", "formula:", "--workers"] {
+    for needle in [
+        "workers:",
+        "cores:",
+        "cap:",
+        "debug:",
+        "explicit:",
+        "formula:",
+        "--workers",
+    ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
 }
@@ -122,14 +133,21 @@ fn text_plan_names_every_input() {
 fn running_pool_size(args: &[&str], env: &[(&str, &str)]) -> usize {
     let p = Proc::serve(&hyperfork_bin(), args, env);
     let n = p.worker_pids().len();
-    assert!(p.wait_log("ready", Duration::from_secs(20)), "{}", p.stderr());
+    assert!(
+        p.wait_log("ready", Duration::from_secs(20)),
+        "{}",
+        p.stderr()
+    );
     n
 }
 
 #[test]
 fn the_running_pool_has_the_planned_size() {
     assert_eq!(running_pool_size(&[], &[("UVICORN_WORKERS", "3")]), 3);
-    assert_eq!(running_pool_size(&["--debug"], &[("UVICORN_WORKERS", "3")]), 1);
+    assert_eq!(
+        running_pool_size(&["--debug"], &[("UVICORN_WORKERS", "3")]),
+        1
+    );
     let auto = plan(&[], &[])["workers"].as_u64().unwrap() as usize;
     assert_eq!(running_pool_size(&[], &[]), auto);
 }

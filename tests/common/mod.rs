@@ -20,7 +20,12 @@ pub fn example_bin(name: &str) -> PathBuf {
     let bin = hyperfork_bin();
     let dir = bin.parent().expect("binary has a directory");
     let path = dir.join("examples").join(name);
-    assert!(path.exists(), "example {} not built at {}", name, path.display());
+    assert!(
+        path.exists(),
+        "example {} not built at {}",
+        name,
+        path.display()
+    );
     path
 }
 
@@ -66,7 +71,9 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` (stdout discarded, stderr captured).
     pub fn start(mut cmd: Command, port: u16) -> Proc {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn process");
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr piped");
@@ -120,7 +127,10 @@ impl Proc {
             get(port, "/").map(|r| r.status == 200).unwrap_or(false)
         });
         if !ok {
-            panic!("server on port {port} never answered; stderr:\n{}", self.stderr());
+            panic!(
+                "server on port {port} never answered; stderr:\n{}",
+                self.stderr()
+            );
         }
     }
 
@@ -232,7 +242,9 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 }
 
