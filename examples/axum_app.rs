@@ -33,6 +33,7 @@ fn make_router(worker: &hyperfork::Worker) -> Router {
             "/slow",
             get(|Query(p): Query<SlowParams>| async move {
                 let ms = p.ms.unwrap_or(1000).min(60_000);
+                tracing::info!("slow request started ({ms} ms)");
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 format!("slow done after {ms} ms\n")
             }),

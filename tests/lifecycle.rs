@@ -177,7 +177,7 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     // A first request on the keep-alive connection proves a worker owns it.
     assert_eq!(conn.get("/").unwrap().status, 200);
     conn.send_get("/slow?ms=3000").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(p.wait_log("slow request started", Duration::from_secs(20)));
     p.signal(libc::SIGTERM);
 
     let r = conn
@@ -200,7 +200,7 @@ fn sigterm_with_a_request_beyond_the_graceful_timeout_kills_and_exits() {
     let mut conn = Conn::open(p.port).unwrap();
     assert_eq!(conn.get("/").unwrap().status, 200);
     conn.send_get("/slow?ms=30000").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(p.wait_log("slow request started", Duration::from_secs(20)));
     p.signal(libc::SIGTERM);
     let status = p.wait_exit(Duration::from_secs(20)).expect("master exits");
     assert!(status.success(), "{}", p.stderr());
@@ -213,7 +213,7 @@ fn sigint_is_a_fast_shutdown() {
     let mut conn = Conn::open(p.port).unwrap();
     assert_eq!(conn.get("/").unwrap().status, 200);
     conn.send_get("/slow?ms=30000").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(p.wait_log("slow request started", Duration::from_secs(20)));
     p.signal(libc::SIGINT);
     let status = p.wait_exit(Duration::from_secs(10)).expect("master exits");
     assert!(status.success(), "{}", p.stderr());

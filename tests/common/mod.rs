@@ -15,7 +15,8 @@ pub fn hyperfork_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hyperfork"))
 }
 
-/// An example binary; `cargo test` builds examples next to the binaries.
+/// An example binary. A plain `cargo test` builds every example next to the binaries; `cargo test
+/// --test NAME` does not, so run `cargo build --examples` first when running one test file alone.
 pub fn example_bin(name: &str) -> PathBuf {
     let bin = hyperfork_bin();
     let dir = bin.parent().expect("binary has a directory");
