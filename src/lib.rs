@@ -26,6 +26,7 @@ pub mod listener;
 pub mod logging;
 mod master;
 pub mod pool;
+pub mod schedule;
 pub mod serve;
 mod server;
 pub mod signals;

@@ -1,0 +1,449 @@
+//! When jobs run: fixed intervals ([`Every`]) and 5-field cron expressions ([`Cron`]), and the catch-up
+//! rule for ticks that fell due while no worker held the scheduler lease.
+//!
+//! Ticks are wall-clock instants in UTC. An interval's ticks are `anchor + k × interval` (k ≥ 1), with
+//! the anchor fixed by the master when it starts, so every holder of the lease computes the same ticks.
+//! A cron expression's ticks are its matching minutes, in UTC or in the job's time zone.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// A fixed interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Every(Duration);
+
+impl Every {
+    /// Every `d`; `None` for a zero duration.
+    pub fn new(d: Duration) -> Option<Every> {
+        (!d.is_zero()).then_some(Every(d))
+    }
+
+    /// Every `n` seconds (at least 1).
+    pub fn seconds(n: u64) -> Every {
+        Every(Duration::from_secs(n.max(1)))
+    }
+
+    /// Every `n` minutes (at least 1).
+    pub fn minutes(n: u64) -> Every {
+        Every(Duration::from_secs(n.max(1) * 60))
+    }
+
+    /// The interval.
+    pub fn interval(&self) -> Duration {
+        self.0
+    }
+}
+
+/// A 5-field cron expression (`minute hour day-of-month month day-of-week`), in UTC unless a time zone
+/// is given.
+#[derive(Debug, Clone)]
+pub struct Cron {
+    expr: String,
+    cron: croner::Cron,
+    tz: Tz,
+}
+
+/// A cron expression or time zone that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The expression is not a valid 5-field cron expression.
+    #[error(
+        "invalid cron expression {expr:?}: {reason} (expected 5 fields: minute hour day-of-month month day-of-week)"
+    )]
+    Cron {
+        /// The expression.
+        expr: String,
+        /// The parser's explanation.
+        reason: String,
+    },
+    /// The time zone is not an IANA name.
+    #[error("unknown time zone {0:?} (expected an IANA name such as UTC or Europe/Paris)")]
+    TimeZone(String),
+}
+
+impl Cron {
+    /// Parses a 5-field expression, evaluated in UTC.
+    pub fn parse(expr: &str) -> Result<Cron, ScheduleError> {
+        let fields = expr.split_whitespace().count();
+        let bad = |reason: String| ScheduleError::Cron {
+            expr: expr.to_string(),
+            reason,
+        };
+        if fields != 5 && !expr.trim_start().starts_with('@') {
+            return Err(bad(format!("{fields} fields")));
+        }
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(expr)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Cron {
+            expr: expr.to_string(),
+            cron,
+            tz: Tz::UTC,
+        })
+    }
+
+    /// Evaluates the expression in the IANA time zone `name` instead of UTC.
+    pub fn in_time_zone(mut self, name: &str) -> Result<Cron, ScheduleError> {
+        self.tz = name
+            .parse::<Tz>()
+            .map_err(|_| ScheduleError::TimeZone(name.to_string()))?;
+        Ok(self)
+    }
+
+    /// The expression as written.
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+}
+
+/// When a job runs.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// A fixed interval.
+    Every(Every),
+    /// A cron expression.
+    Cron(Cron),
+}
+
+impl From<Every> for Schedule {
+    fn from(e: Every) -> Schedule {
+        Schedule::Every(e)
+    }
+}
+
+impl From<Cron> for Schedule {
+    fn from(c: Cron) -> Schedule {
+        Schedule::Cron(c)
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Every(e) => write!(f, "every {}", humantime::format_duration(e.0)),
+            Schedule::Cron(c) if c.tz == Tz::UTC => write!(f, "cron {:?} (UTC)", c.expr),
+            Schedule::Cron(c) => write!(f, "cron {:?} ({})", c.expr, c.tz),
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Schedule {
+    /// The first tick strictly after `t`; `anchor` is the interval's origin.
+    pub fn next_after(&self, t: DateTime<Utc>, anchor: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Every(e) => {
+                let step = duration_ms(e.0).max(1);
+                let since = (t - anchor).num_milliseconds();
+                let k = if since < 0 { 1 } else { since / step + 1 };
+                anchor.checked_add_signed(chrono::Duration::milliseconds(k.checked_mul(step)?))
+            }
+            Schedule::Cron(c) => {
+                let local = c.tz.from_utc_datetime(&t.naive_utc());
+                c.cron
+                    .find_next_occurrence(&local, false)
+                    .ok()
+                    .map(|n| n.with_timezone(&Utc))
+            }
+        }
+    }
+
+    /// The latest tick at or before `t` and strictly after `after`, if any.
+    pub fn latest_in(
+        &self,
+        after: DateTime<Utc>,
+        t: DateTime<Utc>,
+        anchor: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        match self {
+            Schedule::Every(e) => {
+                let step = duration_ms(e.0).max(1);
+                let since = (t - anchor).num_milliseconds();
+                if since < step {
+                    return None;
+                }
+                let tick = anchor + chrono::Duration::milliseconds(since / step * step);
+                (tick > after).then_some(tick)
+            }
+            Schedule::Cron(c) => {
+                let local = c.tz.from_utc_datetime(&t.naive_utc());
+                let tick = c
+                    .cron
+                    .find_previous_occurrence(&local, true)
+                    .ok()?
+                    .with_timezone(&Utc);
+                (tick > after).then_some(tick)
+            }
+        }
+    }
+
+    /// How many ticks fall in `(after, t]` (counted up to `limit`).
+    pub fn count_in(
+        &self,
+        after: DateTime<Utc>,
+        t: DateTime<Utc>,
+        anchor: DateTime<Utc>,
+        limit: usize,
+    ) -> usize {
+        let mut n = 0;
+        let mut cur = after;
+        while n < limit {
+            match self.next_after(cur, anchor) {
+                Some(next) if next <= t => {
+                    n += 1;
+                    cur = next;
+                }
+                _ => break,
+            }
+        }
+        n
+    }
+
+    /// The default misfire grace: one interval for `every`, 60 s for cron.
+    pub fn default_misfire_grace(&self) -> Duration {
+        match self {
+            Schedule::Every(e) => e.0,
+            Schedule::Cron(_) => Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a new lease holder does about ticks that fell due while nobody held the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The tick to run now, if the latest missed tick is within the misfire grace.
+    pub run: Option<DateTime<Utc>>,
+    /// Missed ticks folded into that run (not counting it).
+    pub coalesced: usize,
+    /// Missed ticks skipped because they were past the grace.
+    pub skipped: usize,
+}
+
+/// Decides the catch-up at `now` for a job whose last started tick is `last`.
+///
+/// Every tick in `(last, now]` was missed. If the latest one is at most `grace` old it runs once, and the
+/// earlier ones coalesce into it; otherwise they are all skipped.
+pub fn catch_up(
+    schedule: &Schedule,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+    anchor: DateTime<Utc>,
+    grace: Duration,
+) -> CatchUp {
+    const COUNT_LIMIT: usize = 100_000;
+    let Some(latest) = schedule.latest_in(last, now, anchor) else {
+        return CatchUp {
+            run: None,
+            coalesced: 0,
+            skipped: 0,
+        };
+    };
+    let missed = schedule.count_in(last, now, anchor, COUNT_LIMIT).max(1);
+    if (now - latest).to_std().unwrap_or(Duration::ZERO) <= grace {
+        CatchUp {
+            run: Some(latest),
+            coalesced: missed - 1,
+            skipped: 0,
+        }
+    } else {
+        CatchUp {
+            run: None,
+            coalesced: 0,
+            skipped: missed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn every_ticks_are_anchored() {
+        let anchor = t("2026-01-01T00:00:00.500Z");
+        let s = Schedule::from(Every::seconds(10));
+        assert_eq!(
+            s.next_after(anchor, anchor),
+            Some(t("2026-01-01T00:00:10.500Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-01-01T00:00:10.500Z"), anchor),
+            Some(t("2026-01-01T00:00:20.500Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-01-01T00:00:19Z"), anchor),
+            Some(t("2026-01-01T00:00:20.500Z"))
+        );
+        assert_eq!(
+            s.latest_in(anchor, t("2026-01-01T00:00:25Z"), anchor),
+            Some(t("2026-01-01T00:00:20.500Z"))
+        );
+        assert_eq!(s.latest_in(anchor, t("2026-01-01T00:00:05Z"), anchor), None);
+        assert_eq!(Every::new(Duration::ZERO), None);
+    }
+
+    #[test]
+    fn cron_next_tick_handles_month_ends_and_leap_years() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let midnight = Schedule::from(Cron::parse("0 0 * * *").unwrap());
+        assert_eq!(
+            midnight.next_after(t("2026-01-31T23:59:30Z"), anchor),
+            Some(t("2026-02-01T00:00:00Z"))
+        );
+        let last_of_feb = Schedule::from(Cron::parse("30 12 29 2 *").unwrap());
+        assert_eq!(
+            last_of_feb.next_after(t("2026-03-01T00:00:00Z"), anchor),
+            Some(t("2028-02-29T12:30:00Z"))
+        );
+        let every5 = Schedule::from(Cron::parse("*/5 * * * *").unwrap());
+        assert_eq!(
+            every5.next_after(t("2026-12-31T23:58:00Z"), anchor),
+            Some(t("2027-01-01T00:00:00Z"))
+        );
+        // On a tick, the next one is strictly later.
+        assert_eq!(
+            every5.next_after(t("2026-05-05T10:05:00Z"), anchor),
+            Some(t("2026-05-05T10:10:00Z"))
+        );
+        assert_eq!(
+            every5.latest_in(anchor, t("2026-05-05T10:07:00Z"), anchor),
+            Some(t("2026-05-05T10:05:00Z"))
+        );
+    }
+
+    #[test]
+    fn cron_in_a_time_zone() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let paris = Schedule::from(
+            Cron::parse("0 9 * * *")
+                .unwrap()
+                .in_time_zone("Europe/Paris")
+                .unwrap(),
+        );
+        // Winter: UTC+1; summer: UTC+2.
+        assert_eq!(
+            paris.next_after(t("2026-01-10T00:00:00Z"), anchor),
+            Some(t("2026-01-10T08:00:00Z"))
+        );
+        assert_eq!(
+            paris.next_after(t("2026-07-10T00:00:00Z"), anchor),
+            Some(t("2026-07-10T07:00:00Z"))
+        );
+        assert!(
+            Cron::parse("0 9 * * *")
+                .unwrap()
+                .in_time_zone("Mars/Base")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_cron_expressions() {
+        for bad in ["", "* * * *", "0 0 * * * *", "61 * * * *", "x y z a b"] {
+            let e = Cron::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("5 fields"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn catch_up_runs_the_latest_missed_tick_within_grace() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let s = Schedule::from(Every::seconds(1));
+        // Last run at :03, now :04.4 → tick :04 is 0.4 s late, within the 1 s grace.
+        let c = catch_up(
+            &s,
+            t("2026-01-01T00:00:03Z"),
+            t("2026-01-01T00:00:04.400Z"),
+            anchor,
+            s.default_misfire_grace(),
+        );
+        assert_eq!(
+            c,
+            CatchUp {
+                run: Some(t("2026-01-01T00:00:04Z")),
+                coalesced: 0,
+                skipped: 0
+            }
+        );
+        // Nothing missed.
+        let c = catch_up(
+            &s,
+            t("2026-01-01T00:00:04Z"),
+            t("2026-01-01T00:00:04.400Z"),
+            anchor,
+            Duration::from_secs(1),
+        );
+        assert_eq!(c.run, None);
+        assert_eq!(c.skipped, 0);
+    }
+
+    #[test]
+    fn many_missed_ticks_coalesce_into_one_run() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let s = Schedule::from(Every::seconds(10));
+        let c = catch_up(
+            &s,
+            t("2026-01-01T00:00:10Z"),
+            t("2026-01-01T00:01:05Z"),
+            anchor,
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            c,
+            CatchUp {
+                run: Some(t("2026-01-01T00:01:00Z")),
+                coalesced: 4,
+                skipped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn ticks_past_the_grace_are_skipped() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let s = Schedule::from(Cron::parse("0 * * * *").unwrap());
+        let c = catch_up(
+            &s,
+            t("2026-01-01T09:00:00Z"),
+            t("2026-01-01T12:30:00Z"),
+            anchor,
+            s.default_misfire_grace(),
+        );
+        assert_eq!(
+            c,
+            CatchUp {
+                run: None,
+                coalesced: 0,
+                skipped: 3
+            }
+        );
+        let c = catch_up(
+            &s,
+            t("2026-01-01T09:00:00Z"),
+            t("2026-01-01T12:00:30Z"),
+            anchor,
+            s.default_misfire_grace(),
+        );
+        assert_eq!(
+            c,
+            CatchUp {
+                run: Some(t("2026-01-01T12:00:00Z")),
+                coalesced: 2,
+                skipped: 0
+            }
+        );
+    }
+}
