@@ -1,7 +1,8 @@
 //! The built-in app the `hyperfork` binary serves; the reference app for tests and benchmarks.
 //!
-//! `GET /` answers `Hello, world!`, `GET /health` answers `{"status":"ok","worker":SLOT,"pid":PID}`,
-//! anything else 404. Every response carries `x-worker: SLOT`.
+//! `GET /` answers `Hello, world!`, `GET /health` answers
+//! `{"status":"ok","worker":SLOT,"pid":PID,"scheduler":false}`, anything else 404. On the worker
+//! holding the scheduler lease, `/health` says `"scheduler":true` and adds each job's last run. Every response carries `x-worker: SLOT`.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -19,6 +20,7 @@ use crate::worker::Worker;
 pub struct BuiltinApp {
     slot: HeaderValue,
     health: Bytes,
+    worker: Worker,
 }
 
 impl BuiltinApp {
@@ -27,11 +29,27 @@ impl BuiltinApp {
         BuiltinApp {
             slot: HeaderValue::from(worker.slot()),
             health: Bytes::from(format!(
-                "{{\"status\":\"ok\",\"worker\":{},\"pid\":{}}}",
+                "{{\"status\":\"ok\",\"worker\":{},\"pid\":{},\"scheduler\":false}}",
                 worker.slot(),
                 worker.pid()
             )),
+            worker: worker.clone(),
         }
+    }
+
+    fn health(&self) -> Bytes {
+        let status = self.worker.scheduler_status();
+        if !status.is_holder() {
+            return self.health.clone();
+        }
+        let body = serde_json::json!({
+            "status": "ok",
+            "worker": self.worker.slot(),
+            "pid": self.worker.pid(),
+            "scheduler": true,
+            "jobs": status.jobs(),
+        });
+        Bytes::from(body.to_string())
     }
 
     fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -42,7 +60,7 @@ impl BuiltinApp {
                 Bytes::from_static(b"Hello, world!"),
             ),
             (&Method::GET | &Method::HEAD, "/health") => {
-                (StatusCode::OK, "application/json", self.health.clone())
+                (StatusCode::OK, "application/json", self.health())
             }
             (_, "/" | "/health") => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use crate::cli::{self, Cli, LogLevel};
 use crate::error::ConfigError;
+use crate::jobs::Job;
 use crate::listener::BindSpec;
+use crate::schedule::{Cron, Every, Schedule};
 
 /// Default TCP host.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -85,6 +87,8 @@ pub struct Settings {
     pub log_level: LogLevel,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// Command jobs from the file's `[[jobs]]` tables.
+    pub jobs: Vec<Job>,
 }
 
 /// The TOML file's schema. Unknown keys are errors.
@@ -101,6 +105,22 @@ struct FileConfig {
     threads: Option<toml::Spanned<Count>>,
     graceful_timeout: Option<toml::Spanned<DurationValue>>,
     log_level: Option<LogLevel>,
+    jobs: Option<Vec<toml::Spanned<JobFile>>>,
+}
+
+/// One `[[jobs]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFile {
+    name: String,
+    every: Option<toml::Spanned<DurationValue>>,
+    cron: Option<toml::Spanned<String>>,
+    timezone: Option<toml::Spanned<String>>,
+    command: toml::Spanned<Vec<String>>,
+    timeout: Option<toml::Spanned<DurationValue>>,
+    misfire_grace: Option<toml::Spanned<DurationValue>>,
+    #[serde(default)]
+    overlap: bool,
 }
 
 /// An integer in the TOML file; range checks happen after parsing, so errors can name the line.
@@ -297,6 +317,119 @@ fn file_count(
     })
 }
 
+/// A duration key of a job table.
+fn job_duration(
+    path: &Path,
+    text: &str,
+    name: &str,
+    key: &str,
+    v: &toml::Spanned<DurationValue>,
+) -> Result<Duration, ConfigError> {
+    match &v.get_ref().0 {
+        Ok(d) => Ok(*d),
+        Err(msg) => Err(file_error(
+            path,
+            text,
+            v.span(),
+            format!("job {name:?}: key `{key}`: {msg}"),
+        )),
+    }
+}
+
+/// Turns `[[jobs]]` tables into command jobs.
+fn file_jobs(
+    path: &Path,
+    text: &str,
+    list: &[toml::Spanned<JobFile>],
+) -> Result<Vec<Job>, ConfigError> {
+    let mut jobs = Vec::new();
+    for spanned in list {
+        let j = spanned.get_ref();
+        let at = |span: std::ops::Range<usize>, msg: String| file_error(path, text, span, msg);
+        let name = j.name.trim();
+        if name.is_empty() {
+            return Err(at(
+                spanned.span(),
+                "[[jobs]]: key `name`: expected a non-empty name".into(),
+            ));
+        }
+        let schedule: Schedule = match (&j.every, &j.cron) {
+            (Some(_), Some(c)) => {
+                return Err(at(
+                    c.span(),
+                    format!("job {name:?}: give either `every` or `cron`, not both"),
+                ));
+            }
+            (None, None) => {
+                return Err(at(
+                    spanned.span(),
+                    format!(
+                        "job {name:?}: missing schedule: expected `every = \"10s\"` or `cron = \"*/5 * * * *\"`"
+                    ),
+                ));
+            }
+            (Some(e), None) => {
+                let d = job_duration(path, text, name, "every", e)?;
+                Every::new(d)
+                    .ok_or_else(|| {
+                        at(
+                            e.span(),
+                            format!("job {name:?}: key `every`: expected a duration above zero"),
+                        )
+                    })?
+                    .into()
+            }
+            (None, Some(c)) => {
+                let mut cron = Cron::parse(c.get_ref())
+                    .map_err(|e| at(c.span(), format!("job {name:?}: key `cron`: {e}")))?;
+                if let Some(tz) = &j.timezone {
+                    cron = cron
+                        .in_time_zone(tz.get_ref())
+                        .map_err(|e| at(tz.span(), format!("job {name:?}: key `timezone`: {e}")))?;
+                }
+                cron.into()
+            }
+        };
+        if let (Some(tz), Some(_)) = (&j.timezone, &j.every) {
+            return Err(at(
+                tz.span(),
+                format!("job {name:?}: key `timezone` applies to `cron` only"),
+            ));
+        }
+        let argv = j.command.get_ref().clone();
+        if argv.first().is_none_or(|p| p.trim().is_empty()) {
+            return Err(at(
+                j.command.span(),
+                format!(
+                    "job {name:?}: key `command`: expected a non-empty array such as [\"sh\", \"-c\", \"...\"]"
+                ),
+            ));
+        }
+        let mut job = Job::command(name, schedule, argv).overlap(j.overlap);
+        if let Some(t) = &j.timeout {
+            let d = job_duration(path, text, name, "timeout", t)?;
+            if d.is_zero() {
+                return Err(at(
+                    t.span(),
+                    format!("job {name:?}: key `timeout`: expected a duration above zero"),
+                ));
+            }
+            job = job.timeout(d);
+        }
+        if let Some(g) = &j.misfire_grace {
+            job = job.misfire_grace(job_duration(path, text, name, "misfire_grace", g)?);
+        }
+        if jobs.iter().any(|o: &Job| o.name == job.name) {
+            return Err(at(
+                spanned.span(),
+                format!("job name {name:?} is used twice: expected unique names"),
+            ));
+        }
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
 fn parse_binds(
     values: &[String],
     source: Source,
@@ -482,6 +615,10 @@ impl Settings {
         };
 
         let binds = Self::resolve_binds(cli, env, &file, &path, &text)?;
+        let jobs = match &file.jobs {
+            Some(list) => file_jobs(&path, &text, list)?,
+            None => Vec::new(),
+        };
 
         Ok(Settings {
             binds,
@@ -493,6 +630,7 @@ impl Settings {
             graceful_timeout,
             log_level,
             config_file,
+            jobs,
         })
     }
 

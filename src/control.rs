@@ -1,6 +1,9 @@
-//! The control pipe: workers tell the master they are ready, or why they failed to boot.
+//! The control pipe: workers tell the master they are ready, why they failed to boot, which scheduled
+//! tick they start, and that they released the scheduler lease. A second, per-worker pipe carries the
+//! master's orders the other way ([`Order`]: grant or revoke the scheduler lease); a worker that reads
+//! end-of-file on it knows the master is gone.
 //!
-//! One pipe is shared by all workers. Each message is one line shorter than `PIPE_BUF`, written with a
+//! One control pipe is shared by all workers. Each message is one line shorter than `PIPE_BUF`, written with a
 //! single `write`, so lines from different workers never interleave. Each line starts with the
 //! sender's pid, which the master maps to a slot.
 
@@ -28,6 +31,20 @@ pub enum Message {
         /// The error, on one line.
         text: String,
     },
+    /// The lease holder is starting the run of a scheduled tick.
+    JobStart {
+        /// The worker's pid.
+        pid: i32,
+        /// The tick, in milliseconds since the Unix epoch.
+        tick_ms: i64,
+        /// The job's name (one line, at most 200 bytes).
+        job: String,
+    },
+    /// The lease holder stopped scheduling and every run it started has ended.
+    Released {
+        /// The worker's pid.
+        pid: i32,
+    },
 }
 
 impl Message {
@@ -46,6 +63,13 @@ impl Message {
                 }
                 format!("{pid} boot-error {t}\n")
             }
+            Message::JobStart { pid, tick_ms, job } => {
+                format!(
+                    "{pid} job-start {tick_ms} {}\n",
+                    job.replace(['\n', '\r'], " ")
+                )
+            }
+            Message::Released { pid } => format!("{pid} released\n"),
         }
     }
 
@@ -54,6 +78,15 @@ impl Message {
         let pid = pid.parse().ok()?;
         if rest == "ready" {
             Some(Message::Ready { pid })
+        } else if rest == "released" {
+            Some(Message::Released { pid })
+        } else if let Some(r) = rest.strip_prefix("job-start ") {
+            let (tick, job) = r.split_once(' ')?;
+            Some(Message::JobStart {
+                pid,
+                tick_ms: tick.parse().ok()?,
+                job: job.to_string(),
+            })
         } else {
             rest.strip_prefix("boot-error ")
                 .map(|t| Message::BootError {
@@ -77,13 +110,7 @@ impl ControlPipe {
     pub fn new() -> Result<ControlPipe, StartError> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| StartError::os("creating the control pipe", e))?;
-        let flags = nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_GETFL)
-            .map_err(|e| StartError::os("fcntl on the control pipe", e))?;
-        nix::fcntl::fcntl(
-            &read,
-            nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
-        )
-        .map_err(|e| StartError::os("fcntl on the control pipe", e))?;
+        set_nonblocking(&read).map_err(|e| StartError::os("fcntl on the control pipe", e))?;
         Ok(ControlPipe {
             read,
             write,
@@ -147,6 +174,60 @@ impl ControlWriter {
     }
 }
 
+/// An order from the master to one worker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "order", rename_all = "kebab-case")]
+pub enum Order {
+    /// The worker now holds the scheduler lease.
+    Grant {
+        /// Origin of interval ticks, in milliseconds since the Unix epoch.
+        anchor_ms: i64,
+        /// For each job, the last tick a holder started.
+        last_ticks: std::collections::BTreeMap<String, i64>,
+    },
+    /// Stop scheduling, let running jobs end, then answer [`Message::Released`].
+    Revoke,
+}
+
+impl Order {
+    /// One line of JSON.
+    pub fn encode(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+
+    /// Parses one line.
+    pub fn decode(line: &str) -> Option<Order> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
+/// Creates a worker's order pipe: `(read end for the worker, write end for the master)`, both
+/// close-on-exec, the write end non-blocking so the master never waits on a worker.
+pub fn order_pipe() -> Result<(OwnedFd, OwnedFd), StartError> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| StartError::os("creating an order pipe", e))?;
+    set_nonblocking(&write).map_err(|e| StartError::os("fcntl on an order pipe", e))?;
+    Ok((read, write))
+}
+
+/// Sets `O_NONBLOCK` on a descriptor.
+pub fn set_nonblocking<F: AsFd>(fd: &F) -> nix::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+    )?;
+    Ok(())
+}
+
+/// Writes an order to a worker; `false` if it could not be written whole.
+pub fn send_order<F: AsFd>(fd: &F, order: &Order) -> bool {
+    let line = order.encode();
+    matches!(nix::unistd::write(fd, line.as_bytes()), Ok(n) if n == line.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +252,38 @@ mod tests {
             ]
         );
         assert!(pipe.drain().is_empty());
+        w.send(&Message::JobStart {
+            pid: 7,
+            tick_ms: 1_700_000_000_000,
+            job: "daily reset".into(),
+        });
+        w.send(&Message::Released { pid: 7 });
+        assert_eq!(
+            pipe.drain(),
+            vec![
+                Message::JobStart {
+                    pid: 7,
+                    tick_ms: 1_700_000_000_000,
+                    job: "daily reset".into()
+                },
+                Message::Released { pid: 7 }
+            ]
+        );
+    }
+
+    #[test]
+    fn orders_round_trip() {
+        let mut last_ticks = std::collections::BTreeMap::new();
+        last_ticks.insert("a job".to_string(), 5);
+        for o in [
+            Order::Grant {
+                anchor_ms: 1,
+                last_ticks,
+            },
+            Order::Revoke,
+        ] {
+            assert_eq!(Order::decode(&o.encode()), Some(o));
+        }
     }
 
     #[test]

@@ -5,15 +5,19 @@
 //! empty slots (running) or count down the shutdown (stopping). The master never starts a thread or a
 //! tokio runtime, so `fork` stays safe for its whole life.
 
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::control::{ControlPipe, Message};
+use crate::control::{self, ControlPipe, Message};
 use crate::error::StartError;
+use crate::jobs::Job;
+use crate::lease::Lease;
 use crate::listener::Listener;
 use crate::pool::{GIVE_UP_AFTER, Pool};
 use crate::server::AppFactory;
@@ -41,6 +45,7 @@ pub(crate) struct MasterArgs<'a> {
     pub graceful_timeout: Duration,
     pub listeners: &'a [Listener],
     pub app: &'a AppFactory,
+    pub jobs: &'a [Job],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +62,9 @@ struct Master<'a> {
     pool: Pool,
     state: State,
     announced_ready: bool,
+    /// The write end of each live worker's order pipe.
+    orders: HashMap<Pid, OwnedFd>,
+    lease: Lease,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -73,6 +81,12 @@ pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         control,
         state: State::Running,
         announced_ready: false,
+        orders: HashMap::new(),
+        lease: Lease::new(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        ),
     };
     master.run_loop()
 }
@@ -98,6 +112,7 @@ impl Master<'_> {
                     for slot in self.pool.due(now) {
                         self.spawn(slot);
                     }
+                    self.maybe_grant_lease();
                 }
                 State::Stopping { kill_at, killed } => {
                     if self.pool.live().is_empty() {
@@ -200,6 +215,49 @@ impl Master<'_> {
             Message::BootError { pid, text } => {
                 self.pool.boot_error(Pid::from_raw(pid), text);
             }
+            Message::JobStart { pid, tick_ms, job } => {
+                if !self.lease.job_started(Pid::from_raw(pid), &job, tick_ms) {
+                    tracing::error!(
+                        "pid {pid} reported a run of job {job:?} without holding the scheduler lease"
+                    );
+                }
+            }
+            Message::Released { pid } => {
+                if self.lease.ended(Pid::from_raw(pid)) {
+                    tracing::info!("pid {pid} released the scheduler lease");
+                }
+            }
+        }
+    }
+
+    /// Grants the scheduler lease to slot 0's worker when it is free and that worker is ready.
+    fn maybe_grant_lease(&mut self) {
+        if !self.lease.is_free() || self.args.jobs.is_empty() || self.pool.size() == 0 {
+            return;
+        }
+        let slot0 = self.pool.slot(0);
+        let (Some(pid), true) = (slot0.pid, slot0.ready) else {
+            return;
+        };
+        let Some(fd) = self.orders.get(&pid) else {
+            return;
+        };
+        let order = self.lease.grant(pid);
+        if control::send_order(fd, &order) {
+            tracing::info!("worker 0 (pid {pid}) holds the scheduler lease");
+        } else {
+            tracing::error!("cannot send the scheduler lease to worker 0 (pid {pid}); will retry");
+            self.lease.grant_failed(pid);
+        }
+    }
+
+    /// Frees the lease of a dead holder, after reading every report it wrote before dying.
+    fn holder_died(&mut self, pid: Pid) {
+        for msg in self.control.drain() {
+            self.on_message(msg);
+        }
+        if self.lease.ended(pid) {
+            tracing::info!("the scheduler lease is free again (holder pid {pid} exited)");
         }
     }
 
@@ -221,6 +279,10 @@ impl Master<'_> {
                 ),
                 _ => continue,
             };
+            self.orders.remove(&pid);
+            if self.lease.holder() == Some(pid) {
+                self.holder_died(pid);
+            }
             let running = self.state == State::Running;
             let now = Instant::now();
             let Some(death) = self.pool.died(pid, now, running) else {
@@ -257,6 +319,20 @@ impl Master<'_> {
 
     fn spawn(&mut self, slot: usize) {
         let now = Instant::now();
+        let (order_read, order_write) = match control::order_pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot fork worker {slot}: {e}; retrying");
+                self.pool.fork_failed(slot, now);
+                return;
+            }
+        };
+        let mut close_fds = vec![
+            self.signals.raw_fd(),
+            self.control.read_raw_fd(),
+            order_write.as_raw_fd(),
+        ];
+        close_fds.extend(self.orders.values().map(|fd| fd.as_raw_fd()));
         // SAFETY: the master is single-threaded (it never spawns threads or builds a runtime; `run`
         // documents the requirement and `Server::run` checks it), so the child gets a consistent copy
         // of memory with no lock held by another thread. The child never returns: `run_child` ends in
@@ -267,13 +343,17 @@ impl Master<'_> {
                 pool_size: self.pool.size(),
                 master_pid: self.pid,
                 listeners: self.args.listeners,
-                close_fds: [self.signals.raw_fd(), self.control.read_raw_fd()],
+                close_fds,
+                orders: order_read,
                 control: self.control.writer(),
+                jobs: self.args.jobs,
                 threads: self.args.threads,
                 graceful_timeout: self.args.graceful_timeout,
                 app: self.args.app,
             }),
             Ok(ForkResult::Parent { child }) => {
+                drop(order_read);
+                self.orders.insert(child, order_write);
                 tracing::info!("booting worker {slot} (pid {child})");
                 self.pool.spawned(slot, child, now);
             }

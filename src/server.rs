@@ -19,9 +19,11 @@ use crate::cli::{Cli, Command};
 use crate::config::{ProcessEnv, Settings};
 use crate::cores;
 use crate::error::ConfigError;
+use crate::jobs::{Job, JobContext, JobResult};
 use crate::listener::{self, Listener};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome};
+use crate::schedule::Schedule;
 use crate::serve::{self, BoxError, ServeControl};
 use crate::sizing::Plan;
 use crate::worker::Worker;
@@ -61,6 +63,7 @@ pub struct Server {
     program: String,
     cli: Result<Cli, clap::Error>,
     app: Option<AppFactory>,
+    jobs: Vec<Job>,
 }
 
 impl std::fmt::Debug for Server {
@@ -69,6 +72,7 @@ impl std::fmt::Debug for Server {
             .field("program", &self.program)
             .field("cli", &self.cli)
             .field("app", &self.app.is_some())
+            .field("jobs", &self.jobs)
             .finish()
     }
 }
@@ -101,6 +105,7 @@ impl Server {
             program,
             cli,
             app: None,
+            jobs: Vec::new(),
         }
     }
 
@@ -190,6 +195,39 @@ impl Server {
         self
     }
 
+    /// Adds a scheduled job: `f` runs on `schedule` in the worker of slot 0 only, never twice for one
+    /// tick. `f` returns `()` or a `Result` whose error is logged.
+    ///
+    /// ```no_run
+    /// # use hyperfork::{Every, Server, Worker};
+    /// # fn router(_: &Worker) -> axum::Router { axum::Router::new() }
+    /// Server::from_env_and_args()
+    ///     .app(router)
+    ///     .job("record-usage", Every::seconds(30), |ctx| async move {
+    ///         tracing::info!("tick {}", ctx.scheduled_at);
+    ///     })
+    ///     .run();
+    /// ```
+    pub fn job<F, Fut, R>(
+        self,
+        name: impl Into<String>,
+        schedule: impl Into<Schedule>,
+        f: F,
+    ) -> Server
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: JobResult + 'static,
+    {
+        self.add_job(Job::new(name, schedule, f))
+    }
+
+    /// Adds a job built with [`Job`] (for a timeout, misfire grace or overlap).
+    pub fn add_job(mut self, job: Job) -> Server {
+        self.jobs.push(job);
+        self
+    }
+
     /// Runs the subcommand (by default: the server) and returns the process's exit status.
     ///
     /// Errors are printed as one line on stderr: status 2 for usage errors, 1 for runtime failures,
@@ -216,6 +254,11 @@ impl Server {
                 print!("{}", plan.to_text());
             }
             return ExitCode::from(EXIT_OK);
+        }
+        let mut jobs = settings.jobs.clone();
+        jobs.extend(self.jobs);
+        if let Err(e) = crate::jobs::validate(&jobs) {
+            return fail(EXIT_USAGE, &e);
         }
         let Some(app) = self.app else {
             return fail(
@@ -249,6 +292,9 @@ impl Server {
             tracing::info!("listening on {url}");
         }
         tracing::info!("starting {}", plan.summary());
+        for j in &jobs {
+            tracing::info!("job {:?}: {}, in worker 0", j.name, j.schedule);
+        }
 
         let outcome = master::run(MasterArgs {
             workers: plan.workers,
@@ -256,6 +302,7 @@ impl Server {
             graceful_timeout: settings.graceful_timeout,
             listeners: &listeners,
             app: &app,
+            jobs: &jobs,
         });
         listener::remove_unix_files(&listeners);
         match outcome {

@@ -16,13 +16,18 @@
 //!
 //! Exit status 3 means the app failed to boot; the master counts those towards giving up.
 
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use tokio::sync::watch;
 
-use crate::control::{ControlWriter, Message};
+use crate::control::{ControlWriter, Message, Order};
 use crate::listener::Listener;
+use crate::scheduler::{Scheduler, SchedulerStatus};
 use crate::serve::{ServeControl, Stop};
 use crate::server::AppFactory;
 
@@ -32,11 +37,12 @@ pub const EXIT_BOOT_FAILURE: i32 = 3;
 pub const EXIT_FAILURE: i32 = 1;
 
 /// The identity of one worker, passed to the app factory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Worker {
     slot: usize,
     pid: u32,
     pool_size: usize,
+    scheduler: Arc<SchedulerStatus>,
 }
 
 impl Worker {
@@ -46,7 +52,13 @@ impl Worker {
             slot,
             pid,
             pool_size,
+            scheduler: Arc::default(),
         }
+    }
+
+    /// The scheduler's state in this worker: whether it holds the lease, and each job's last run.
+    pub fn scheduler_status(&self) -> Arc<SchedulerStatus> {
+        self.scheduler.clone()
     }
 
     /// The slot, `0..pool_size`. A replacement worker gets the slot of the one it replaces.
@@ -76,8 +88,10 @@ pub(crate) struct ChildArgs<'a> {
     pub pool_size: usize,
     pub master_pid: nix::unistd::Pid,
     pub listeners: &'a [Listener],
-    pub close_fds: [std::os::fd::RawFd; 2],
+    pub close_fds: Vec<std::os::fd::RawFd>,
+    pub orders: std::os::fd::OwnedFd,
     pub control: ControlWriter,
+    pub jobs: &'a [crate::jobs::Job],
     pub threads: usize,
     pub graceful_timeout: Duration,
     pub app: &'a AppFactory,
@@ -166,10 +180,25 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
 
     let control = args.control;
     let graceful_timeout = args.graceful_timeout;
+    let scheduler = (args.slot == 0 && !args.jobs.is_empty())
+        .then(|| Scheduler::new(args.jobs, worker.clone(), control));
+    let orders = args.orders;
     let result = runtime.block_on(async move {
         let (tx, rx) = watch::channel(Stop::Run);
         if let Err(e) = watch_signals(tx) {
             return Err(format!("cannot install signal handlers: {e}"));
+        }
+        let (sched_done_tx, mut sched_done) = watch::channel(scheduler.is_none());
+        if let Err(e) = spawn_order_loop(
+            orders,
+            scheduler,
+            rx.clone(),
+            control,
+            pid,
+            graceful_timeout,
+            sched_done_tx,
+        ) {
+            return Err(format!("cannot watch the order pipe: {e}"));
         }
         let ready = Box::new(move || {
             tracing::debug!("accepting connections");
@@ -184,7 +213,10 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             },
         )
         .await
-        .map_err(|e| format!("serving failed: {e}"))
+        .map_err(|e| format!("serving failed: {e}"))?;
+        // Let running jobs end (the drain already stopped new ones), within the graceful timeout.
+        let _ = tokio::time::timeout(graceful_timeout, sched_done.wait_for(|done| *done)).await;
+        Ok(())
     });
     match result {
         Ok(()) => {
@@ -196,6 +228,60 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             EXIT_FAILURE
         }
     }
+}
+
+/// Reads the master's orders. End-of-file means the master is gone: the worker exits at once.
+fn spawn_order_loop(
+    fd: OwnedFd,
+    mut scheduler: Option<Scheduler>,
+    mut stop: watch::Receiver<Stop>,
+    control: ControlWriter,
+    pid: u32,
+    graceful_timeout: Duration,
+    done: watch::Sender<bool>,
+) -> std::io::Result<()> {
+    crate::control::set_nonblocking(&fd).map_err(std::io::Error::from)?;
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => match Order::decode(&line) {
+                        Some(Order::Grant { anchor_ms, last_ticks }) => match scheduler.as_mut() {
+                            Some(s) if !draining => s.start(anchor_ms, &last_ticks),
+                            _ => tracing::warn!("scheduler lease granted to a worker that cannot schedule"),
+                        },
+                        Some(Order::Revoke) => {
+                            if let Some(s) = scheduler.as_mut() {
+                                s.stop(graceful_timeout).await;
+                            }
+                            control.send(&Message::Released { pid: pid as i32 });
+                            let _ = done.send(true);
+                        }
+                        None => tracing::warn!("unreadable order from the master: {line:?}"),
+                    },
+                    Ok(None) | Err(_) => {
+                        tracing::error!("the master is gone; exiting");
+                        std::process::exit(EXIT_FAILURE);
+                    }
+                },
+                changed = stop.changed(), if !draining => {
+                    draining = true;
+                    if changed.is_ok() {
+                        if let Some(s) = scheduler.as_mut() {
+                            if s.stop(graceful_timeout).await {
+                                control.send(&Message::Released { pid: pid as i32 });
+                            }
+                        }
+                    }
+                    let _ = done.send(true);
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// `SIGTERM` asks for a graceful stop; `SIGINT` and `SIGQUIT` exit at once.

@@ -1,0 +1,166 @@
+//! The scheduler lease, as the master keeps it: who may run scheduled jobs, and which ticks have run.
+//!
+//! # Why jobs never run twice
+//!
+//! Exactly one process at a time may schedule: the master grants the lease to the ready worker of
+//! slot 0 over that worker's private order pipe, and grants it again only after the holder is gone —
+//! reaped by `waitpid`, or, when it is being retired while still alive (a reload), after it answered
+//! [`crate::control::Message::Released`], which it sends once it stopped scheduling and every run it
+//! started has ended. Command jobs die with their worker (`PR_SET_PDEATHSIG`), so a holder killed with
+//! `SIGKILL` leaves no run behind.
+//!
+//! Before a holder starts a tick's run it reports the tick to the master with one atomic write to the
+//! control pipe. The master records it as the job's last tick and passes the record to the next holder
+//! with the grant, so the next holder starts after it: no tick is started twice. When a holder dies the
+//! master drains the control pipe once more after reaping it (the death happened after its last write,
+//! so every report it made is in the pipe by then) before granting again.
+//!
+//! Ticks that fell due between two holders are handled by [`crate::schedule::catch_up`] in the new
+//! holder: the latest runs once if it is within the job's misfire grace, earlier ones coalesce into it.
+
+use std::collections::BTreeMap;
+
+use nix::unistd::Pid;
+
+use crate::control::Order;
+
+/// The master's view of the lease.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    anchor_ms: i64,
+    last_ticks: BTreeMap<String, i64>,
+    holder: Option<Pid>,
+    revoking: bool,
+}
+
+impl Lease {
+    /// A lease nobody holds; interval ticks count from `anchor_ms`.
+    pub fn new(anchor_ms: i64) -> Lease {
+        Lease {
+            anchor_ms,
+            last_ticks: BTreeMap::new(),
+            holder: None,
+            revoking: false,
+        }
+    }
+
+    /// The current holder.
+    pub fn holder(&self) -> Option<Pid> {
+        self.holder
+    }
+
+    /// Whether the lease can be granted now.
+    pub fn is_free(&self) -> bool {
+        self.holder.is_none()
+    }
+
+    /// Records that `pid` now holds the lease and returns the grant to send it.
+    pub fn grant(&mut self, pid: Pid) -> Order {
+        debug_assert!(self.holder.is_none());
+        self.holder = Some(pid);
+        self.revoking = false;
+        Order::Grant {
+            anchor_ms: self.anchor_ms,
+            last_ticks: self.last_ticks.clone(),
+        }
+    }
+
+    /// Undoes a grant that could not be delivered.
+    pub fn grant_failed(&mut self, pid: Pid) {
+        if self.holder == Some(pid) {
+            self.holder = None;
+        }
+    }
+
+    /// A holder reports a tick's start. Returns `false` (and records nothing) if `pid` is not the
+    /// holder: that would be a bug worth logging.
+    pub fn job_started(&mut self, pid: Pid, job: &str, tick_ms: i64) -> bool {
+        if self.holder != Some(pid) {
+            return false;
+        }
+        let last = self.last_ticks.entry(job.to_string()).or_insert(tick_ms);
+        *last = (*last).max(tick_ms);
+        true
+    }
+
+    /// Marks the lease as being revoked; returns the holder to send [`Order::Revoke`] to, once.
+    pub fn revoke(&mut self) -> Option<Pid> {
+        if self.revoking {
+            return None;
+        }
+        let h = self.holder?;
+        self.revoking = true;
+        Some(h)
+    }
+
+    /// The holder released the lease, or died. Frees it if `pid` is the holder.
+    pub fn ended(&mut self, pid: Pid) -> bool {
+        if self.holder == Some(pid) {
+            self.holder = None;
+            self.revoking = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The last started tick of `job`.
+    pub fn last_tick(&self, job: &str) -> Option<i64> {
+        self.last_ticks.get(job).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_ticks_carry_over() {
+        let mut l = Lease::new(1000);
+        let a = Pid::from_raw(10);
+        let b = Pid::from_raw(11);
+        assert!(l.is_free());
+        assert_eq!(
+            l.grant(a),
+            Order::Grant {
+                anchor_ms: 1000,
+                last_ticks: BTreeMap::new()
+            }
+        );
+        assert!(!l.is_free());
+        assert!(l.job_started(a, "j", 2000));
+        assert!(
+            !l.job_started(b, "j", 3000),
+            "a non-holder's report is refused"
+        );
+        assert!(!l.ended(b));
+        assert!(l.ended(a));
+        let Order::Grant { last_ticks, .. } = l.grant(b) else {
+            panic!("expected a grant")
+        };
+        assert_eq!(last_ticks.get("j"), Some(&2000));
+    }
+
+    #[test]
+    fn last_tick_never_goes_back() {
+        let mut l = Lease::new(0);
+        let a = Pid::from_raw(10);
+        l.grant(a);
+        l.job_started(a, "j", 5000);
+        l.job_started(a, "j", 4000);
+        assert_eq!(l.last_tick("j"), Some(5000));
+    }
+
+    #[test]
+    fn revoke_is_sent_once_and_release_frees() {
+        let mut l = Lease::new(0);
+        let a = Pid::from_raw(10);
+        assert_eq!(l.revoke(), None);
+        l.grant(a);
+        assert_eq!(l.revoke(), Some(a));
+        assert_eq!(l.revoke(), None);
+        assert!(!l.is_free());
+        assert!(l.ended(a));
+        assert!(l.is_free());
+    }
+}
