@@ -3,7 +3,9 @@
 //! `HYPERFORK_FAULT` selects the fault:
 //! - `boot-panic`: the app factory panics in every worker;
 //! - `boot-error`: the app factory returns an error in every worker;
-//! - `boot-panic-slot0`: only the worker in slot 0 panics at boot.
+//! - `boot-panic-slot0`: only the worker in slot 0 panics at boot;
+//! - `job-panic`: a scheduled job `flaky` runs every second and panics on every other run (the worker
+//!   must survive it and run the next tick).
 //!
 //! ```text
 //! HYPERFORK_FAULT=boot-error cargo run --example faults -- --workers 2
@@ -27,7 +29,20 @@ fn build(worker: &Worker) -> Result<BuiltinApp, String> {
 }
 
 fn main() -> ExitCode {
-    hyperfork::Server::from_env_and_args()
-        .try_hyper_app(build)
-        .run()
+    let server = hyperfork::Server::from_env_and_args().try_hyper_app(build);
+    if std::env::var("HYPERFORK_FAULT").as_deref() == Ok("job-panic") {
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        return server
+            .job("flaky", hyperfork::Every::seconds(1), move |ctx| {
+                let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if n % 2 == 0 {
+                        panic!("injected job panic (run {n})");
+                    }
+                    tracing::info!("flaky job run {n} for tick {} ok", ctx.scheduled_at);
+                }
+            })
+            .run();
+    }
+    server.run()
 }

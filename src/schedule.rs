@@ -108,7 +108,7 @@ pub enum Schedule {
     /// A fixed interval.
     Every(Every),
     /// A cron expression.
-    Cron(Cron),
+    Cron(Box<Cron>),
 }
 
 impl From<Every> for Schedule {
@@ -119,7 +119,7 @@ impl From<Every> for Schedule {
 
 impl From<Cron> for Schedule {
     fn from(c: Cron) -> Schedule {
-        Schedule::Cron(c)
+        Schedule::Cron(Box::new(c))
     }
 }
 
