@@ -60,6 +60,7 @@ fn slot0_pids(log: &str) -> Vec<i32> {
 /// The pid holding the lease now, from the master's log.
 fn current_holder(log: &str) -> Option<i32> {
     log.lines()
+        .rev()
         .filter(|l| l.contains("holds the scheduler lease"))
         .filter_map(|l| {
             l.split("worker 0 (pid ")
@@ -69,7 +70,7 @@ fn current_holder(log: &str) -> Option<i32> {
                 .parse()
                 .ok()
         })
-        .last()
+        .next()
 }
 
 #[test]
