@@ -5,6 +5,8 @@
 //! curl localhost:8000/            # which worker answered
 //! curl 'localhost:8000/slow?ms=2000'
 //! ```
+//!
+//! Worker 0 also runs a scheduled job, `record-usage`, every 30 seconds.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,5 +51,13 @@ fn make_router(worker: &hyperfork::Worker) -> Router {
 fn main() -> ExitCode {
     hyperfork::Server::from_env_and_args()
         .app(make_router)
+        // Runs in worker 0 only, once per tick, even while workers are replaced.
+        .job(
+            "record-usage",
+            hyperfork::Every::seconds(30),
+            |ctx: hyperfork::JobContext| async move {
+                tracing::info!("recording usage for tick {}", ctx.scheduled_at);
+            },
+        )
         .run()
 }
