@@ -4,6 +4,11 @@
 //! message; handle the signals; read the workers' messages; reap every dead worker; then either refill
 //! empty slots (running) or count down the shutdown (stopping). The master never starts a thread or a
 //! tokio runtime, so `fork` stays safe for its whole life.
+//!
+//! A reload (`SIGHUP`) re-reads the configuration and replaces the workers slot by slot: fork the new
+//! worker, wait for its ready message, then gracefully stop the old one; a new configuration that does
+//! not validate, or a socket that cannot be bound, leaves the old pool serving. `SIGTTIN` / `SIGTTOU`
+//! add or gracefully remove the highest slot. Stopped workers drain for at most the graceful timeout.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -38,14 +43,36 @@ pub enum Outcome {
     GaveUp(String),
 }
 
+/// A re-read configuration, for a reload.
+pub(crate) struct Reloaded {
+    pub settings: crate::config::Settings,
+    pub plan: crate::sizing::Plan,
+    pub jobs: Vec<Job>,
+}
+
+/// Re-reads the configuration; an error rejects the reload.
+pub(crate) type ReloadFn<'a> = &'a dyn Fn() -> Result<Reloaded, String>;
+
 /// What the master needs to run.
 pub(crate) struct MasterArgs<'a> {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
-    pub listeners: &'a [Listener],
+    pub binds: Vec<crate::listener::BindSpec>,
+    pub backlog: u32,
+    pub listeners: Vec<Listener>,
     pub app: &'a AppFactory,
-    pub jobs: &'a [Job],
+    pub jobs: Vec<Job>,
+    pub reload: ReloadFn<'a>,
+}
+
+/// A reload in progress: slots below `slot` run new workers.
+#[derive(Debug)]
+struct Reload {
+    slot: usize,
+    new_size: usize,
+    /// The old worker of `slot`, still serving until its replacement is ready.
+    old: Option<Pid>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +92,13 @@ struct Master<'a> {
     /// The write end of each live worker's order pipe.
     orders: HashMap<Pid, OwnedFd>,
     lease: Lease,
+    /// Stopped workers still draining, with the moment they get `SIGKILL`.
+    draining: HashMap<Pid, Instant>,
+    /// Sockets of an earlier configuration, closed once no old worker is left.
+    retired_listeners: Vec<Listener>,
+    reload: Option<Reload>,
+    reload_pending: bool,
+    generation: u64,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -82,13 +116,21 @@ pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         state: State::Running,
         announced_ready: false,
         orders: HashMap::new(),
+        draining: HashMap::new(),
+        retired_listeners: Vec::new(),
+        reload: None,
+        reload_pending: false,
+        generation: 1,
         lease: Lease::new(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
         ),
     };
-    master.run_loop()
+    let outcome = master.run_loop();
+    crate::listener::remove_unix_files(&master.args.listeners);
+    crate::listener::remove_unix_files(&master.retired_listeners);
+    outcome
 }
 
 impl Master<'_> {
@@ -104,6 +146,7 @@ impl Master<'_> {
             }
             self.reap();
             let now = Instant::now();
+            self.kill_overdue_drains(now);
             match self.state {
                 State::Running => {
                     if self.pool.gave_up() {
@@ -115,12 +158,12 @@ impl Master<'_> {
                     self.maybe_grant_lease();
                 }
                 State::Stopping { kill_at, killed } => {
-                    if self.pool.live().is_empty() {
+                    if self.live().is_empty() {
                         tracing::info!("all workers exited; shutting down");
                         return Ok(Outcome::Stopped);
                     }
                     if !killed && now >= kill_at {
-                        let live = self.pool.live();
+                        let live = self.live();
                         tracing::warn!(
                             "{} worker(s) still running at the shutdown deadline; sending SIGKILL",
                             live.len()
@@ -138,9 +181,14 @@ impl Master<'_> {
 
     /// Sleeps until a signal or message arrives, or the next deadline, at most [`TICK`].
     fn wait(&mut self, now: Instant) {
+        let drain = self.draining.values().min().copied();
         let deadline = match self.state {
             State::Running => self.pool.next_refill(),
             State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
+        };
+        let deadline = match (deadline, drain) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let timeout = deadline
             .map_or(TICK, |d| d.saturating_duration_since(now))
@@ -159,14 +207,216 @@ impl Master<'_> {
             Signal::SIGCHLD => {}
             Signal::SIGTERM => self.stop(true),
             Signal::SIGINT | Signal::SIGQUIT => self.stop(false),
-            other => {
-                tracing::info!("{other} received; live operations are not available yet, ignoring")
+            _ if self.state != State::Running => {
+                tracing::info!("{sig} ignored: shutting down");
+            }
+            Signal::SIGHUP => self.begin_reload(),
+            Signal::SIGTTIN => self.resize(1),
+            Signal::SIGTTOU => self.resize(-1),
+            other => tracing::info!("{other} received; not supported yet, ignoring"),
+        }
+    }
+
+    /// Every live worker: the pool's, a reload's old one, and draining ones.
+    fn live(&self) -> Vec<Pid> {
+        let mut v = self.pool.live();
+        v.extend(self.draining.keys().copied());
+        if let Some(old) = self.reload.as_ref().and_then(|r| r.old) {
+            v.push(old);
+        }
+        v
+    }
+
+    /// Gracefully stops a worker that left the pool.
+    fn retire(&mut self, pid: Pid) {
+        let _ = kill(pid, Signal::SIGTERM);
+        self.draining
+            .insert(pid, Instant::now() + self.args.graceful_timeout);
+    }
+
+    fn kill_overdue_drains(&mut self, now: Instant) {
+        for (pid, at) in self.draining.iter_mut() {
+            if *at <= now {
+                tracing::warn!(
+                    "old worker (pid {pid}) still draining after the graceful timeout; sending SIGKILL"
+                );
+                let _ = kill(*pid, Signal::SIGKILL);
+                *at = now + Duration::from_secs(3600);
             }
         }
     }
 
+    /// `SIGTTIN` (+1) / `SIGTTOU` (-1).
+    fn resize(&mut self, delta: i32) {
+        if self.reload.is_some() {
+            tracing::warn!(
+                "resize ignored: a reload is in progress; send the signal again after it"
+            );
+            return;
+        }
+        let size = self.pool.size();
+        if delta > 0 {
+            self.pool.grow(1, Instant::now());
+            tracing::info!("SIGTTIN: workers {size} -> {}", size + 1);
+        } else if size <= 1 {
+            tracing::warn!("SIGTTOU ignored: the pool keeps at least 1 worker");
+        } else {
+            for pid in self.pool.truncate(size - 1) {
+                self.retire(pid);
+            }
+            tracing::info!(
+                "SIGTTOU: workers {size} -> {}, stopping slot {}",
+                size - 1,
+                size - 1
+            );
+        }
+        self.announced_ready = false;
+    }
+
+    /// `SIGHUP`: re-read the configuration and start replacing workers.
+    fn begin_reload(&mut self) {
+        if self.reload.is_some() {
+            tracing::info!("SIGHUP: a reload is in progress; another one follows it");
+            self.reload_pending = true;
+            return;
+        }
+        let new = match (self.args.reload)() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("reload rejected, the current workers keep serving: {e}");
+                return;
+            }
+        };
+        let specs: Vec<_> = new.settings.binds.iter().map(|b| b.value.clone()).collect();
+        let mut changes = Vec::new();
+        if specs != self.args.binds {
+            // Bind new addresses before any old worker stops. Addresses kept from the old
+            // configuration keep their sockets; dropped ones close once the old workers are gone.
+            let added: Vec<_> = specs
+                .iter()
+                .filter(|s| !self.args.binds.contains(s))
+                .cloned()
+                .collect();
+            let fresh = match crate::listener::bind_all(&added, new.settings.backlog) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("reload rejected, the current workers keep serving: {e}");
+                    return;
+                }
+            };
+            let mut listeners = Vec::new();
+            for l in std::mem::take(&mut self.args.listeners) {
+                if specs.iter().any(|b| listener_matches(&l, b)) {
+                    listeners.push(l);
+                } else {
+                    self.retired_listeners.push(l);
+                }
+            }
+            for l in &fresh {
+                tracing::info!("reload: listening on {}", l.describe());
+            }
+            listeners.extend(fresh);
+            changes.push(format!(
+                "listen {} -> {}",
+                join(&self.args.binds),
+                join(&specs)
+            ));
+            self.args.listeners = listeners;
+            self.args.binds = specs;
+        }
+        if new.settings.backlog != self.args.backlog {
+            changes.push("backlog changes apply to new sockets only".to_string());
+            self.args.backlog = new.settings.backlog;
+        }
+        if new.plan.workers != self.pool.size() {
+            changes.push(format!(
+                "workers {} -> {}",
+                self.pool.size(),
+                new.plan.workers
+            ));
+        }
+        if new.settings.threads != self.args.threads {
+            changes.push(format!(
+                "threads {} -> {}",
+                self.args.threads, new.settings.threads
+            ));
+        }
+        if new.settings.graceful_timeout != self.args.graceful_timeout {
+            changes.push(format!(
+                "graceful timeout {} -> {}",
+                humantime::format_duration(self.args.graceful_timeout),
+                humantime::format_duration(new.settings.graceful_timeout)
+            ));
+        }
+        let names = |jobs: &[Job]| {
+            jobs.iter()
+                .map(|j| format!("{} ({})", j.name, j.schedule))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if names(&new.jobs) != names(&self.args.jobs) {
+            changes.push(format!(
+                "jobs [{}] -> [{}]",
+                names(&self.args.jobs),
+                names(&new.jobs)
+            ));
+        }
+        self.args.threads = new.settings.threads;
+        self.args.graceful_timeout = new.settings.graceful_timeout;
+        self.args.jobs = new.jobs;
+        self.generation += 1;
+        tracing::info!(
+            "SIGHUP: reloading into generation {} ({})",
+            self.generation,
+            if changes.is_empty() {
+                "no setting changed".to_string()
+            } else {
+                changes.join("; ")
+            }
+        );
+        self.reload = Some(Reload {
+            slot: 0,
+            new_size: new.plan.workers,
+            old: None,
+        });
+        self.step_reload();
+    }
+
+    /// Replaces the next slot, or finishes the reload.
+    fn step_reload(&mut self) {
+        let Some(r) = self.reload.as_mut() else {
+            return;
+        };
+        if r.slot >= r.new_size {
+            let new_size = r.new_size;
+            for pid in self.pool.truncate(new_size) {
+                self.retire(pid);
+            }
+            self.reload = None;
+            tracing::info!(
+                "reload complete: generation {}, {} workers",
+                self.generation,
+                new_size
+            );
+            if std::mem::take(&mut self.reload_pending) {
+                self.begin_reload();
+            }
+            return;
+        }
+        let slot = r.slot;
+        if slot >= self.pool.size() {
+            self.pool.grow(slot + 1 - self.pool.size(), Instant::now());
+        }
+        let old = self.pool.detach(slot);
+        if let Some(r) = self.reload.as_mut() {
+            r.old = old;
+        }
+        self.spawn(slot);
+    }
+
     fn stop(&mut self, graceful: bool) {
         let now = Instant::now();
+        self.reload_pending = false;
         match (self.state, graceful) {
             (State::Running, true) => {
                 tracing::info!(
@@ -193,7 +443,7 @@ impl Master<'_> {
     }
 
     fn signal_all(&self, sig: Signal) {
-        for pid in self.pool.live() {
+        for pid in self.live() {
             let _ = kill(pid, sig);
         }
     }
@@ -204,9 +454,21 @@ impl Master<'_> {
                 let pid = Pid::from_raw(pid);
                 if let Some(slot) = self.pool.ready(pid) {
                     tracing::debug!("worker {slot} (pid {pid}) is ready");
-                    if !self.announced_ready
-                        && (0..self.pool.size()).all(|s| self.pool.slot(s).ready)
-                    {
+                    if let Some(r) = self.reload.as_mut() {
+                        if r.slot == slot {
+                            if let Some(old) = r.old.take() {
+                                tracing::info!(
+                                    "worker {slot}: new pid {pid} ready, stopping old pid {old}"
+                                );
+                                self.retire(old);
+                            }
+                            if let Some(r) = self.reload.as_mut() {
+                                r.slot += 1;
+                            }
+                            self.step_reload();
+                        }
+                    }
+                    if !self.announced_ready && self.reload.is_none() && self.pool.all_ready() {
                         self.announced_ready = true;
                         tracing::info!("all {} workers ready", self.pool.size());
                     }
@@ -286,6 +548,22 @@ impl Master<'_> {
             let running = self.state == State::Running;
             let now = Instant::now();
             let Some(death) = self.pool.died(pid, now, running) else {
+                if self.draining.remove(&pid).is_some() {
+                    tracing::debug!("old worker (pid {pid}) {how}");
+                } else if let Some(r) = self.reload.as_mut().filter(|r| r.old == Some(pid)) {
+                    r.old = None;
+                    tracing::warn!(
+                        "old worker (pid {pid}) {how} while waiting for its replacement"
+                    );
+                }
+                if self.draining.is_empty()
+                    && self.reload.is_none()
+                    && !self.retired_listeners.is_empty()
+                {
+                    crate::listener::remove_unix_files(&self.retired_listeners);
+                    self.retired_listeners.clear();
+                    tracing::info!("closed the sockets of the previous configuration");
+                }
                 continue;
             };
             let lived =
@@ -342,11 +620,11 @@ impl Master<'_> {
                 slot,
                 pool_size: self.pool.size(),
                 master_pid: self.pid,
-                listeners: self.args.listeners,
+                listeners: &self.args.listeners,
                 close_fds,
                 orders: order_read,
                 control: self.control.writer(),
-                jobs: self.args.jobs,
+                jobs: &self.args.jobs,
                 threads: self.args.threads,
                 graceful_timeout: self.args.graceful_timeout,
                 app: self.args.app,
@@ -367,7 +645,7 @@ impl Master<'_> {
     /// Builds the give-up message and kills whatever is left.
     fn give_up(&mut self) -> String {
         self.signal_all(Signal::SIGKILL);
-        for pid in self.pool.live() {
+        for pid in self.live() {
             let _ = waitpid(pid, None);
         }
         let cause = match self.pool.last_error() {
@@ -375,5 +653,28 @@ impl Master<'_> {
             None => "the workers died without reporting an error; see the log above".to_string(),
         };
         format!("every worker failed to boot {GIVE_UP_AFTER} times in a row; giving up. {cause}")
+    }
+}
+
+fn join(specs: &[crate::listener::BindSpec]) -> String {
+    specs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether a bound socket serves `spec` (by address for TCP, by path for unix sockets).
+fn listener_matches(l: &Listener, spec: &crate::listener::BindSpec) -> bool {
+    use crate::listener::BindSpec;
+    match (l, spec) {
+        (Listener::Unix(_, p), BindSpec::Unix(q)) => p == q,
+        (Listener::Tcp(t), BindSpec::Tcp { host, port }) => t.local_addr().is_ok_and(|a| {
+            (*port == 0 || a.port() == *port)
+                && host
+                    .parse::<std::net::IpAddr>()
+                    .map_or(true, |ip| ip == a.ip())
+        }),
+        _ => false,
     }
 }

@@ -102,6 +102,48 @@ impl Pool {
         self.slots.iter().filter_map(|s| s.pid).collect()
     }
 
+    /// Detaches the live worker of `slot` (being replaced by a reload) and leaves the slot empty with
+    /// no refill scheduled; the caller forks its replacement. Returns the detached pid.
+    pub fn detach(&mut self, slot: usize) -> Option<Pid> {
+        let s = &mut self.slots[slot];
+        s.ready = false;
+        s.refill_at = None;
+        s.pid.take()
+    }
+
+    /// Adds `n` empty slots, due now.
+    pub fn grow(&mut self, n: usize, now: Instant) {
+        for _ in 0..n {
+            self.slots.push(Slot {
+                pid: None,
+                started: now,
+                ready: false,
+                crashes: 0,
+                boot_failures: 0,
+                refill_at: Some(now),
+                last_error: None,
+            });
+        }
+    }
+
+    /// Removes the slots from `size` on; returns their live pids (to be stopped by the caller).
+    pub fn truncate(&mut self, size: usize) -> Vec<Pid> {
+        if size >= self.slots.len() {
+            return Vec::new();
+        }
+        self.slots.drain(size..).filter_map(|s| s.pid).collect()
+    }
+
+    /// Whether every slot has a ready worker.
+    pub fn all_ready(&self) -> bool {
+        self.slots.iter().all(|s| s.ready)
+    }
+
+    /// Slots with a ready worker.
+    pub fn ready_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.ready).count()
+    }
+
     /// Records a fork into `slot`.
     pub fn spawned(&mut self, slot: usize, pid: Pid, now: Instant) {
         let s = &mut self.slots[slot];
@@ -240,6 +282,23 @@ mod tests {
             now = pool.next_refill().unwrap();
         }
         assert_eq!(pool.last_error(), Some((0, "boom")));
+    }
+
+    #[test]
+    fn detach_grow_truncate() {
+        let t0 = Instant::now();
+        let mut pool = Pool::new(2, t0);
+        pool.spawned(0, Pid::from_raw(1), t0);
+        pool.spawned(1, Pid::from_raw(2), t0);
+        assert_eq!(pool.detach(0), Some(Pid::from_raw(1)));
+        assert!(
+            pool.due(t0).is_empty(),
+            "a detached slot is refilled by the caller"
+        );
+        pool.grow(1, t0);
+        assert_eq!(pool.due(t0), vec![2]);
+        assert_eq!(pool.truncate(1), vec![Pid::from_raw(2)]);
+        assert_eq!(pool.size(), 1);
     }
 
     #[test]

@@ -5,11 +5,21 @@
 //! so queued connections go to them), then every open connection is told to finish: an HTTP/1
 //! connection answers its in-flight request with `Connection: close` and closes, an HTTP/2 connection
 //! sends GOAWAY. The drain is bounded by the graceful timeout.
+//!
+//! Closing an idle keep-alive connection races with a client that is sending its next request on it;
+//! that request would be lost. So a draining worker first answers every HTTP/1 request with
+//! `Connection: close` and waits (up to [`KEEPALIVE_DRAIN`]) for clients to close their connections
+//! after their next response; only the connections still idle after that are closed by the server.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use hyper::header::{CONNECTION, HeaderValue};
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
@@ -44,6 +54,41 @@ impl std::fmt::Debug for ServeControl {
         f.debug_struct("ServeControl")
             .field("graceful_timeout", &self.graceful_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long a draining worker lets keep-alive clients finish their next request before closing their
+/// connections.
+pub const KEEPALIVE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Wraps a service: once draining, HTTP/1 responses carry `Connection: close`.
+#[derive(Clone)]
+struct DrainAware<S> {
+    inner: S,
+    draining: Arc<AtomicBool>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for DrainAware<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() <= hyper::Version::HTTP_11;
+        let fut = self.inner.call(req);
+        let draining = self.draining.clone();
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            if http1 && draining.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        })
     }
 }
 
@@ -96,6 +141,11 @@ where
         stop,
         graceful_timeout,
     } = control;
+    let draining = Arc::new(AtomicBool::new(false));
+    let service = DrainAware {
+        inner: service,
+        draining: draining.clone(),
+    };
     let graceful = Arc::new(GracefulShutdown::new());
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut accept_loops = tokio::task::JoinSet::new();
@@ -110,12 +160,21 @@ where
         ));
     }
     ready();
+    let mut watch_stop = stop.clone();
+    let _ = watch_stop.wait_for(|s| *s != Stop::Run).await;
+    draining.store(true, Ordering::Relaxed);
     while accept_loops.join_next().await.is_some() {}
 
     let open = graceful.count();
     if open > 0 {
         tracing::info!("draining {open} open connection(s)");
+        let started = tokio::time::Instant::now();
+        let linger = KEEPALIVE_DRAIN.min(graceful_timeout);
+        while graceful.count() > 0 && started.elapsed() < linger {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    let graceful_timeout = graceful_timeout.saturating_sub(KEEPALIVE_DRAIN.min(graceful_timeout));
     match Arc::try_unwrap(graceful) {
         Ok(g) => {
             if tokio::time::timeout(graceful_timeout, g.shutdown())

@@ -22,7 +22,7 @@ use crate::error::ConfigError;
 use crate::jobs::{Job, JobContext, JobResult};
 use crate::listener::{self, Listener};
 use crate::logging;
-use crate::master::{self, MasterArgs, Outcome};
+use crate::master::{self, MasterArgs, Outcome, Reloaded};
 use crate::schedule::Schedule;
 use crate::serve::{self, BoxError, ServeControl};
 use crate::sizing::Plan;
@@ -255,8 +255,9 @@ impl Server {
             }
             return ExitCode::from(EXIT_OK);
         }
+        let lib_jobs = self.jobs;
         let mut jobs = settings.jobs.clone();
-        jobs.extend(self.jobs);
+        jobs.extend(lib_jobs.iter().cloned());
         if let Err(e) = crate::jobs::validate(&jobs) {
             return fail(EXIT_USAGE, &e);
         }
@@ -267,7 +268,8 @@ impl Server {
             );
         };
 
-        logging::init(settings.log_level);
+        let log_level = settings.log_level;
+        logging::init(log_level);
         logging::install_panic_hook();
         for w in &plan.warnings {
             tracing::warn!("{w}");
@@ -296,15 +298,37 @@ impl Server {
             tracing::info!("job {:?}: {}, in worker 0", j.name, j.schedule);
         }
 
+        let reload = || -> Result<Reloaded, String> {
+            let settings = Settings::resolve(&cli, &ProcessEnv).map_err(|e| e.to_string())?;
+            let plan = Plan::decide(&settings, cores::detect());
+            for w in &plan.warnings {
+                tracing::warn!("{w}");
+            }
+            if settings.log_level != log_level {
+                tracing::warn!(
+                    "reload: a log level change needs a restart; keeping the current level"
+                );
+            }
+            let mut jobs = settings.jobs.clone();
+            jobs.extend(lib_jobs.iter().cloned());
+            crate::jobs::validate(&jobs)?;
+            Ok(Reloaded {
+                settings,
+                plan,
+                jobs,
+            })
+        };
         let outcome = master::run(MasterArgs {
             workers: plan.workers,
             threads: settings.threads,
             graceful_timeout: settings.graceful_timeout,
-            listeners: &listeners,
+            binds: specs,
+            backlog: settings.backlog,
+            listeners,
             app: &app,
-            jobs: &jobs,
+            jobs,
+            reload: &reload,
         });
-        listener::remove_unix_files(&listeners);
         match outcome {
             Ok(Outcome::Stopped) => ExitCode::from(EXIT_OK),
             Ok(Outcome::GaveUp(msg)) => {
