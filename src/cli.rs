@@ -62,6 +62,20 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
 
+    /// Write the master's pid to this file (atomically), removed on exit (env HYPERFORK_PID)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pid: Option<PathBuf>,
+
+    /// Close keep-alive connections idle for this long, e.g. 5, 65s (env HYPERFORK_TIMEOUT_KEEP_ALIVE)
+    /// [default: 5s]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout_keep_alive: Option<Duration>,
+
+    /// Most requests a worker serves at once; beyond it, 503 at once (env HYPERFORK_LIMIT_CONCURRENCY)
+    /// [default: no limit]
+    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
+    pub limit_concurrency: Option<usize>,
+
     /// TOML configuration file (env HYPERFORK_CONFIG)
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -27,6 +27,8 @@ pub const DEFAULT_BACKLOG: u32 = 2048;
 pub const DEFAULT_MAX_WORKERS: usize = 8;
 /// Default graceful shutdown timeout.
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default idle keep-alive timeout (uvicorn's default).
+pub const DEFAULT_TIMEOUT_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +91,12 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// Command jobs from the file's `[[jobs]]` tables.
     pub jobs: Vec<Job>,
+    /// Where to write the master's pid.
+    pub pid_file: Option<PathBuf>,
+    /// Idle keep-alive connections are closed after this long.
+    pub timeout_keep_alive: Duration,
+    /// Most requests a worker serves at once (beyond: 503).
+    pub limit_concurrency: Option<usize>,
 }
 
 /// The TOML file's schema. Unknown keys are errors.
@@ -105,6 +113,9 @@ struct FileConfig {
     threads: Option<toml::Spanned<Count>>,
     graceful_timeout: Option<toml::Spanned<DurationValue>>,
     log_level: Option<LogLevel>,
+    pid: Option<PathBuf>,
+    timeout_keep_alive: Option<toml::Spanned<DurationValue>>,
+    limit_concurrency: Option<toml::Spanned<Count>>,
     jobs: Option<Vec<toml::Spanned<JobFile>>>,
 }
 
@@ -615,6 +626,46 @@ impl Settings {
         };
 
         let binds = Self::resolve_binds(cli, env, &file, &path, &text)?;
+        let pid_file = cli
+            .pid
+            .clone()
+            .or_else(|| env.get("HYPERFORK_PID").map(PathBuf::from))
+            .or_else(|| file.pid.clone());
+        let timeout_keep_alive = match cli.timeout_keep_alive {
+            Some(d) => d,
+            None => match env_parse(
+                env,
+                "HYPERFORK_TIMEOUT_KEEP_ALIVE",
+                "a duration such as 5, 5s or 65s",
+                |s| cli::parse_duration(s).ok(),
+            )? {
+                Some(d) => d,
+                None => match &file.timeout_keep_alive {
+                    Some(v) => match &v.get_ref().0 {
+                        Ok(d) => *d,
+                        Err(msg) => {
+                            return Err(file_error(
+                                &path,
+                                &text,
+                                v.span(),
+                                format!("key `timeout_keep_alive`: {msg}"),
+                            ));
+                        }
+                    },
+                    None => DEFAULT_TIMEOUT_KEEP_ALIVE,
+                },
+            },
+        };
+        let limit_concurrency = match cli.limit_concurrency {
+            Some(n) => Some(n),
+            None => match env_count(env, "HYPERFORK_LIMIT_CONCURRENCY")? {
+                Some(s) => Some(s.value),
+                None => match &file.limit_concurrency {
+                    Some(v) => Some(file_count(&path, &text, "limit_concurrency", v)?.value),
+                    None => None,
+                },
+            },
+        };
         let jobs = match &file.jobs {
             Some(list) => file_jobs(&path, &text, list)?,
             None => Vec::new(),
@@ -631,6 +682,9 @@ impl Settings {
             log_level,
             config_file,
             jobs,
+            pid_file,
+            timeout_keep_alive,
+            limit_concurrency,
         })
     }
 

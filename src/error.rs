@@ -94,6 +94,15 @@ pub enum StartError {
         /// Why it cannot be used.
         reason: &'static str,
     },
+    /// The pid file could not be written.
+    #[error("cannot write pid file {path}: {source}")]
+    PidFile {
+        /// The path given with `--pid`.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// An operating-system call the master relies on failed (signal mask, signalfd, pipe, fork).
     #[error("{what} failed: {source}")]
     Os {

@@ -28,6 +28,7 @@ pub mod lease;
 pub mod listener;
 pub mod logging;
 mod master;
+pub mod pidfile;
 pub mod pool;
 pub mod schedule;
 pub mod scheduler;
@@ -35,6 +36,7 @@ pub mod serve;
 mod server;
 pub mod signals;
 pub mod sizing;
+pub mod systemd;
 mod worker;
 
 pub use config::Settings;

@@ -58,12 +58,16 @@ pub(crate) struct MasterArgs<'a> {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
+    pub timeout_keep_alive: Duration,
+    pub limit_concurrency: Option<usize>,
     pub binds: Vec<crate::listener::BindSpec>,
     pub backlog: u32,
     pub listeners: Vec<Listener>,
     pub app: &'a AppFactory,
     pub jobs: Vec<Job>,
     pub reload: ReloadFn<'a>,
+    /// Whether to remove unix socket files on exit (not for sockets systemd passed in).
+    pub remove_unix_files: bool,
 }
 
 /// A reload in progress: slots below `slot` run new workers.
@@ -99,6 +103,11 @@ struct Master<'a> {
     reload: Option<Reload>,
     reload_pending: bool,
     generation: u64,
+    notifier: crate::systemd::Notifier,
+    /// Whether READY=1 went out for the first generation.
+    notified_ready: bool,
+    /// When EXTEND_TIMEOUT_USEC was last sent during a shutdown.
+    last_extend: Option<Instant>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -121,6 +130,9 @@ pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         reload: None,
         reload_pending: false,
         generation: 1,
+        notifier: crate::systemd::Notifier::from_env(),
+        notified_ready: false,
+        last_extend: None,
         lease: Lease::new(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -128,8 +140,10 @@ pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         ),
     };
     let outcome = master.run_loop();
-    crate::listener::remove_unix_files(&master.args.listeners);
-    crate::listener::remove_unix_files(&master.retired_listeners);
+    if master.args.remove_unix_files {
+        crate::listener::remove_unix_files(&master.args.listeners);
+        crate::listener::remove_unix_files(&master.retired_listeners);
+    }
     outcome
 }
 
@@ -147,6 +161,12 @@ impl Master<'_> {
             self.reap();
             let now = Instant::now();
             self.kill_overdue_drains(now);
+            self.notifier.watchdog(
+                now,
+                self.state == State::Running && self.pool.ready_count() > 0,
+            );
+            let status = self.status_line();
+            self.notifier.status(&status);
             match self.state {
                 State::Running => {
                     if self.pool.gave_up() {
@@ -158,6 +178,16 @@ impl Master<'_> {
                     self.maybe_grant_lease();
                 }
                 State::Stopping { kill_at, killed } => {
+                    if self
+                        .last_extend
+                        .is_none_or(|t| now >= t + Duration::from_secs(1))
+                    {
+                        // Ask systemd to wait for the drain (plus a margin), however short
+                        // TimeoutStopSec is.
+                        let left = kill_at.saturating_duration_since(now) + Duration::from_secs(5);
+                        self.notifier.extend_timeout(left);
+                        self.last_extend = Some(now);
+                    }
                     if self.live().is_empty() {
                         tracing::info!("all workers exited; shutting down");
                         return Ok(Outcome::Stopped);
@@ -186,10 +216,10 @@ impl Master<'_> {
             State::Running => self.pool.next_refill(),
             State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
         };
-        let deadline = match (deadline, drain) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [deadline, drain, self.notifier.watchdog_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
         let timeout = deadline
             .map_or(TICK, |d| d.saturating_duration_since(now))
             .min(TICK);
@@ -214,6 +244,24 @@ impl Master<'_> {
             Signal::SIGTTIN => self.resize(1),
             Signal::SIGTTOU => self.resize(-1),
             other => tracing::info!("{other} received; not supported yet, ignoring"),
+        }
+    }
+
+    /// The one-line status for systemd.
+    fn status_line(&self) -> String {
+        match self.state {
+            State::Stopping { .. } => format!("stopping, {} workers left", self.live().len()),
+            State::Running => format!(
+                "{}/{} workers ready, generation {}{}",
+                self.pool.ready_count(),
+                self.pool.size(),
+                self.generation,
+                if self.reload.is_some() {
+                    ", reloading"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 
@@ -280,10 +328,13 @@ impl Master<'_> {
             self.reload_pending = true;
             return;
         }
+        self.notifier.reloading();
         let new = match (self.args.reload)() {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("reload rejected, the current workers keep serving: {e}");
+                let status = self.status_line();
+                self.notifier.ready(&status);
                 return;
             }
         };
@@ -301,6 +352,8 @@ impl Master<'_> {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!("reload rejected, the current workers keep serving: {e}");
+                    let status = self.status_line();
+                    self.notifier.ready(&status);
                     return;
                 }
             };
@@ -361,6 +414,21 @@ impl Master<'_> {
                 names(&new.jobs)
             ));
         }
+        if new.settings.timeout_keep_alive != self.args.timeout_keep_alive {
+            changes.push(format!(
+                "keep-alive timeout {} -> {}",
+                humantime::format_duration(self.args.timeout_keep_alive),
+                humantime::format_duration(new.settings.timeout_keep_alive)
+            ));
+        }
+        if new.settings.limit_concurrency != self.args.limit_concurrency {
+            changes.push(format!(
+                "concurrency limit {:?} -> {:?}",
+                self.args.limit_concurrency, new.settings.limit_concurrency
+            ));
+        }
+        self.args.timeout_keep_alive = new.settings.timeout_keep_alive;
+        self.args.limit_concurrency = new.settings.limit_concurrency;
         self.args.threads = new.settings.threads;
         self.args.graceful_timeout = new.settings.graceful_timeout;
         self.args.jobs = new.jobs;
@@ -400,6 +468,9 @@ impl Master<'_> {
             );
             if std::mem::take(&mut self.reload_pending) {
                 self.begin_reload();
+            } else {
+                let status = self.status_line();
+                self.notifier.ready(&status);
             }
             return;
         }
@@ -417,6 +488,9 @@ impl Master<'_> {
     fn stop(&mut self, graceful: bool) {
         let now = Instant::now();
         self.reload_pending = false;
+        if self.state == State::Running {
+            self.notifier.stopping();
+        }
         match (self.state, graceful) {
             (State::Running, true) => {
                 tracing::info!(
@@ -471,6 +545,11 @@ impl Master<'_> {
                     if !self.announced_ready && self.reload.is_none() && self.pool.all_ready() {
                         self.announced_ready = true;
                         tracing::info!("all {} workers ready", self.pool.size());
+                        if !self.notified_ready {
+                            self.notified_ready = true;
+                            let status = self.status_line();
+                            self.notifier.ready(&status);
+                        }
                     }
                 }
             }
@@ -627,6 +706,8 @@ impl Master<'_> {
                 jobs: &self.args.jobs,
                 threads: self.args.threads,
                 graceful_timeout: self.args.graceful_timeout,
+                timeout_keep_alive: self.args.timeout_keep_alive,
+                limit_concurrency: self.args.limit_concurrency,
                 app: self.args.app,
             }),
             Ok(ForkResult::Parent { child }) => {

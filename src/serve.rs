@@ -16,7 +16,9 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http_body_util::{Either, Empty};
 use std::time::Duration;
 
 use hyper::header::{CONNECTION, HeaderValue};
@@ -47,6 +49,10 @@ pub struct ServeControl {
     pub stop: watch::Receiver<Stop>,
     /// Upper bound of the drain.
     pub graceful_timeout: Duration,
+    /// Idle keep-alive connections (no complete request header within it) are closed.
+    pub timeout_keep_alive: Duration,
+    /// Most requests served at once; beyond it, 503 at once.
+    pub limit_concurrency: Option<usize>,
 }
 
 impl std::fmt::Debug for ServeControl {
@@ -61,28 +67,59 @@ impl std::fmt::Debug for ServeControl {
 /// connections.
 pub const KEEPALIVE_DRAIN: Duration = Duration::from_secs(2);
 
-/// Wraps a service: once draining, HTTP/1 responses carry `Connection: close`.
+/// Wraps a service: answers 503 at once beyond the concurrency limit, and once draining, HTTP/1
+/// responses carry `Connection: close`.
 #[derive(Clone)]
-struct DrainAware<S> {
+struct Guarded<S> {
     inner: S,
     draining: Arc<AtomicBool>,
+    inflight: Arc<AtomicUsize>,
+    limit: Option<usize>,
 }
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for DrainAware<S>
+/// Decrements the in-flight count when a request's response is ready (or abandoned).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type GuardedBody<B> = Either<B, Empty<<B as Body>::Data>>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Guarded<S>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
     S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
 {
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+    type Response = Response<GuardedBody<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() <= hyper::Version::HTTP_11;
-        let fut = self.inner.call(req);
         let draining = self.draining.clone();
+        let now = self.inflight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.inflight.clone());
+        if self.limit.is_some_and(|limit| now >= limit) {
+            drop(guard);
+            let mut resp = Response::new(Either::Right(Empty::new()));
+            *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+            if http1 && draining.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Box::pin(async move { Ok(resp) });
+        }
+        let fut = self.inner.call(req);
         Box::pin(async move {
-            let mut resp = fut.await?;
+            let resp = fut.await;
+            drop(guard);
+            let mut resp = resp.map_err(Into::into)?.map(Either::Left);
             if http1 && draining.load(Ordering::Relaxed) {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -140,14 +177,22 @@ where
         ready,
         stop,
         graceful_timeout,
+        timeout_keep_alive,
+        limit_concurrency,
     } = control;
     let draining = Arc::new(AtomicBool::new(false));
-    let service = DrainAware {
+    let service = Guarded {
         inner: service,
         draining: draining.clone(),
+        inflight: Arc::new(AtomicUsize::new(0)),
+        limit: limit_concurrency,
     };
     let graceful = Arc::new(GracefulShutdown::new());
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout_keep_alive);
     let mut accept_loops = tokio::task::JoinSet::new();
     for l in listeners {
         let listener = adopt(l)?;

@@ -282,9 +282,23 @@ impl Server {
             );
         }
         let specs: Vec<_> = settings.binds.iter().map(|b| b.value.clone()).collect();
-        let listeners = match listener::bind_all(&specs, settings.backlog) {
-            Ok(l) => l,
+        let (listeners, activated) = match crate::systemd::activated_listeners() {
+            Ok(Some(l)) => {
+                tracing::info!("using {} socket(s) passed by systemd", l.len());
+                (l, true)
+            }
+            Ok(None) => match listener::bind_all(&specs, settings.backlog) {
+                Ok(l) => (l, false),
+                Err(e) => return fail(EXIT_RUNTIME, &e),
+            },
             Err(e) => return fail(EXIT_RUNTIME, &e),
+        };
+        let _pid_file = match &settings.pid_file {
+            Some(p) => match crate::pidfile::PidFile::create(p) {
+                Ok(f) => Some(f),
+                Err(e) => return fail(EXIT_RUNTIME, &e),
+            },
+            None => None,
         };
         for l in &listeners {
             let url = match l {
@@ -322,12 +336,15 @@ impl Server {
             workers: plan.workers,
             threads: settings.threads,
             graceful_timeout: settings.graceful_timeout,
+            timeout_keep_alive: settings.timeout_keep_alive,
+            limit_concurrency: settings.limit_concurrency,
             binds: specs,
             backlog: settings.backlog,
             listeners,
             app: &app,
             jobs,
             reload: &reload,
+            remove_unix_files: !activated,
         });
         match outcome {
             Ok(Outcome::Stopped) => ExitCode::from(EXIT_OK),

@@ -94,6 +94,8 @@ pub(crate) struct ChildArgs<'a> {
     pub jobs: &'a [crate::jobs::Job],
     pub threads: usize,
     pub graceful_timeout: Duration,
+    pub timeout_keep_alive: Duration,
+    pub limit_concurrency: Option<usize>,
     pub app: &'a AppFactory,
 }
 
@@ -180,6 +182,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
 
     let control = args.control;
     let graceful_timeout = args.graceful_timeout;
+    let (timeout_keep_alive, limit_concurrency) = (args.timeout_keep_alive, args.limit_concurrency);
     let scheduler = (args.slot == 0 && !args.jobs.is_empty())
         .then(|| Scheduler::new(args.jobs, worker.clone(), control));
     let orders = args.orders;
@@ -210,6 +213,8 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
                 ready,
                 stop: rx,
                 graceful_timeout,
+                timeout_keep_alive,
+                limit_concurrency,
             },
         )
         .await
