@@ -328,6 +328,40 @@ fn file_count(
     })
 }
 
+/// A duration setting: command line, then environment, then TOML key, then default.
+fn layered_duration(
+    cli: Option<Duration>,
+    env: &dyn Env,
+    env_name: &'static str,
+    (path, text, key, file): (&Path, &str, &str, Option<&toml::Spanned<DurationValue>>),
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    if let Some(d) = cli {
+        return Ok(d);
+    }
+    let from_env = env_parse(
+        env,
+        env_name,
+        "a duration such as 30, 30s, 2m or 500ms",
+        |s| cli::parse_duration(s).ok(),
+    )?;
+    if let Some(d) = from_env {
+        return Ok(d);
+    }
+    match file {
+        Some(v) => match &v.get_ref().0 {
+            Ok(d) => Ok(*d),
+            Err(msg) => Err(file_error(
+                path,
+                text,
+                v.span(),
+                format!("key `{key}`: {msg}"),
+            )),
+        },
+        None => Ok(default),
+    }
+}
+
 /// A duration key of a job table.
 fn job_duration(
     path: &Path,
@@ -577,31 +611,18 @@ impl Settings {
             },
         };
 
-        let graceful_timeout = match cli.graceful_timeout {
-            Some(d) => d,
-            None => match env_parse(
-                env,
-                "HYPERFORK_GRACEFUL_TIMEOUT",
-                "a duration such as 30, 30s or 2m",
-                |s| cli::parse_duration(s).ok(),
-            )? {
-                Some(d) => d,
-                None => match &file.graceful_timeout {
-                    Some(v) => match &v.get_ref().0 {
-                        Ok(d) => *d,
-                        Err(msg) => {
-                            return Err(file_error(
-                                &path,
-                                &text,
-                                v.span(),
-                                format!("key `graceful_timeout`: {msg}"),
-                            ));
-                        }
-                    },
-                    None => DEFAULT_GRACEFUL_TIMEOUT,
-                },
-            },
-        };
+        let graceful_timeout = layered_duration(
+            cli.graceful_timeout,
+            env,
+            "HYPERFORK_GRACEFUL_TIMEOUT",
+            (
+                &path,
+                &text,
+                "graceful_timeout",
+                file.graceful_timeout.as_ref(),
+            ),
+            DEFAULT_GRACEFUL_TIMEOUT,
+        )?;
 
         let log_level = match cli.log_level {
             Some(l) => l,
@@ -631,31 +652,18 @@ impl Settings {
             .clone()
             .or_else(|| env.get("HYPERFORK_PID").map(PathBuf::from))
             .or_else(|| file.pid.clone());
-        let timeout_keep_alive = match cli.timeout_keep_alive {
-            Some(d) => d,
-            None => match env_parse(
-                env,
-                "HYPERFORK_TIMEOUT_KEEP_ALIVE",
-                "a duration such as 5, 5s or 65s",
-                |s| cli::parse_duration(s).ok(),
-            )? {
-                Some(d) => d,
-                None => match &file.timeout_keep_alive {
-                    Some(v) => match &v.get_ref().0 {
-                        Ok(d) => *d,
-                        Err(msg) => {
-                            return Err(file_error(
-                                &path,
-                                &text,
-                                v.span(),
-                                format!("key `timeout_keep_alive`: {msg}"),
-                            ));
-                        }
-                    },
-                    None => DEFAULT_TIMEOUT_KEEP_ALIVE,
-                },
-            },
-        };
+        let timeout_keep_alive = layered_duration(
+            cli.timeout_keep_alive,
+            env,
+            "HYPERFORK_TIMEOUT_KEEP_ALIVE",
+            (
+                &path,
+                &text,
+                "timeout_keep_alive",
+                file.timeout_keep_alive.as_ref(),
+            ),
+            DEFAULT_TIMEOUT_KEEP_ALIVE,
+        )?;
         let limit_concurrency = match cli.limit_concurrency {
             Some(n) => Some(n),
             None => match env_count(env, "HYPERFORK_LIMIT_CONCURRENCY")? {

@@ -44,6 +44,21 @@ pub struct Slot {
     pub last_error: Option<String>,
 }
 
+impl Slot {
+    /// An empty slot, due for a fork at `now`.
+    fn empty(now: Instant) -> Slot {
+        Slot {
+            pid: None,
+            started: now,
+            ready: false,
+            crashes: 0,
+            boot_failures: 0,
+            refill_at: Some(now),
+            last_error: None,
+        }
+    }
+}
+
 /// What the pool decided about a dead worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Death {
@@ -67,18 +82,7 @@ impl Pool {
     /// A pool of `size` empty slots, all due now.
     pub fn new(size: usize, now: Instant) -> Pool {
         Pool {
-            slots: vec![
-                Slot {
-                    pid: None,
-                    started: now,
-                    ready: false,
-                    crashes: 0,
-                    boot_failures: 0,
-                    refill_at: Some(now),
-                    last_error: None,
-                };
-                size
-            ],
+            slots: vec![Slot::empty(now); size],
         }
     }
 
@@ -113,17 +117,7 @@ impl Pool {
 
     /// Adds `n` empty slots, due now.
     pub fn grow(&mut self, n: usize, now: Instant) {
-        for _ in 0..n {
-            self.slots.push(Slot {
-                pid: None,
-                started: now,
-                ready: false,
-                crashes: 0,
-                boot_failures: 0,
-                refill_at: Some(now),
-                last_error: None,
-            });
-        }
+        self.slots.extend(std::iter::repeat_n(Slot::empty(now), n));
     }
 
     /// Removes the slots from `size` on; returns their live pids (to be stopped by the caller).

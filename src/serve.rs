@@ -132,6 +132,43 @@ where
 /// Errors a service or body may return.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// A hyper service hyperfork can serve: cloned for each connection, usable from any runtime thread.
+pub trait HttpService<B>:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+}
+
+/// A response body hyperfork can send.
+pub trait ResponseBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ResponseBody for B
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+}
+
 enum AsyncListener {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener),
@@ -162,16 +199,8 @@ pub async fn serve<S, B>(
     control: ServeControl,
 ) -> io::Result<()>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let ServeControl {
         ready,
@@ -244,16 +273,8 @@ async fn accept_loop<S, B>(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<Stop>,
 ) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     loop {
         if *stop.borrow() != Stop::Run {

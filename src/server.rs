@@ -24,7 +24,7 @@ use crate::listener::{self, Listener};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome, Reloaded};
 use crate::schedule::Schedule;
-use crate::serve::{self, BoxError, ServeControl};
+use crate::serve::{self, BoxError, HttpService, ResponseBody, ServeControl};
 use crate::sizing::Plan;
 use crate::worker::Worker;
 
@@ -120,9 +120,7 @@ impl Server {
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        B: ResponseBody,
     {
         self.try_app(move |w| Ok::<_, std::convert::Infallible>(factory(w)))
     }
@@ -140,9 +138,7 @@ impl Server {
             + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        B: ResponseBody,
     {
         self.try_hyper_app(move |w| factory(w).map(TowerToHyperService::new))
     }
@@ -151,16 +147,8 @@ impl Server {
     pub fn hyper_app<F, S, B>(self, factory: F) -> Server
     where
         F: Fn(&Worker) -> S + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: ResponseBody,
     {
         self.try_hyper_app(move |w| Ok::<_, std::convert::Infallible>(factory(w)))
     }
@@ -170,16 +158,8 @@ impl Server {
     where
         F: Fn(&Worker) -> Result<S, E> + 'static,
         E: Into<BoxError>,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: ResponseBody,
     {
         self.app = Some(Box::new(move |w: &Worker| {
             let service = factory(w).map_err(Into::into)?;
