@@ -4,6 +4,8 @@
 //! - `boot-panic`: the app factory panics in every worker;
 //! - `boot-error`: the app factory returns an error in every worker;
 //! - `boot-panic-slot0`: only the worker in slot 0 panics at boot;
+//! - `file:PATH`: the fault named in the file PATH (read at each worker's boot, so a test can break
+//!   the next generation of a reload);
 //! - `job-panic`: a scheduled job `flaky` runs every second and panics on every other run (the worker
 //!   must survive it and run the next tick).
 //!
@@ -17,10 +19,17 @@ use hyperfork::Worker;
 use hyperfork::app::BuiltinApp;
 
 fn build(worker: &Worker) -> Result<BuiltinApp, String> {
-    match std::env::var("HYPERFORK_FAULT").as_deref() {
-        Ok("boot-panic") => panic!("injected boot panic in worker {}", worker.slot()),
-        Ok("boot-panic-slot0") if worker.slot() == 0 => panic!("injected boot panic in slot 0"),
-        Ok("boot-error") => Err(format!(
+    let mut fault = std::env::var("HYPERFORK_FAULT").unwrap_or_default();
+    if let Some(path) = fault.strip_prefix("file:") {
+        fault = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+    }
+    match fault.as_str() {
+        "boot-panic" => panic!("injected boot panic in worker {}", worker.slot()),
+        "boot-panic-slot0" if worker.slot() == 0 => panic!("injected boot panic in slot 0"),
+        "boot-error" => Err(format!(
             "injected boot error: database unreachable (worker {})",
             worker.slot()
         )),

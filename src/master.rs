@@ -169,6 +169,7 @@ impl Master<'_> {
             self.notifier.status(&status);
             match self.state {
                 State::Running => {
+                    self.abort_failed_reload();
                     if self.pool.gave_up() {
                         return Ok(Outcome::GaveUp(self.give_up()));
                     }
@@ -450,6 +451,39 @@ impl Master<'_> {
         self.step_reload();
     }
 
+    /// Stops a reload whose new worker keeps failing to boot; the slot keeps its old worker.
+    fn abort_failed_reload(&mut self) {
+        let Some(r) = self.reload.as_ref() else {
+            return;
+        };
+        let slot = r.slot;
+        if slot >= self.pool.size() || self.pool.slot(slot).boot_failures < GIVE_UP_AFTER {
+            return;
+        }
+        let error = self
+            .pool
+            .slot(slot)
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "no error reported".into());
+        let old = self.reload.take().and_then(|r| r.old);
+        if let Some(pid) = self.pool.detach(slot) {
+            let _ = kill(pid, Signal::SIGKILL);
+            self.draining.insert(pid, Instant::now());
+        }
+        match old {
+            Some(pid) => self.pool.reattach(slot, pid),
+            None => self.pool.fork_failed(slot, Instant::now()),
+        }
+        self.reload_pending = false;
+        tracing::error!(
+            "reload aborted: the new worker of slot {slot} failed to boot {GIVE_UP_AFTER} times ({error}); \
+             slot {slot} and the slots after it keep their old workers"
+        );
+        let status = self.status_line();
+        self.notifier.ready(&status);
+    }
+
     /// Replaces the next slot, or finishes the reload.
     fn step_reload(&mut self) {
         let Some(r) = self.reload.as_mut() else {
@@ -639,7 +673,9 @@ impl Master<'_> {
                     && self.reload.is_none()
                     && !self.retired_listeners.is_empty()
                 {
-                    crate::listener::remove_unix_files(&self.retired_listeners);
+                    if self.args.remove_unix_files {
+                        crate::listener::remove_unix_files(&self.retired_listeners);
+                    }
                     self.retired_listeners.clear();
                     tracing::info!("closed the sockets of the previous configuration");
                 }

@@ -115,6 +115,16 @@ impl Pool {
         s.pid.take()
     }
 
+    /// Puts a live, ready worker back into `slot` (an aborted reload keeps its old worker).
+    pub fn reattach(&mut self, slot: usize, pid: Pid) {
+        let s = &mut self.slots[slot];
+        s.pid = Some(pid);
+        s.ready = true;
+        s.refill_at = None;
+        s.crashes = 0;
+        s.boot_failures = 0;
+    }
+
     /// Adds `n` empty slots, due now.
     pub fn grow(&mut self, n: usize, now: Instant) {
         self.slots.extend(std::iter::repeat_n(Slot::empty(now), n));

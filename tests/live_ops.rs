@@ -279,3 +279,32 @@ fn scheduled_jobs_run_once_per_tick_across_reloads() {
     assert_eq!(span, ms.len() as i64, "ticks missing: {ticks:?}\n{log}");
     assert!(span >= 8, "{ticks:?}");
 }
+
+#[test]
+fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_worker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let fault = dir.path().join("fault");
+    std::fs::write(&fault, "").unwrap();
+    let spec = format!("file:{}", fault.display());
+    let p = Proc::serve(
+        &example_bin("faults"),
+        &["--workers", "1"],
+        &[("HYPERFORK_FAULT", &spec)],
+    );
+    let before = p.worker_pids();
+    std::fs::write(&fault, "boot-error").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reload aborted", Duration::from_secs(30)),
+        "{}",
+        p.stderr()
+    );
+    assert!(p.stderr().contains("injected boot error"));
+    assert_eq!(get(p.port, "/health").unwrap().status, 200);
+    assert!(
+        wait_until(Duration::from_secs(10), || p.worker_pids() == before),
+        "{:?} vs {before:?}",
+        p.worker_pids()
+    );
+    assert!(!p.stderr().contains("giving up"));
+}
