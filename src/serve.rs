@@ -239,19 +239,19 @@ where
     draining.store(true, Ordering::Relaxed);
     while accept_loops.join_next().await.is_some() {}
 
+    // One deadline bounds the whole drain: the keep-alive linger and the final shutdown.
+    let deadline = tokio::time::Instant::now() + graceful_timeout;
     let open = graceful.count();
     if open > 0 {
         tracing::info!("draining {open} open connection(s)");
-        let started = tokio::time::Instant::now();
-        let linger = KEEPALIVE_DRAIN.min(graceful_timeout);
-        while graceful.count() > 0 && started.elapsed() < linger {
+        let linger_until = tokio::time::Instant::now() + KEEPALIVE_DRAIN.min(graceful_timeout);
+        while graceful.count() > 0 && tokio::time::Instant::now() < linger_until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let graceful_timeout = graceful_timeout.saturating_sub(KEEPALIVE_DRAIN.min(graceful_timeout));
     match Arc::try_unwrap(graceful) {
         Ok(g) => {
-            if tokio::time::timeout(graceful_timeout, g.shutdown())
+            if tokio::time::timeout_at(deadline, g.shutdown())
                 .await
                 .is_err()
             {
