@@ -96,8 +96,8 @@ struct Master<'a> {
     /// The write end of each live worker's order pipe.
     orders: HashMap<Pid, OwnedFd>,
     lease: Lease,
-    /// Stopped workers still draining, with the moment they get `SIGKILL`.
-    draining: HashMap<Pid, Instant>,
+    /// Stopped workers still draining, with the moment they get `SIGKILL` (`None`: already sent).
+    draining: HashMap<Pid, Option<Instant>>,
     /// Sockets of an earlier configuration, closed once no old worker is left.
     retired_listeners: Vec<Listener>,
     reload: Option<Reload>,
@@ -212,7 +212,7 @@ impl Master<'_> {
 
     /// Sleeps until a signal or message arrives, or the next deadline, at most [`TICK`].
     fn wait(&mut self, now: Instant) {
-        let drain = self.draining.values().min().copied();
+        let drain = self.draining.values().flatten().min().copied();
         let deadline = match self.state {
             State::Running => self.pool.next_refill(),
             State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
@@ -280,17 +280,17 @@ impl Master<'_> {
     fn retire(&mut self, pid: Pid) {
         let _ = kill(pid, Signal::SIGTERM);
         self.draining
-            .insert(pid, Instant::now() + self.args.graceful_timeout);
+            .insert(pid, Some(Instant::now() + self.args.graceful_timeout));
     }
 
     fn kill_overdue_drains(&mut self, now: Instant) {
         for (pid, at) in self.draining.iter_mut() {
-            if *at <= now {
+            if at.is_some_and(|t| t <= now) {
                 tracing::warn!(
                     "old worker (pid {pid}) still draining after the graceful timeout; sending SIGKILL"
                 );
                 let _ = kill(*pid, Signal::SIGKILL);
-                *at = now + Duration::from_secs(3600);
+                *at = None;
             }
         }
     }
@@ -469,7 +469,7 @@ impl Master<'_> {
         let old = self.reload.take().and_then(|r| r.old);
         if let Some(pid) = self.pool.detach(slot) {
             let _ = kill(pid, Signal::SIGKILL);
-            self.draining.insert(pid, Instant::now());
+            self.draining.insert(pid, None);
         }
         match old {
             Some(pid) => self.pool.reattach(slot, pid),
