@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use common::*;
 
 /// Writes a TOML file with one command job.
@@ -23,38 +22,6 @@ fn appending_job(out: &Path, every: &str) -> String {
         "[[jobs]]\nname = \"append\"\nevery = \"{every}\"\ncommand = [\"sh\", \"-c\", \"echo \\\"$HYPERFORK_SCHEDULED_AT $HYPERFORK_WORKER_ID $PPID\\\" >> {}\"]\n",
         out.display()
     )
-}
-
-struct Line {
-    tick: DateTime<Utc>,
-    slot: u64,
-    pid: i32,
-}
-
-fn read_lines(path: &Path) -> Vec<Line> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let mut f = l.split_whitespace();
-            let tick = DateTime::parse_from_rfc3339(f.next().unwrap())
-                .unwrap()
-                .with_timezone(&Utc);
-            Line {
-                tick,
-                slot: f.next().unwrap().parse().unwrap(),
-                pid: f.next().unwrap().parse().unwrap(),
-            }
-        })
-        .collect()
-}
-
-/// Pids the master booted into slot 0, from its log.
-fn slot0_pids(log: &str) -> Vec<i32> {
-    log.lines()
-        .filter_map(|l| l.split("booting worker 0 (pid ").nth(1))
-        .filter_map(|rest| rest.trim_end_matches(')').parse().ok())
-        .collect()
 }
 
 /// The pid holding the lease now, from the master's log.
@@ -84,7 +51,8 @@ fn every_tick_runs_once_in_slot_0_across_two_sigkills() {
         &[],
     );
     assert!(
-        wait_until(Duration::from_secs(20), || !read_lines(&out).is_empty()),
+        wait_until(Duration::from_secs(20), || !read_tick_lines(&out)
+            .is_empty()),
         "no job ran:\n{}",
         p.stderr()
     );
@@ -118,7 +86,7 @@ fn every_tick_runs_once_in_slot_0_across_two_sigkills() {
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
     let log = p.stderr();
-    let lines = read_lines(&out);
+    let lines = read_tick_lines(&out);
 
     // Only slot 0 ran the job, and only workers the master booted into slot 0.
     let slot0 = slot0_pids(&log);
@@ -167,7 +135,10 @@ fn health_of_slot_0_reports_the_scheduler_and_the_last_run() {
         &["--workers", "2", "--config", &config],
         &[],
     );
-    assert!(wait_until(Duration::from_secs(20), || !read_lines(&out).is_empty()));
+    assert!(wait_until(Duration::from_secs(20), || !read_tick_lines(
+        &out
+    )
+    .is_empty()));
     let mut seen_primary = false;
     let mut seen_other = false;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -200,14 +171,14 @@ fn debug_mode_runs_jobs_in_its_single_worker() {
     let config = job_config(dir.path(), &appending_job(&out, "1s"));
     let p = Proc::serve(&hyperfork_bin(), &["--debug", "--config", &config], &[]);
     assert!(
-        wait_until(Duration::from_secs(20), || read_lines(&out).len() >= 2),
+        wait_until(Duration::from_secs(20), || read_tick_lines(&out).len() >= 2),
         "{}",
         p.stderr()
     );
     let workers = p.worker_pids();
     assert_eq!(workers.len(), 1);
     assert!(
-        read_lines(&out)
+        read_tick_lines(&out)
             .iter()
             .all(|l| l.pid == workers[0] && l.slot == 0)
     );

@@ -220,8 +220,10 @@ fn scheduled_jobs_run_once_per_tick_across_reloads() {
         &["--config", config.to_str().unwrap()],
         &[],
     );
-    let lines = || std::fs::read_to_string(&out).unwrap_or_default();
-    assert!(wait_until(Duration::from_secs(20), || !lines().is_empty()));
+    assert!(wait_until(Duration::from_secs(20), || !read_tick_lines(
+        &out
+    )
+    .is_empty()));
     let started = Instant::now();
     for (n, at) in [(1, 2500), (2, 5500)] {
         while started.elapsed() < Duration::from_millis(at) {
@@ -239,45 +241,30 @@ fn scheduled_jobs_run_once_per_tick_across_reloads() {
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(Duration::from_secs(30)).unwrap().success());
     let log = p.stderr();
-    let slot0: Vec<String> = log
-        .lines()
-        .filter_map(|l| l.split("booting worker 0 (pid ").nth(1))
-        .map(|r| r.trim_end_matches(')').to_string())
-        .collect();
+    let slot0 = slot0_pids(&log);
     assert_eq!(
         slot0.len(),
         3,
         "slot 0 was not replaced by both reloads:\n{log}"
     );
-    let mut ticks = Vec::new();
-    for l in lines().lines() {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        assert_eq!(f[1], "0", "a run outside slot 0: {l}");
+    let lines = read_tick_lines(&out);
+    for l in &lines {
+        assert_eq!(l.slot, 0, "a run outside slot 0 (pid {})", l.pid);
         assert!(
-            slot0.iter().any(|p| p == f[2]),
-            "run by a pid not in slot 0: {l}"
+            slot0.contains(&l.pid),
+            "run by pid {} which is not in slot 0",
+            l.pid
         );
-        ticks.push(f[0].to_string());
     }
-    let unique: HashSet<&String> = ticks.iter().collect();
-    assert_eq!(unique.len(), ticks.len(), "a tick ran twice: {ticks:?}");
+    let mut ms: Vec<i64> = lines.iter().map(|l| l.tick.timestamp_millis()).collect();
+    ms.sort_unstable();
+    let unique: HashSet<i64> = ms.iter().copied().collect();
+    assert_eq!(unique.len(), ms.len(), "a tick ran twice: {ms:?}");
     // Tolerance: none. A reload stops the old holder gracefully (its running run finishes), and the
     // ticks due during the hand-over are within the 1 s misfire grace, so every tick runs once.
-    let ms: Vec<i64> = {
-        let mut v: Vec<i64> = ticks
-            .iter()
-            .map(|t| {
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .unwrap()
-                    .timestamp_millis()
-            })
-            .collect();
-        v.sort_unstable();
-        v
-    };
     let span = (ms[ms.len() - 1] - ms[0]) / 1000 + 1;
-    assert_eq!(span, ms.len() as i64, "ticks missing: {ticks:?}\n{log}");
-    assert!(span >= 8, "{ticks:?}");
+    assert_eq!(span, ms.len() as i64, "ticks missing: {ms:?}\n{log}");
+    assert!(span >= 8, "{ms:?}");
 }
 
 #[test]

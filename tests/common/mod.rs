@@ -343,3 +343,37 @@ pub fn burst(port: u16, n: usize) -> Vec<(u64, u64)> {
         .filter_map(|h| h.join().ok().flatten())
         .collect()
 }
+
+/// One line a test job appended: `TICK SLOT PID` (`$HYPERFORK_SCHEDULED_AT $HYPERFORK_WORKER_ID $PPID`).
+pub struct TickLine {
+    pub tick: chrono::DateTime<chrono::Utc>,
+    pub slot: u64,
+    pub pid: i32,
+}
+
+/// Reads every line of a test job's output file (none if it does not exist yet).
+pub fn read_tick_lines(path: &std::path::Path) -> Vec<TickLine> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let tick = chrono::DateTime::parse_from_rfc3339(f.next().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::Utc);
+            TickLine {
+                tick,
+                slot: f.next().unwrap().parse().unwrap(),
+                pid: f.next().unwrap().parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Pids the master booted into slot 0, from its log.
+pub fn slot0_pids(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter_map(|l| l.split("booting worker 0 (pid ").nth(1))
+        .filter_map(|rest| rest.trim_end_matches(')').parse().ok())
+        .collect()
+}
