@@ -15,6 +15,10 @@
 //! master drains the control pipe once more after reaping it (the death happened after its last write,
 //! so every report it made is in the pipe by then) before granting again.
 //!
+//! A binary upgrade (`SIGUSR2`) hands the lease from one master to the next the same way: the new
+//! master starts with the lease held elsewhere ([`Lease::held_by_predecessor`]) and grants nothing
+//! until the old master's holder is gone and the old master sent its record ([`Lease::adopt`]).
+//!
 //! Ticks that fell due between two holders are handled by [`crate::schedule::catch_up`] in the new
 //! holder: the latest runs once if it is within the job's misfire grace, earlier ones coalesce into it.
 
@@ -31,6 +35,8 @@ pub struct Lease {
     last_ticks: BTreeMap<String, i64>,
     holder: Option<Pid>,
     revoking: bool,
+    /// The previous master's worker may still hold the lease (binary upgrade).
+    elsewhere: bool,
 }
 
 impl Lease {
@@ -41,6 +47,41 @@ impl Lease {
             last_ticks: BTreeMap::new(),
             holder: None,
             revoking: false,
+            elsewhere: false,
+        }
+    }
+
+    /// A lease the previous master still holds: nothing is granted before [`Lease::adopt`].
+    pub fn held_by_predecessor(anchor_ms: i64) -> Lease {
+        Lease {
+            elsewhere: true,
+            ..Lease::new(anchor_ms)
+        }
+    }
+
+    /// Whether the previous master still holds the lease.
+    pub fn is_held_elsewhere(&self) -> bool {
+        self.elsewhere
+    }
+
+    /// Takes over the previous master's record; `None` when that master is gone without sending one
+    /// (its workers died with it, so the lease is free, and ticks restart from this master's anchor).
+    pub fn adopt(&mut self, record: Option<(i64, BTreeMap<String, i64>)>) {
+        if let Some((anchor_ms, last_ticks)) = record {
+            self.anchor_ms = anchor_ms;
+            for (job, tick) in last_ticks {
+                let last = self.last_ticks.entry(job).or_insert(tick);
+                *last = (*last).max(tick);
+            }
+        }
+        self.elsewhere = false;
+    }
+
+    /// The record to hand to the next master: the anchor and each job's last started tick.
+    pub fn record(&self) -> Order {
+        Order::Grant {
+            anchor_ms: self.anchor_ms,
+            last_ticks: self.last_ticks.clone(),
         }
     }
 
@@ -51,7 +92,7 @@ impl Lease {
 
     /// Whether the lease can be granted now.
     pub fn is_free(&self) -> bool {
-        self.holder.is_none()
+        self.holder.is_none() && !self.elsewhere
     }
 
     /// Records that `pid` now holds the lease and returns the grant to send it.
@@ -59,10 +100,7 @@ impl Lease {
         debug_assert!(self.holder.is_none());
         self.holder = Some(pid);
         self.revoking = false;
-        Order::Grant {
-            anchor_ms: self.anchor_ms,
-            last_ticks: self.last_ticks.clone(),
-        }
+        self.record()
     }
 
     /// Undoes a grant that could not be delivered.
@@ -149,6 +187,45 @@ mod tests {
         l.job_started(a, "j", 5000);
         l.job_started(a, "j", 4000);
         assert_eq!(l.last_tick("j"), Some(5000));
+    }
+
+    #[test]
+    fn a_lease_held_by_the_previous_master_is_granted_only_after_adoption() {
+        let mut old = Lease::new(1000);
+        let a = Pid::from_raw(10);
+        old.grant(a);
+        old.job_started(a, "j", 7000);
+        assert!(old.ended(a));
+        let Order::Grant {
+            anchor_ms,
+            last_ticks,
+        } = old.record()
+        else {
+            panic!("expected a record")
+        };
+        let mut new = Lease::held_by_predecessor(5000);
+        assert!(!new.is_free());
+        new.adopt(Some((anchor_ms, last_ticks)));
+        assert!(new.is_free());
+        assert_eq!(new.last_tick("j"), Some(7000));
+        assert_eq!(
+            new.grant(Pid::from_raw(20)),
+            Order::Grant {
+                anchor_ms: 1000,
+                last_ticks: BTreeMap::from([("j".to_string(), 7000)])
+            }
+        );
+    }
+
+    #[test]
+    fn a_lease_whose_previous_master_vanished_is_free_after_adoption() {
+        let mut l = Lease::held_by_predecessor(5000);
+        l.adopt(None);
+        assert!(l.is_free());
+        let Order::Grant { anchor_ms, .. } = l.grant(Pid::from_raw(1)) else {
+            panic!("expected a grant")
+        };
+        assert_eq!(anchor_ms, 5000);
     }
 
     #[test]

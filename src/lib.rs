@@ -37,6 +37,7 @@ mod server;
 pub mod signals;
 pub mod sizing;
 pub mod systemd;
+pub mod upgrade;
 mod worker;
 
 pub use config::Settings;

@@ -91,6 +91,56 @@ impl Listener {
         }
     }
 
+    /// Whether this socket serves `spec`: same path for unix sockets; for TCP the same port (any, when
+    /// `spec` asks for port 0) and, when `spec`'s host is an IP address, the same address.
+    pub fn serves(&self, spec: &BindSpec) -> bool {
+        match (self, spec) {
+            (Listener::Unix(_, p), BindSpec::Unix(q)) => p == q,
+            (Listener::Tcp(t), BindSpec::Tcp { host, port }) => t.local_addr().is_ok_and(|a| {
+                (*port == 0 || a.port() == *port)
+                    && host
+                        .parse::<std::net::IpAddr>()
+                        .map_or(true, |ip| ip == a.ip())
+            }),
+            _ => false,
+        }
+    }
+
+    /// Takes ownership of an inherited listening socket (from systemd or from the master that started
+    /// this one), makes it close-on-exec and non-blocking. `what` names it in errors.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be an open descriptor that nothing else in this process owns or will close.
+    pub unsafe fn adopt(fd: RawFd, what: &str) -> Result<Listener, StartError> {
+        use std::os::fd::FromRawFd;
+        let err = |source| StartError::Bind {
+            address: what.to_string(),
+            source,
+        };
+        // Check the descriptor is open before taking ownership of it.
+        // SAFETY: F_GETFD only reads the descriptor's flags; an invalid number fails with EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: the caller guarantees `fd` is open and owned by nobody else.
+        let socket = unsafe { Socket::from_raw_fd(fd) };
+        socket.set_cloexec(true).map_err(err)?;
+        socket.set_nonblocking(true).map_err(err)?;
+        let addr = socket.local_addr().map_err(err)?;
+        if let Some(path) = addr.as_pathname() {
+            let path = path.to_path_buf();
+            Ok(Listener::Unix(socket.into(), path))
+        } else if addr.as_socket().is_some() {
+            Ok(Listener::Tcp(socket.into()))
+        } else {
+            Err(err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a TCP or unix stream socket",
+            )))
+        }
+    }
+
     /// A second handle to the same socket (a `dup` of the descriptor).
     pub fn try_clone(&self) -> io::Result<Listener> {
         Ok(match self {
@@ -107,6 +157,33 @@ impl AsRawFd for Listener {
             Listener::Unix(l, _) => l.as_raw_fd(),
         }
     }
+}
+
+/// For each address, the inherited socket that serves it, or a newly bound one; inherited sockets no
+/// address needs are closed. Used by a new master in a binary upgrade, whose configuration may differ.
+pub fn reuse_or_bind(
+    specs: &[BindSpec],
+    mut inherited: Vec<Listener>,
+    backlog: u32,
+) -> Result<Vec<Listener>, StartError> {
+    let mut out = Vec::new();
+    for spec in specs {
+        match inherited.iter().position(|l| l.serves(spec)) {
+            Some(i) => out.push(inherited.remove(i)),
+            None => {
+                let fresh = bind_all(std::slice::from_ref(spec), backlog)?;
+                tracing::info!("binary upgrade: {spec} is a new address");
+                out.extend(fresh);
+            }
+        }
+    }
+    for l in inherited {
+        tracing::info!(
+            "binary upgrade: no longer listening on {} (closed once the previous master exits)",
+            l.describe()
+        );
+    }
+    Ok(out)
 }
 
 /// Binds every address, in order. Fails on the first address that cannot be bound.

@@ -9,6 +9,8 @@
 //! worker, wait for its ready message, then gracefully stop the old one; a new configuration that does
 //! not validate, or a socket that cannot be bound, leaves the old pool serving. `SIGTTIN` / `SIGTTOU`
 //! add or gracefully remove the highest slot. Stopped workers drain for at most the graceful timeout.
+//! `SIGUSR2` starts a new master from the executable on disk and hands everything over to it once its
+//! workers are ready (see [`crate::upgrade`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -27,6 +29,7 @@ use crate::listener::Listener;
 use crate::pool::{GIVE_UP_AFTER, Pool};
 use crate::server::AppFactory;
 use crate::signals::SignalQueue;
+use crate::upgrade::{self, Predecessor, Said, Step, Successor};
 use crate::worker::{self, ChildArgs};
 
 /// How long a fast shutdown (SIGINT, SIGQUIT) waits before killing workers.
@@ -66,8 +69,14 @@ pub(crate) struct MasterArgs<'a> {
     pub app: &'a AppFactory,
     pub jobs: Vec<Job>,
     pub reload: ReloadFn<'a>,
-    /// Whether to remove unix socket files on exit (not for sockets systemd passed in).
-    pub remove_unix_files: bool,
+    /// Whether the sockets came from systemd (their files are systemd's, never removed).
+    pub activated: bool,
+    /// What to run for a binary upgrade; `None` if the executable could not be found at start.
+    pub program: Option<upgrade::Program>,
+    /// The channel to the master that started this one (binary upgrade).
+    pub predecessor: Option<upgrade::Channel>,
+    /// Where to write the pid file.
+    pub pid_file: Option<std::path::PathBuf>,
 }
 
 /// A reload in progress: slots below `slot` run new workers.
@@ -108,17 +117,37 @@ struct Master<'a> {
     notified_ready: bool,
     /// When EXTEND_TIMEOUT_USEC was last sent during a shutdown.
     last_extend: Option<Instant>,
+    /// The new master of a binary upgrade this master started.
+    successor: Option<Successor>,
+    /// The master that started this one, until the hand-over completes.
+    predecessor: Option<Predecessor>,
+    /// Whether this master removes the unix socket files and its pid file on exit.
+    owns_files: bool,
+    pid_file: Option<crate::pidfile::PidFile>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
 /// tokio.
-pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
+pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
     let signals = SignalQueue::install()?;
     let control = ControlPipe::new()?;
     let now = Instant::now();
+    let predecessor = args.predecessor.take().map(|channel| Predecessor {
+        channel,
+        step: Step::Booting,
+    });
+    // A new master writes its pid file when it takes over; the old one's is still right until then.
+    let pid_file = match (&args.pid_file, &predecessor) {
+        (Some(p), None) => Some(crate::pidfile::PidFile::create(p)?),
+        _ => None,
+    };
+    let anchor_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut notifier = crate::systemd::Notifier::from_env();
+    notifier.set_muted(predecessor.is_some());
     let mut master = Master {
         pool: Pool::new(args.workers, now),
-        args,
         pid: nix::unistd::getpid(),
         signals,
         control,
@@ -130,17 +159,22 @@ pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         reload: None,
         reload_pending: false,
         generation: 1,
-        notifier: crate::systemd::Notifier::from_env(),
+        notifier,
         notified_ready: false,
         last_extend: None,
-        lease: Lease::new(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-        ),
+        lease: if predecessor.is_some() {
+            Lease::held_by_predecessor(anchor_ms)
+        } else {
+            Lease::new(anchor_ms)
+        },
+        successor: None,
+        owns_files: predecessor.is_none() && !args.activated,
+        predecessor,
+        pid_file,
+        args,
     };
     let outcome = master.run_loop();
-    if master.args.remove_unix_files {
+    if master.owns_files {
         crate::listener::remove_unix_files(&master.args.listeners);
         crate::listener::remove_unix_files(&master.retired_listeners);
     }
@@ -160,6 +194,8 @@ impl Master<'_> {
             }
             self.reap();
             let now = Instant::now();
+            self.drive_successor(now);
+            self.drive_predecessor();
             self.kill_overdue_drains(now);
             self.notifier.watchdog(
                 now,
@@ -217,7 +253,12 @@ impl Master<'_> {
             State::Running => self.pool.next_refill(),
             State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
         };
-        let deadline = [deadline, drain, self.notifier.watchdog_deadline()]
+        let upgrade = self
+            .successor
+            .as_ref()
+            .filter(|s| !s.took_over && !s.abandoned)
+            .map(|s| s.deadline);
+        let deadline = [deadline, drain, upgrade, self.notifier.watchdog_deadline()]
             .into_iter()
             .flatten()
             .min();
@@ -226,10 +267,16 @@ impl Master<'_> {
             .min(TICK);
         // Round up so the loop does not spin on a sub-millisecond remainder.
         let ms = timeout.as_micros().div_ceil(1000) as u16;
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(self.signals.fd(), PollFlags::POLLIN),
             PollFd::new(self.control.fd(), PollFlags::POLLIN),
         ];
+        if let Some(ch) = self.successor.as_ref().and_then(|s| s.channel.as_ref()) {
+            fds.push(PollFd::new(ch.fd(), PollFlags::POLLIN));
+        }
+        if let Some(p) = self.predecessor.as_ref() {
+            fds.push(PollFd::new(p.channel.fd(), PollFlags::POLLIN));
+        }
         let _ = poll(&mut fds, PollTimeout::from(ms));
     }
 
@@ -241,7 +288,11 @@ impl Master<'_> {
             _ if self.state != State::Running => {
                 tracing::info!("{sig} ignored: shutting down");
             }
+            Signal::SIGHUP if self.upgrading() => {
+                tracing::warn!("SIGHUP ignored: a binary upgrade is in progress");
+            }
             Signal::SIGHUP => self.begin_reload(),
+            Signal::SIGUSR2 => self.begin_upgrade(),
             Signal::SIGTTIN => self.resize(1),
             Signal::SIGTTOU => self.resize(-1),
             other => tracing::info!("{other} received; not supported yet, ignoring"),
@@ -259,6 +310,8 @@ impl Master<'_> {
                 self.generation,
                 if self.reload.is_some() {
                     ", reloading"
+                } else if self.successor.is_some() {
+                    ", upgrading"
                 } else {
                     ""
                 }
@@ -272,6 +325,10 @@ impl Master<'_> {
         v.extend(self.draining.keys().copied());
         if let Some(old) = self.reload.as_ref().and_then(|r| r.old) {
             v.push(old);
+        }
+        // A new master that has not taken over yet stops with this one.
+        if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over) {
+            v.push(s.pid);
         }
         v
     }
@@ -360,7 +417,7 @@ impl Master<'_> {
             };
             let mut listeners = Vec::new();
             for l in std::mem::take(&mut self.args.listeners) {
-                if specs.iter().any(|b| listener_matches(&l, b)) {
+                if specs.iter().any(|b| l.serves(b)) {
                     listeners.push(l);
                 } else {
                     self.retired_listeners.push(l);
@@ -519,6 +576,196 @@ impl Master<'_> {
         self.spawn(slot);
     }
 
+    /// Whether a binary upgrade is under way, in either role.
+    fn upgrading(&self) -> bool {
+        self.successor.as_ref().is_some_and(|s| !s.took_over) || self.predecessor.is_some()
+    }
+
+    /// `SIGUSR2`: start a new master from the executable on disk.
+    fn begin_upgrade(&mut self) {
+        if self.upgrading() {
+            tracing::warn!("SIGUSR2 ignored: a binary upgrade is already in progress");
+            return;
+        }
+        if self.reload.is_some() {
+            tracing::warn!("SIGUSR2 ignored: a reload is in progress; send it again after it");
+            return;
+        }
+        let Some(program) = self.args.program.as_ref() else {
+            tracing::error!(
+                "SIGUSR2 ignored: the executable's path could not be read at start, so there is \
+                 nothing to run"
+            );
+            return;
+        };
+        self.notifier.reloading();
+        match upgrade::spawn(program, &self.args.listeners, self.args.activated) {
+            Ok(s) => {
+                tracing::info!(
+                    "SIGUSR2: starting a new master from {} (pid {}); this one keeps serving until \
+                     the new one's workers are ready",
+                    program.exe().display(),
+                    s.pid
+                );
+                self.successor = Some(s);
+            }
+            Err(e) => {
+                tracing::error!("binary upgrade failed, this master keeps serving: {e}");
+                let status = self.status_line();
+                self.notifier.ready(&status);
+            }
+        }
+    }
+
+    /// The old master's side of an upgrade: hand over when the new master is ready, give up on it
+    /// when it is late, and send the lease record once this master's holder is gone.
+    fn drive_successor(&mut self, now: Instant) {
+        let Some(s) = self.successor.as_mut() else {
+            return;
+        };
+        if !s.took_over && !s.abandoned {
+            if s.poll_ready() {
+                self.hand_over();
+            } else if now >= s.deadline {
+                s.abandoned = true;
+                let pid = s.pid;
+                tracing::error!(
+                    "binary upgrade failed: the new master (pid {pid}) was not ready within {}; \
+                     stopping it, this master keeps serving",
+                    humantime::format_duration(upgrade::READY_TIMEOUT)
+                );
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+            return;
+        }
+        if s.took_over && s.channel.is_some() && self.lease.is_free() {
+            s.send_lease(&self.lease.record());
+            tracing::info!("handed the scheduler lease record to the new master");
+        }
+    }
+
+    /// The new master is ready: make it the main process and drain this one.
+    fn hand_over(&mut self) {
+        let Some(s) = self.successor.as_mut() else {
+            return;
+        };
+        let new = s.pid;
+        s.took_over = true;
+        self.notifier.main_pid(
+            new.as_raw() as u32,
+            &format!("handed over to the new master, pid {new}"),
+        );
+        self.notifier.set_muted(true);
+        if !s.send_main() {
+            tracing::warn!("cannot tell the new master (pid {new}) it took over");
+        }
+        // The new master owns the socket files and the pid file from now on.
+        self.owns_files = false;
+        if let Some(p) = self.pid_file.take() {
+            p.keep();
+        }
+        tracing::info!(
+            "the new master (pid {new}) has every worker ready and takes over; draining this \
+             master's workers (up to {}), then exiting",
+            humantime::format_duration(self.args.graceful_timeout)
+        );
+        self.reload_pending = false;
+        self.state = State::Stopping {
+            kill_at: Instant::now() + self.args.graceful_timeout,
+            killed: false,
+        };
+        self.signal_all(Signal::SIGTERM);
+    }
+
+    /// The new master exited (it is this master's child until this one exits).
+    fn successor_exited(&mut self, how: &str) {
+        let Some(s) = self.successor.take() else {
+            return;
+        };
+        if s.took_over {
+            tracing::warn!("the new master (pid {}) {how}", s.pid);
+            return;
+        }
+        if self.state == State::Running {
+            tracing::error!(
+                "binary upgrade failed: the new master (pid {}) {how} before its workers were ready; \
+                 this master keeps serving",
+                s.pid
+            );
+            let status = self.status_line();
+            self.notifier.ready(&status);
+        } else {
+            tracing::debug!("the new master (pid {}) {how}", s.pid);
+        }
+    }
+
+    /// The new master's side of an upgrade: take over when told, then adopt the lease record.
+    fn drive_predecessor(&mut self) {
+        let Some(p) = self.predecessor.as_mut() else {
+            return;
+        };
+        for said in p.poll() {
+            match said {
+                Said::Main => self.become_main(),
+                Said::Lease(anchor_ms, last_ticks) => {
+                    self.lease.adopt(Some((anchor_ms, last_ticks)));
+                    tracing::info!("received the scheduler lease record from the previous master");
+                    self.predecessor = None;
+                    return;
+                }
+                Said::Gone => {
+                    if self
+                        .predecessor
+                        .as_ref()
+                        .is_some_and(|p| p.step != Step::Main)
+                    {
+                        tracing::warn!(
+                            "the previous master is gone before the hand-over; carrying on alone"
+                        );
+                        self.become_main();
+                    }
+                    if self.lease.is_held_elsewhere() {
+                        self.lease.adopt(None);
+                        tracing::warn!(
+                            "the previous master is gone without sending the scheduler lease record; \
+                             scheduling from now on"
+                        );
+                    }
+                    self.predecessor = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// This master is now the service's main process.
+    fn become_main(&mut self) {
+        let Some(p) = self.predecessor.as_mut() else {
+            return;
+        };
+        let was_ready = p.step == Step::Ready;
+        p.step = Step::Main;
+        self.notifier.set_muted(false);
+        self.owns_files = !self.args.activated;
+        if let Some(path) = self.args.pid_file.as_deref() {
+            match crate::pidfile::PidFile::create(path) {
+                Ok(f) => self.pid_file = Some(f),
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        if was_ready {
+            tracing::info!("took over from the previous master");
+            let status = self.status_line();
+            self.notifier.main_pid(self.pid.as_raw() as u32, &status);
+        } else if self.announced_ready {
+            let status = self.status_line();
+            self.notifier.ready(&status);
+        } else {
+            // READY=1 goes out with the usual message once every worker is ready.
+            self.notified_ready = false;
+        }
+    }
+
     fn stop(&mut self, graceful: bool) {
         let now = Instant::now();
         self.reload_pending = false;
@@ -581,8 +828,18 @@ impl Master<'_> {
                         tracing::info!("all {} workers ready", self.pool.size());
                         if !self.notified_ready {
                             self.notified_ready = true;
-                            let status = self.status_line();
-                            self.notifier.ready(&status);
+                            match self.predecessor.as_mut() {
+                                Some(p) if p.step == Step::Booting => {
+                                    tracing::info!(
+                                        "telling the previous master that this one is ready to take over"
+                                    );
+                                    p.send_ready();
+                                }
+                                _ => {
+                                    let status = self.status_line();
+                                    self.notifier.ready(&status);
+                                }
+                            }
                         }
                     }
                 }
@@ -654,6 +911,10 @@ impl Master<'_> {
                 ),
                 _ => continue,
             };
+            if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
+                self.successor_exited(&how);
+                continue;
+            }
             self.orders.remove(&pid);
             if self.lease.holder() == Some(pid) {
                 self.holder_died(pid);
@@ -673,7 +934,7 @@ impl Master<'_> {
                     && self.reload.is_none()
                     && !self.retired_listeners.is_empty()
                 {
-                    if self.args.remove_unix_files {
+                    if self.owns_files {
                         crate::listener::remove_unix_files(&self.retired_listeners);
                     }
                     self.retired_listeners.clear();
@@ -779,19 +1040,4 @@ fn join(specs: &[crate::listener::BindSpec]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Whether a bound socket serves `spec` (by address for TCP, by path for unix sockets).
-fn listener_matches(l: &Listener, spec: &crate::listener::BindSpec) -> bool {
-    use crate::listener::BindSpec;
-    match (l, spec) {
-        (Listener::Unix(_, p), BindSpec::Unix(q)) => p == q,
-        (Listener::Tcp(t), BindSpec::Tcp { host, port }) => t.local_addr().is_ok_and(|a| {
-            (*port == 0 || a.port() == *port)
-                && host
-                    .parse::<std::net::IpAddr>()
-                    .map_or(true, |ip| ip == a.ip())
-        }),
-        _ => false,
-    }
 }

@@ -36,6 +36,13 @@ impl PidFile {
     }
 }
 
+impl PidFile {
+    /// Leaves the file in place when this handle goes (another master took it over).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for PidFile {
     fn drop(&mut self) {
         if std::process::id() != self.pid {

@@ -213,6 +213,8 @@ impl Server {
     /// Errors are printed as one line on stderr: status 2 for usage errors, 1 for runtime failures,
     /// 3 when every worker failed to boot.
     pub fn run(self) -> ExitCode {
+        // Recorded first: a binary upgrade runs the executable from this path.
+        let exe = crate::upgrade::Program::current();
         let program = self.program.clone();
         let fail = |code: u8, msg: &dyn std::fmt::Display| {
             eprintln!("{program}: {msg}");
@@ -262,23 +264,37 @@ impl Server {
             );
         }
         let specs: Vec<_> = settings.binds.iter().map(|b| b.value.clone()).collect();
-        let (listeners, activated) = match crate::systemd::activated_listeners() {
-            Ok(Some(l)) => {
-                tracing::info!("using {} socket(s) passed by systemd", l.len());
-                (l, true)
-            }
-            Ok(None) => match listener::bind_all(&specs, settings.backlog) {
-                Ok(l) => (l, false),
-                Err(e) => return fail(EXIT_RUNTIME, &e),
-            },
+        let inherited = match crate::upgrade::inherited() {
+            Ok(i) => i,
             Err(e) => return fail(EXIT_RUNTIME, &e),
         };
-        let _pid_file = match &settings.pid_file {
-            Some(p) => match crate::pidfile::PidFile::create(p) {
-                Ok(f) => Some(f),
+        let (listeners, activated, predecessor) = match inherited {
+            Some(i) => {
+                tracing::info!(
+                    "started by the previous master (pid {}) for a binary upgrade",
+                    nix::unistd::getppid()
+                );
+                let listeners = if i.activated {
+                    i.listeners
+                } else {
+                    match listener::reuse_or_bind(&specs, i.listeners, settings.backlog) {
+                        Ok(l) => l,
+                        Err(e) => return fail(EXIT_RUNTIME, &e),
+                    }
+                };
+                (listeners, i.activated, Some(i.channel))
+            }
+            None => match crate::systemd::activated_listeners() {
+                Ok(Some(l)) => {
+                    tracing::info!("using {} socket(s) passed by systemd", l.len());
+                    (l, true, None)
+                }
+                Ok(None) => match listener::bind_all(&specs, settings.backlog) {
+                    Ok(l) => (l, false, None),
+                    Err(e) => return fail(EXIT_RUNTIME, &e),
+                },
                 Err(e) => return fail(EXIT_RUNTIME, &e),
             },
-            None => None,
         };
         for l in &listeners {
             let url = match l {
@@ -324,7 +340,18 @@ impl Server {
             app: &app,
             jobs,
             reload: &reload,
-            remove_unix_files: !activated,
+            activated,
+            program: match exe {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot read this executable's path ({e}); SIGUSR2 upgrades are disabled"
+                    );
+                    None
+                }
+            },
+            predecessor,
+            pid_file: settings.pid_file.clone(),
         });
         match outcome {
             Ok(Outcome::Stopped) => ExitCode::from(EXIT_OK),

@@ -6,9 +6,10 @@
 //! waits for the new workers, and `Type=notify-reload` works); `STOPPING=1` on shutdown, with
 //! `EXTEND_TIMEOUT_USEC=` while the drain runs so that a short `TimeoutStopSec` does not cut it; a
 //! `STATUS=` line on every change; and `WATCHDOG=1` at half of `WATCHDOG_USEC` while at least one
-//! worker is ready.
+//! worker is ready. A binary upgrade (`SIGUSR2`) moves the main pid with `MAINPID=`: see
+//! [`crate::upgrade`].
 
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
@@ -20,6 +21,8 @@ use crate::listener::Listener;
 #[derive(Debug)]
 pub struct Notifier {
     enabled: bool,
+    /// Not the main process (yet): say nothing (a new master during a binary upgrade).
+    muted: bool,
     watchdog: Option<Duration>,
     next_watchdog: Option<Instant>,
     last_status: String,
@@ -36,14 +39,20 @@ impl Notifier {
         };
         Notifier {
             enabled,
+            muted: false,
             watchdog,
             next_watchdog: watchdog.map(|_| Instant::now()),
             last_status: String::new(),
         }
     }
 
+    /// Stops (or resumes) all notifications: systemd takes them only from the unit's main process.
+    pub fn set_muted(&mut self, muted: bool) {
+        self.muted = muted;
+    }
+
     fn send(&self, states: &[NotifyState<'_>]) {
-        if !self.enabled {
+        if !self.enabled || self.muted {
             return;
         }
         if let Err(e) = sd_notify::notify(states) {
@@ -55,6 +64,16 @@ impl Notifier {
     pub fn ready(&mut self, status: &str) {
         self.last_status = status.to_string();
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// `MAINPID=` with `READY=1` and a status line: `pid` is now the service's main process.
+    pub fn main_pid(&mut self, pid: u32, status: &str) {
+        self.last_status = status.to_string();
+        self.send(&[
+            NotifyState::MainPid(pid),
+            NotifyState::Ready,
+            NotifyState::Status(status),
+        ]);
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC=`.
@@ -97,7 +116,7 @@ impl Notifier {
             return;
         };
         if now >= due {
-            if healthy {
+            if healthy && !self.muted {
                 self.send(&[NotifyState::Watchdog]);
             }
             self.next_watchdog = Some(now + interval / 2);
@@ -129,25 +148,8 @@ pub fn activated_listeners() -> Result<Option<Vec<Listener>>, StartError> {
     let mut out = Vec::new();
     for (fd, name) in fds {
         // SAFETY: systemd passed us this descriptor (LISTEN_PID matched our pid) and nothing else in
-        // the process owns it; the socket takes ownership.
-        let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
-        let err = |source| StartError::Bind {
-            address: format!("socket-activated fd {fd} ({name})"),
-            source,
-        };
-        socket.set_nonblocking(true).map_err(err)?;
-        let addr = socket.local_addr().map_err(err)?;
-        if let Some(path) = addr.as_pathname() {
-            let path = path.to_path_buf();
-            out.push(Listener::Unix(socket.into(), path));
-        } else if addr.as_socket().is_some() {
-            out.push(Listener::Tcp(socket.into()));
-        } else {
-            return Err(err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a TCP or unix stream socket",
-            )));
-        }
+        // the process owns it.
+        out.push(unsafe { Listener::adopt(fd, &format!("socket-activated fd {fd} ({name})"))? });
     }
     Ok(Some(out))
 }
