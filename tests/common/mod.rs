@@ -2,11 +2,12 @@
 //! to them, and kill everything they started on every path.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,9 +158,11 @@ impl Proc {
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 self.status = Some(s);
-                if let Some(r) = self.reader.take() {
-                    let _ = r.join();
-                }
+                // Collect the last lines. A process the master started (a binary upgrade's new
+                // master) may still hold the pipe open, so the reader is not joined.
+                wait_until(Duration::from_secs(2), || {
+                    self.reader.as_ref().is_none_or(|r| r.is_finished())
+                });
                 return Some(s);
             }
             if Instant::now() >= deadline {
@@ -376,4 +379,126 @@ pub fn slot0_pids(log: &str) -> Vec<i32> {
         .filter_map(|l| l.split("booting worker 0 (pid ").nth(1))
         .filter_map(|rest| rest.trim_end_matches(')').parse().ok())
         .collect()
+}
+
+/// A load loop of our own over real sockets: `clients` keep-alive connections sending `GET /health`
+/// back to back; a connection the server closes with `Connection: close` is reopened.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    bad_status: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    pids: Arc<Mutex<HashSet<u64>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let bad_status = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let pids = Arc::new(Mutex::new(HashSet::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, bad, errors, pids) = (
+                    stop.clone(),
+                    ok.clone(),
+                    bad_status.clone(),
+                    errors.clone(),
+                    pids.clone(),
+                );
+                std::thread::spawn(move || {
+                    let mut conn: Option<Conn> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match conn.as_mut() {
+                            Some(c) => c,
+                            None => match Conn::open(port) {
+                                Ok(c) => conn.insert(c),
+                                Err(e) => {
+                                    errors.lock().unwrap().push(format!("connect: {e}"));
+                                    std::thread::sleep(Duration::from_millis(10));
+                                    continue;
+                                }
+                            },
+                        };
+                        match c.get("/health") {
+                            Ok(r) => {
+                                if r.status == 200 {
+                                    ok.fetch_add(1, Ordering::Relaxed);
+                                    pids.lock().unwrap().insert(health_identity(&r).1);
+                                } else {
+                                    bad.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if r.header("connection") == Some("close") {
+                                    conn = None;
+                                }
+                            }
+                            Err(e) => {
+                                errors.lock().unwrap().push(format!("request: {e}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            bad_status,
+            errors,
+            pids,
+            threads,
+        }
+    }
+
+    /// Stops the clients; returns (ok, non-200, errors, pids that answered).
+    /// Stops the clients; returns (200s, other statuses, connection errors, answering pids).
+    pub fn finish(self) -> (u64, u64, Vec<String>, HashSet<u64>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        let pids = self.pids.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.bad_status.load(Ordering::Relaxed),
+            errors,
+            pids,
+        )
+    }
+}
+
+/// Kills a process this test did not spawn itself (and its children) on drop: a new master started by
+/// a binary upgrade.
+pub struct PidGuard(pub i32);
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        let kids = children_of(self.0);
+        for pid in std::iter::once(self.0).chain(kids) {
+            // SAFETY: kill(2) on a pid this test watched being started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The pid in a pid file, if it holds one.
+pub fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The parent of `pid`, from `/proc/PID/stat`.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
