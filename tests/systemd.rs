@@ -3,37 +3,59 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 
-/// Collects every datagram sent to a NOTIFY_SOCKET the test listens on.
+/// Collects every datagram sent to a NOTIFY_SOCKET the test listens on, with the sender's pid (from
+/// `SCM_CREDENTIALS`, as systemd reads it).
 struct NotifySocket {
     path: std::path::PathBuf,
-    messages: Arc<Mutex<Vec<String>>>,
+    messages: Arc<Mutex<Vec<(i32, String)>>>,
     _dir: tempfile::TempDir,
 }
 
 impl NotifySocket {
     fn new() -> NotifySocket {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
+        setsockopt(&sock, sockopt::PassCred, &true).unwrap();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let sink = messages.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             // Ends with the test process; reads are bounded by the timeout.
             loop {
-                if let Ok(n) = sock.recv(&mut buf) {
-                    sink.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                }
+                let mut cmsg = nix::cmsg_space!(libc::ucred);
+                let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                let Ok(msg) = recvmsg::<()>(
+                    sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::empty(),
+                ) else {
+                    continue;
+                };
+                let pid = msg
+                    .cmsgs()
+                    .ok()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| match c {
+                        ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                let n = msg.bytes;
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push((pid, text));
             }
         });
         NotifySocket {
@@ -45,11 +67,16 @@ impl NotifySocket {
 
     /// Messages other than plain STATUS= / EXTEND_TIMEOUT_USEC= updates.
     fn lifecycle(&self) -> Vec<String> {
+        self.lifecycle_from().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Like [`NotifySocket::lifecycle`], with each sender's pid.
+    fn lifecycle_from(&self) -> Vec<(i32, String)> {
         self.messages
             .lock()
             .unwrap()
             .iter()
-            .filter(|m| !m.starts_with("STATUS=") && !m.starts_with("EXTEND_TIMEOUT_USEC="))
+            .filter(|(_, m)| !m.starts_with("STATUS=") && !m.starts_with("EXTEND_TIMEOUT_USEC="))
             .cloned()
             .collect()
     }
@@ -100,7 +127,89 @@ fn notify_socket_gets_ready_reloading_and_stopping() {
             .lock()
             .unwrap()
             .iter()
-            .any(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+            .any(|(_, m)| m.starts_with("EXTEND_TIMEOUT_USEC="))
+    );
+}
+
+#[test]
+fn usr2_moves_the_main_pid_with_messages_systemd_accepts() {
+    let notify = NotifySocket::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("h.pid");
+    let mut p = Proc::serve(
+        &hyperfork_bin(),
+        &["--workers", "1", "--pid", pid_file.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    let old = p.pid();
+    assert!(wait_until(Duration::from_secs(20), || !notify
+        .lifecycle()
+        .is_empty()));
+    p.signal(libc::SIGUSR2);
+    assert!(
+        wait_until(Duration::from_secs(30), || notify.lifecycle().len() >= 4),
+        "{:?}\n{}",
+        notify.lifecycle_from(),
+        p.stderr()
+    );
+    let new = read_pid(&pid_file).unwrap();
+    let _guard = PidGuard(new);
+    assert_ne!(new, old);
+    assert!(
+        p.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    // SAFETY: kill(2) on the pid the pid file names.
+    unsafe {
+        libc::kill(new, libc::SIGTERM);
+    }
+    assert!(wait_until(Duration::from_secs(30), || !alive(new)));
+    assert!(wait_until(Duration::from_secs(5), || notify
+        .lifecycle()
+        .len()
+        >= 5));
+    let msgs = notify.lifecycle_from();
+    assert_eq!(msgs.len(), 5, "{msgs:?}");
+    assert_eq!(
+        msgs[0],
+        (
+            old,
+            "READY=1\nSTATUS=1/1 workers ready, generation 1\n".into()
+        )
+    );
+    assert_eq!(msgs[1].0, old);
+    assert!(
+        msgs[1].1.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{msgs:?}"
+    );
+    // The old master, still the main process, names the new one (systemd accepts MAINPID= from the
+    // main process only, under the default NotifyAccess=main)...
+    assert_eq!(
+        msgs[2],
+        (
+            old,
+            format!("MAINPID={new}\nREADY=1\nSTATUS=handed over to the new master, pid {new}\n")
+        )
+    );
+    // ...then the new master, now main, says so itself, and later stops as the main process.
+    assert_eq!(
+        msgs[3],
+        (
+            new,
+            format!("MAINPID={new}\nREADY=1\nSTATUS=1/1 workers ready, generation 1\n")
+        )
+    );
+    assert_eq!(msgs[4], (new, "STOPPING=1\nSTATUS=stopping\n".into()));
+    // Nothing from the new master before it was main, nothing from the old one after.
+    let all = notify.messages.lock().unwrap().clone();
+    let handed = all
+        .iter()
+        .position(|m| m.1.starts_with("MAINPID="))
+        .unwrap();
+    assert!(all[..handed].iter().all(|(pid, _)| *pid == old), "{all:?}");
+    assert!(
+        all[handed + 1..].iter().all(|(pid, _)| *pid == new),
+        "{all:?}"
     );
 }
 
@@ -124,7 +233,7 @@ fn serves_through_a_socket_passed_by_systemd_socket_activate() {
         .arg(format!("127.0.0.1:{port}"))
         .arg(hyperfork_bin())
         .args(["--workers", "2", "--port", "1"]);
-    let p = Proc::start(cmd, port);
+    let mut p = Proc::start(cmd, port);
     // With socket activation the program starts on the first connection.
     let r = (0..100)
         .find_map(|_| {
@@ -142,6 +251,33 @@ fn serves_through_a_socket_passed_by_systemd_socket_activate() {
         !p.stderr().contains("127.0.0.1:1"),
         "it bound --port instead"
     );
+    // A binary upgrade passes systemd's socket on to the new master.
+    p.signal(libc::SIGUSR2);
+    assert!(
+        p.wait_log(
+            "took over from the previous master",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        p.stderr()
+    );
+    let new: i32 = p
+        .stderr()
+        .split("starting a new master from ")
+        .nth(1)
+        .and_then(|rest| rest.split("(pid ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the new master's pid in the log");
+    let _guard = PidGuard(new);
+    assert!(
+        p.wait_exit(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    let r = get(port, "/health").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(children_of(new).contains(&(health_identity(&r).1 as i32)));
+    assert!(!p.stderr().contains("127.0.0.1:1"), "{}", p.stderr());
 }
 
 #[test]
