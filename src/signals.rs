@@ -9,7 +9,10 @@
 //! | `SIGTERM` | graceful shutdown: workers stop accepting, finish in-flight requests, exit |
 //! | `SIGINT`, `SIGQUIT` | fast shutdown |
 //! | `SIGCHLD` | reap and replace dead workers |
-//! | `SIGHUP`, `SIGTTIN`, `SIGTTOU`, `SIGUSR1`, `SIGUSR2` | reserved for live operations; logged |
+//! | `SIGHUP` | reload the configuration, replace workers slot by slot |
+//! | `SIGTTIN`, `SIGTTOU` | one more, one fewer worker |
+//! | `SIGUSR1` | reopen the log file |
+//! | `SIGUSR2` | binary upgrade: start a new master, hand over |
 //!
 //! A forked worker inherits the blocked mask (and so would any program it runs: `std::process::Command`
 //! keeps it), so [`unblock_all`] runs first thing in every worker.
