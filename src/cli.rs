@@ -62,6 +62,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
 
+    /// Append logs to this file instead of stderr; SIGUSR1 reopens it (env HYPERFORK_LOG_FILE)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
     /// Write the master's pid to this file (atomically), removed on exit (env HYPERFORK_PID)
     #[arg(long, global = true, value_name = "FILE")]
     pub pid: Option<PathBuf>,

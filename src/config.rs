@@ -93,6 +93,8 @@ pub struct Settings {
     pub jobs: Vec<Job>,
     /// Where to write the master's pid.
     pub pid_file: Option<PathBuf>,
+    /// Where to append logs instead of stderr.
+    pub log_file: Option<PathBuf>,
     /// Idle keep-alive connections are closed after this long.
     pub timeout_keep_alive: Duration,
     /// Most requests a worker serves at once (beyond: 503).
@@ -114,6 +116,7 @@ struct FileConfig {
     graceful_timeout: Option<toml::Spanned<DurationValue>>,
     log_level: Option<LogLevel>,
     pid: Option<PathBuf>,
+    log_file: Option<PathBuf>,
     timeout_keep_alive: Option<toml::Spanned<DurationValue>>,
     limit_concurrency: Option<toml::Spanned<Count>>,
     jobs: Option<Vec<toml::Spanned<JobFile>>>,
@@ -652,6 +655,12 @@ impl Settings {
             .clone()
             .or_else(|| env.get("HYPERFORK_PID").map(PathBuf::from))
             .or_else(|| file.pid.clone());
+        let log_file = cli
+            .log_file
+            .clone()
+            .or_else(|| env.get("HYPERFORK_LOG_FILE").map(PathBuf::from))
+            .or_else(|| file.log_file.clone())
+            .filter(|p| !p.as_os_str().is_empty());
         let timeout_keep_alive = layered_duration(
             cli.timeout_keep_alive,
             env,
@@ -691,6 +700,7 @@ impl Settings {
             config_file,
             jobs,
             pid_file,
+            log_file,
             timeout_keep_alive,
             limit_concurrency,
         })
@@ -813,6 +823,29 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(body.as_bytes()).unwrap();
         f
+    }
+
+    #[test]
+    fn the_example_file_is_valid_with_every_key_uncommented() {
+        let example = include_str!("../config/hyperfork.toml");
+        let body: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with("[[jobs]]")
+                    || l.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(body.contains("log_file = "), "{body}");
+        assert!(body.contains("[[jobs]]"), "{body}");
+        let f = toml_file(&body);
+        let s = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
+            .unwrap_or_else(|e| panic!("{e}\n{body}"));
+        assert_eq!(s.jobs.len(), 1);
+        assert!(s.log_file.is_some() && s.pid_file.is_some());
     }
 
     #[test]

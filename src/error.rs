@@ -103,6 +103,15 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The log file could not be opened for appending.
+    #[error("cannot open the log file {path}: {source}")]
+    LogFile {
+        /// The path given with `--log-file`.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// An operating-system call the master relies on failed (signal mask, signalfd, pipe, fork).
     #[error("{what} failed: {source}")]
     Os {

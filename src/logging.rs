@@ -1,10 +1,18 @@
-//! Logging: `tracing` to stderr, synchronously, every line prefixed with who wrote it.
+//! Logging: `tracing` to stderr or a log file, synchronously, every line prefixed with who wrote it.
 //!
-//! The master's lines read `[master pid N]`, a worker's `[worker SLOT pid N]`. The writer is plain
-//! stderr with no background thread: a thread started in the master before `fork` would not exist in the
-//! workers, and their lines would be lost. `RUST_LOG`, when set, overrides the configured level.
+//! The master's lines read `[master pid N]`, a worker's `[worker SLOT pid N]`. The writer has no
+//! background thread: a thread started in the master before `fork` would not exist in the workers, and
+//! their lines would be lost. `RUST_LOG`, when set, overrides the configured level.
+//!
+//! With a log file, every process appends to it (`O_APPEND`, one `write` per line, so lines from
+//! different processes never interleave). [`reopen`] opens the path again, for log rotation: the master
+//! calls it on `SIGUSR1` and passes the signal to its workers, which call it too.
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use tracing::{Event, Subscriber};
@@ -15,14 +23,63 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::cli::LogLevel;
+use crate::error::StartError;
 
 /// -1 in the master, the slot in a worker.
 static SLOT: AtomicI64 = AtomicI64::new(-1);
 /// This process's pid, cached.
 static PID: AtomicU32 = AtomicU32::new(0);
 
-/// Installs the global subscriber. Does nothing if the application already installed one.
-pub fn init(level: LogLevel) {
+/// The log file, when logging to one. The master is single-threaded, so the lock is never held by
+/// another thread when it forks.
+static FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
+
+fn open(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Writes each line to the log file, or to stderr without one.
+struct Sink;
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut file = FILE.lock().unwrap_or_else(|e| e.into_inner());
+        match file.as_mut() {
+            Some((_, f)) => f.write_all(buf)?,
+            None => io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens the log file again at its path (after it was moved away by log rotation). Returns the path,
+/// or `None` when logging to stderr. On error the old file stays in use.
+pub fn reopen() -> Result<Option<PathBuf>, StartError> {
+    let mut file = FILE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((path, f)) = file.as_mut() else {
+        return Ok(None);
+    };
+    *f = open(path).map_err(|source| StartError::LogFile {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Some(path.clone()))
+}
+
+/// Installs the global subscriber, writing to `file` (appending) or to stderr. Does nothing if the
+/// application already installed one; fails if the file cannot be opened.
+pub fn init(level: LogLevel, file: Option<&Path>) -> Result<(), StartError> {
+    if let Some(path) = file {
+        let f = open(path).map_err(|source| StartError::LogFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        *FILE.lock().unwrap_or_else(|e| e.into_inner()) = Some((path.to_path_buf(), f));
+    }
     PID.store(std::process::id(), Ordering::Relaxed);
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => EnvFilter::new(v),
@@ -30,9 +87,10 @@ pub fn init(level: LogLevel) {
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Sink)
         .event_format(Prefixed)
         .try_init();
+    Ok(())
 }
 
 /// Marks this process as the worker in `slot`; called in the worker right after `fork`.

@@ -293,6 +293,7 @@ impl Master<'_> {
             }
             Signal::SIGHUP => self.begin_reload(),
             Signal::SIGUSR2 => self.begin_upgrade(),
+            Signal::SIGUSR1 => self.reopen_logs(),
             Signal::SIGTTIN => self.resize(1),
             Signal::SIGTTOU => self.resize(-1),
             other => tracing::info!("{other} received; not supported yet, ignoring"),
@@ -574,6 +575,23 @@ impl Master<'_> {
             r.old = old;
         }
         self.spawn(slot);
+    }
+
+    /// `SIGUSR1`: reopen the log file here and in every worker.
+    fn reopen_logs(&mut self) {
+        match crate::logging::reopen() {
+            Ok(Some(path)) => {
+                tracing::info!("SIGUSR1: reopened the log file {}", path.display());
+                let successor = self.successor.as_ref().map(|s| s.pid);
+                for pid in self.live() {
+                    if Some(pid) != successor {
+                        let _ = kill(pid, Signal::SIGUSR1);
+                    }
+                }
+            }
+            Ok(None) => tracing::info!("SIGUSR1: logging to stderr, no log file to reopen"),
+            Err(e) => tracing::error!("SIGUSR1: {e}; still writing to the file already open"),
+        }
     }
 
     /// Whether a binary upgrade is under way, in either role.

@@ -251,7 +251,10 @@ impl Server {
         };
 
         let log_level = settings.log_level;
-        logging::init(log_level);
+        let log_file = settings.log_file.clone();
+        if let Err(e) = logging::init(log_level, log_file.as_deref()) {
+            return fail(EXIT_RUNTIME, &e);
+        }
         logging::install_panic_hook();
         for w in &plan.warnings {
             tracing::warn!("{w}");
@@ -317,6 +320,12 @@ impl Server {
             if settings.log_level != log_level {
                 tracing::warn!(
                     "reload: a log level change needs a restart; keeping the current level"
+                );
+            }
+            if settings.log_file != log_file {
+                tracing::warn!(
+                    "reload: a log file change needs a restart (or a binary upgrade); keeping the \
+                     current one"
                 );
             }
             let mut jobs = settings.jobs.clone();

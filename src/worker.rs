@@ -123,7 +123,16 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             libc::close(fd);
         }
     }
-    // Rule 3: signals.
+    // Rule 3: signals. SIGUSR1 (reopen the log file) would kill the worker until its handler is
+    // installed; it is ignored until then, and the worker reopens the file once when the handler is in
+    // place, so a rotation in between is not missed.
+    // SAFETY: setting a disposition to SIG_IGN installs no handler code; the process has one thread.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGUSR1,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
     crate::signals::unblock_all();
     crate::logging::set_worker(args.slot);
     let pid = std::process::id();
@@ -289,9 +298,23 @@ fn spawn_order_loop(
     Ok(())
 }
 
-/// `SIGTERM` asks for a graceful stop; `SIGINT` and `SIGQUIT` exit at once.
+/// `SIGTERM` asks for a graceful stop; `SIGINT` and `SIGQUIT` exit at once; `SIGUSR1` reopens the log
+/// file.
 fn watch_signals(tx: watch::Sender<Stop>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    if let Err(e) = crate::logging::reopen() {
+        tracing::error!("{e}");
+    }
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            match crate::logging::reopen() {
+                Ok(Some(path)) => tracing::info!("reopened the log file {}", path.display()),
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}; still writing to the file already open"),
+            }
+        }
+    });
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;

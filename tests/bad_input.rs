@@ -113,6 +113,24 @@ fn port_already_in_use() {
 }
 
 #[test]
+fn log_file_in_a_missing_directory() {
+    let out = run(
+        &[
+            "--log-file",
+            "/nonexistent-dir/hyperfork.log",
+            "--port",
+            "0",
+        ],
+        &[],
+    );
+    assert_one_line_error(
+        &out,
+        1,
+        &["cannot open the log file /nonexistent-dir/hyperfork.log"],
+    );
+}
+
+#[test]
 fn unbindable_host() {
     // 192.0.2.1 is TEST-NET-1: never an address of this machine.
     let port = free_port().to_string();

@@ -204,3 +204,46 @@ fn a_reload_whose_workers_cannot_boot_is_aborted_and_the_old_worker_keeps_servin
     );
     assert!(!p.stderr().contains("giving up"));
 }
+
+#[test]
+fn usr1_reopens_the_log_file_in_the_master_and_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("h.log");
+    let rotated = dir.path().join("h.log.1");
+    let p = Proc::serve(
+        &hyperfork_bin(),
+        &["--workers", "2", "--log-file", log.to_str().unwrap()],
+        &[],
+    );
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(20), || read(&log)
+        .contains("all 2 workers ready")));
+    assert!(
+        !p.stderr().contains("INFO"),
+        "log lines went to stderr: {}",
+        p.stderr()
+    );
+    let workers = p.worker_pids();
+    // Rotate: move the file away, then signal.
+    std::fs::rename(&log, &rotated).unwrap();
+    p.signal(libc::SIGUSR1);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let text = read(&log);
+            text.contains("SIGUSR1: reopened the log file")
+                && workers
+                    .iter()
+                    .all(|w| text.contains(&format!("pid {w}] reopened the log file")))
+        }),
+        "new file:\n{}\nrotated file:\n{}",
+        read(&log),
+        read(&rotated)
+    );
+    assert!(read(&rotated).contains("all 2 workers ready"));
+    assert!(!read(&rotated).contains("reopened"));
+    // Workers keep writing to the new file, and nobody was killed by the signal.
+    assert_eq!(p.worker_pids(), workers);
+    p.signal(libc::SIGTTIN);
+    assert!(wait_until(Duration::from_secs(20), || read(&log)
+        .contains("SIGTTIN: workers 2 -> 3")));
+}
