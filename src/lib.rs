@@ -30,6 +30,7 @@ pub mod logging;
 mod master;
 pub mod pidfile;
 pub mod pool;
+pub mod proctitle;
 pub mod schedule;
 pub mod scheduler;
 pub mod serve;

@@ -124,6 +124,8 @@ struct Master<'a> {
     /// Whether this master removes the unix socket files and its pid file on exit.
     owns_files: bool,
     pid_file: Option<crate::pidfile::PidFile>,
+    /// The process title last set.
+    title: String,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -172,6 +174,7 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         predecessor,
         pid_file,
         args,
+        title: String::new(),
     };
     let outcome = master.run_loop();
     if master.owns_files {
@@ -203,6 +206,15 @@ impl Master<'_> {
             );
             let status = self.status_line();
             self.notifier.status(&status);
+            let title = crate::proctitle::master(
+                self.generation,
+                self.pool.size(),
+                self.state != State::Running,
+            );
+            if title != self.title {
+                crate::proctitle::set(&title);
+                self.title = title;
+            }
             match self.state {
                 State::Running => {
                     self.abort_failed_reload();

@@ -215,6 +215,10 @@ impl Server {
     pub fn run(self) -> ExitCode {
         // Recorded first: a binary upgrade runs the executable from this path.
         let exe = crate::upgrade::Program::current();
+        // Titles rewrite the arguments' memory; only safe while this is the only thread.
+        if thread_count() == 1 {
+            crate::proctitle::init();
+        }
         let program = self.program.clone();
         let fail = |code: u8, msg: &dyn std::fmt::Display| {
             eprintln!("{program}: {msg}");

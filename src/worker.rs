@@ -135,6 +135,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     }
     crate::signals::unblock_all();
     crate::logging::set_worker(args.slot);
+    crate::proctitle::set(&crate::proctitle::worker(args.slot, false));
     let pid = std::process::id();
     // Rule 4: environment.
     // SAFETY: the child of a single-threaded master has exactly one thread, and no runtime or thread
@@ -264,13 +265,17 @@ fn spawn_order_loop(
                 line = lines.next_line() => match line {
                     Ok(Some(line)) => match Order::decode(&line) {
                         Some(Order::Grant { anchor_ms, last_ticks }) => match scheduler.as_mut() {
-                            Some(s) if !draining => s.start(anchor_ms, &last_ticks),
+                            Some(s) if !draining => {
+                                s.start(anchor_ms, &last_ticks);
+                                crate::proctitle::set(&crate::proctitle::worker(0, true));
+                            }
                             _ => tracing::warn!("scheduler lease granted to a worker that cannot schedule"),
                         },
                         Some(Order::Revoke) => {
                             if let Some(s) = scheduler.as_mut() {
                                 s.stop(graceful_timeout).await;
                             }
+                            crate::proctitle::set(&crate::proctitle::worker(0, false));
                             control.send(&Message::Released { pid: pid as i32 });
                             let _ = done.send(true);
                         }
@@ -287,6 +292,7 @@ fn spawn_order_loop(
                         if let Some(s) = scheduler.as_mut() {
                             if s.stop(graceful_timeout).await {
                                 control.send(&Message::Released { pid: pid as i32 });
+                                crate::proctitle::set(&crate::proctitle::worker(0, false));
                             }
                         }
                     }

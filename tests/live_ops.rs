@@ -247,3 +247,59 @@ fn usr1_reopens_the_log_file_in_the_master_and_every_worker() {
     assert!(wait_until(Duration::from_secs(20), || read(&log)
         .contains("SIGTTIN: workers 2 -> 3")));
 }
+
+/// What `ps` shows for `pid`: its command line, NULs as spaces, trailing ones dropped.
+fn title(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .replace('\0', " ")
+        .trim_end()
+        .to_string()
+}
+
+#[test]
+fn process_titles_name_the_master_each_worker_and_the_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h.toml");
+    std::fs::write(
+        &config,
+        "workers = 2\n[[jobs]]\nname = \"idle\"\nevery = \"1h\"\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    let p = Proc::serve(
+        &hyperfork_bin(),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    let master = p.pid();
+    let titles = |want: &[&str]| {
+        let mut got: Vec<String> = p.worker_pids().into_iter().map(title).collect();
+        got.sort();
+        got == want
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || title(master)
+            == "hyperfork: master (gen 1, 2 workers)"
+            && titles(&[
+                "hyperfork: worker 0 [scheduler]",
+                "hyperfork: worker 1"
+            ])),
+        "master {:?}, workers {:?}",
+        title(master),
+        p.worker_pids().into_iter().map(title).collect::<Vec<_>>()
+    );
+    std::fs::write(&config, "workers = 3\n").unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(30), || title(master)
+            == "hyperfork: master (gen 2, 3 workers)"
+            && titles(&[
+                "hyperfork: worker 0",
+                "hyperfork: worker 1",
+                "hyperfork: worker 2"
+            ])),
+        "master {:?}, workers {:?}",
+        title(master),
+        p.worker_pids().into_iter().map(title).collect::<Vec<_>>()
+    );
+}
