@@ -269,7 +269,13 @@ fn spawn_order_loop(
                                 s.start(anchor_ms, &last_ticks);
                                 crate::proctitle::set(&crate::proctitle::worker(0, true));
                             }
-                            _ => tracing::warn!("scheduler lease granted to a worker that cannot schedule"),
+                            _ => {
+                                // Draining (or not slot 0): give the lease back at once, so the
+                                // master can grant it to the next worker without waiting for this
+                                // one to exit.
+                                tracing::info!("scheduler lease granted while draining; released");
+                                control.send(&Message::Released { pid: pid as i32 });
+                            }
                         },
                         Some(Order::Revoke) => {
                             if let Some(s) = scheduler.as_mut() {
@@ -351,5 +357,58 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{ControlPipe, send_order};
+    use crate::schedule::Every;
+
+    #[test]
+    fn a_grant_that_reaches_a_draining_worker_is_given_back_at_once() {
+        // Declared before the runtime so they outlive it: the order loop exits the process on EOF.
+        let (orders, order_writer) = crate::control::order_pipe().unwrap();
+        let mut control = ControlPipe::new().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let writer = control.writer();
+        let released = runtime.block_on(async move {
+            let job = crate::jobs::Job::new("j", Every::seconds(3600), |_| async {});
+            let scheduler = Scheduler::new(&[job], Worker::new(0, 42, 1), writer);
+            let (stop_tx, stop) = watch::channel(Stop::Run);
+            let (done, _done_rx) = watch::channel(false);
+            spawn_order_loop(
+                orders,
+                Some(scheduler),
+                stop,
+                writer,
+                42,
+                Duration::from_secs(1),
+                done,
+            )
+            .unwrap();
+            // The drain starts, then the master's grant (sent just before it knew) arrives.
+            stop_tx.send(Stop::Graceful).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(send_order(
+                &order_writer,
+                &Order::Grant {
+                    anchor_ms: 0,
+                    last_ticks: Default::default(),
+                }
+            ));
+            for _ in 0..250 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if control.drain().contains(&Message::Released { pid: 42 }) {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(released, "the lease was not given back");
     }
 }
