@@ -654,7 +654,8 @@ impl Master<'_> {
             return;
         };
         if !s.took_over && !s.abandoned {
-            if s.poll_ready() {
+            // A master that is shutting down stops its successor too; it hands nothing over.
+            if s.poll_ready() && self.state == State::Running {
                 self.hand_over();
             } else if now >= s.deadline {
                 s.abandoned = true;
