@@ -1,0 +1,202 @@
+//! The master's side of a binary upgrade (`SIGUSR2`), in both roles: the old master starting its
+//! successor and handing over, and the new master taking over. The protocol is in [`crate::upgrade`].
+
+use std::time::Instant;
+
+use nix::sys::signal::{Signal, kill};
+
+use super::{Master, State};
+use crate::upgrade::{self, Said, Step};
+
+impl Master<'_> {
+    /// Whether a binary upgrade is under way, in either role.
+    pub(super) fn upgrading(&self) -> bool {
+        self.successor.as_ref().is_some_and(|s| !s.took_over) || self.predecessor.is_some()
+    }
+
+    /// `SIGUSR2`: start a new master from the executable on disk.
+    pub(super) fn begin_upgrade(&mut self) {
+        if self.upgrading() {
+            tracing::warn!("SIGUSR2 ignored: a binary upgrade is already in progress");
+            return;
+        }
+        if self.reload.is_some() {
+            tracing::warn!("SIGUSR2 ignored: a reload is in progress; send it again after it");
+            return;
+        }
+        let Some(program) = self.args.program.as_ref() else {
+            tracing::error!(
+                "SIGUSR2 ignored: the executable's path could not be read at start, so there is \
+                 nothing to run"
+            );
+            return;
+        };
+        self.notifier.reloading();
+        match upgrade::spawn(program, &self.args.listeners, self.args.activated) {
+            Ok(s) => {
+                tracing::info!(
+                    "SIGUSR2: starting a new master from {} (pid {}); this one keeps serving until \
+                     the new one's workers are ready",
+                    program.exe().display(),
+                    s.pid
+                );
+                self.successor = Some(s);
+            }
+            Err(e) => {
+                tracing::error!("binary upgrade failed, this master keeps serving: {e}");
+                let status = self.status_line();
+                self.notifier.ready(&status);
+            }
+        }
+    }
+
+    /// The old master's side of an upgrade: hand over when the new master is ready, give up on it
+    /// when it is late, and send the lease record once this master's holder is gone.
+    pub(super) fn drive_successor(&mut self, now: Instant) {
+        let Some(s) = self.successor.as_mut() else {
+            return;
+        };
+        if !s.took_over && !s.abandoned {
+            // A master that is shutting down stops its successor too; it hands nothing over.
+            if s.poll_ready() && self.state == State::Running {
+                self.hand_over();
+            } else if now >= s.deadline {
+                s.abandoned = true;
+                let pid = s.pid;
+                tracing::error!(
+                    "binary upgrade failed: the new master (pid {pid}) was not ready within {}; \
+                     stopping it, this master keeps serving",
+                    humantime::format_duration(upgrade::READY_TIMEOUT)
+                );
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+            return;
+        }
+        if s.took_over && s.channel.is_some() && self.lease.is_free() {
+            s.send_lease(&self.lease.record());
+            tracing::info!("handed the scheduler lease record to the new master");
+        }
+    }
+
+    /// The new master is ready: make it the main process and drain this one.
+    pub(super) fn hand_over(&mut self) {
+        let Some(s) = self.successor.as_mut() else {
+            return;
+        };
+        let new = s.pid;
+        s.took_over = true;
+        self.notifier.main_pid(
+            new.as_raw() as u32,
+            &format!("handed over to the new master, pid {new}"),
+        );
+        self.notifier.set_muted(true);
+        if !s.send_main() {
+            tracing::warn!("cannot tell the new master (pid {new}) it took over");
+        }
+        // The new master owns the socket files and the pid file from now on.
+        self.owns_files = false;
+        if let Some(p) = self.pid_file.take() {
+            p.keep();
+        }
+        tracing::info!(
+            "the new master (pid {new}) has every worker ready and takes over; draining this \
+             master's workers (up to {}), then exiting",
+            humantime::format_duration(self.args.graceful_timeout)
+        );
+        self.reload_pending = false;
+        self.state = State::Stopping {
+            kill_at: Instant::now() + self.args.graceful_timeout,
+            killed: false,
+        };
+        self.signal_all(Signal::SIGTERM);
+    }
+
+    /// The new master exited (it is this master's child until this one exits).
+    pub(super) fn successor_exited(&mut self, how: &str) {
+        let Some(s) = self.successor.take() else {
+            return;
+        };
+        if s.took_over {
+            tracing::warn!("the new master (pid {}) {how}", s.pid);
+            return;
+        }
+        if self.state == State::Running {
+            tracing::error!(
+                "binary upgrade failed: the new master (pid {}) {how} before its workers were ready; \
+                 this master keeps serving",
+                s.pid
+            );
+            let status = self.status_line();
+            self.notifier.ready(&status);
+        } else {
+            tracing::debug!("the new master (pid {}) {how}", s.pid);
+        }
+    }
+
+    /// The new master's side of an upgrade: take over when told, then adopt the lease record.
+    pub(super) fn drive_predecessor(&mut self) {
+        let Some(p) = self.predecessor.as_mut() else {
+            return;
+        };
+        for said in p.poll() {
+            match said {
+                Said::Main => self.become_main(),
+                Said::Lease(anchor_ms, last_ticks) => {
+                    self.lease.adopt(Some((anchor_ms, last_ticks)));
+                    tracing::info!("received the scheduler lease record from the previous master");
+                    self.predecessor = None;
+                    return;
+                }
+                Said::Gone => {
+                    if self
+                        .predecessor
+                        .as_ref()
+                        .is_some_and(|p| p.step != Step::Main)
+                    {
+                        tracing::warn!(
+                            "the previous master is gone before the hand-over; carrying on alone"
+                        );
+                        self.become_main();
+                    }
+                    if self.lease.is_held_elsewhere() {
+                        self.lease.adopt(None);
+                        tracing::warn!(
+                            "the previous master is gone without sending the scheduler lease record; \
+                             scheduling from now on"
+                        );
+                    }
+                    self.predecessor = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// This master is now the service's main process.
+    pub(super) fn become_main(&mut self) {
+        let Some(p) = self.predecessor.as_mut() else {
+            return;
+        };
+        let was_ready = p.step == Step::Ready;
+        p.step = Step::Main;
+        self.notifier.set_muted(false);
+        self.owns_files = !self.args.activated;
+        if let Some(path) = self.args.pid_file.as_deref() {
+            match crate::pidfile::PidFile::create(path) {
+                Ok(f) => self.pid_file = Some(f),
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        if was_ready {
+            tracing::info!("took over from the previous master");
+            let status = self.status_line();
+            self.notifier.main_pid(self.pid.as_raw() as u32, &status);
+        } else if self.announced_ready {
+            let status = self.status_line();
+            self.notifier.ready(&status);
+        } else {
+            // READY=1 goes out with the usual message once every worker is ready.
+            self.notified_ready = false;
+        }
+    }
+}
