@@ -9,16 +9,96 @@
 //! - `job-panic`: a scheduled job `flaky` runs every second and panics on every other run (the worker
 //!   must survive it and run the next tick).
 //!
+//! Routes on top of the built-in app's (`/`, `/health`), every response naming the worker
+//! (`x-worker: SLOT`, `x-pid: PID`):
+//! - `/sleep?ms=N`: answers after N ms, without blocking the worker;
+//! - `/block?ms=N`: blocks the worker's runtime thread for N ms (a stuck event loop);
+//! - `/panic`: the handler panics;
+//! - `/alloc?mb=N`: allocates N MiB, touches every page, and keeps it for the worker's life.
+//!
 //! ```text
 //! HYPERFORK_FAULT=boot-error cargo run --example faults -- --workers 2
+//! cargo run --example faults -- --workers 2 --timeout 2 &  curl 'localhost:8000/block?ms=10000'
 //! ```
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::service::Service;
+use hyper::{Request, Response};
 use hyperfork::Worker;
 use hyperfork::app::BuiltinApp;
 
-fn build(worker: &Worker) -> Result<BuiltinApp, String> {
+/// Memory `/alloc` keeps.
+static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// The built-in app plus the fault routes.
+#[derive(Clone)]
+struct Faults {
+    builtin: BuiltinApp,
+    slot: HeaderValue,
+    pid: HeaderValue,
+}
+
+/// The number after `NAME=` in the query, if any.
+fn param(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+fn text(body: String) -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from(body)))
+}
+
+impl Service<Request<Incoming>> for Faults {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (slot, pid) = (self.slot.clone(), self.pid.clone());
+        let ms = param(&req, "ms").unwrap_or(0);
+        let mb = param(&req, "mb").unwrap_or(0);
+        let path = req.uri().path().to_string();
+        let builtin = self.builtin.call(req);
+        Box::pin(async move {
+            let mut resp = match path.as_str() {
+                "/sleep" => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    text(format!("slept {ms} ms\n"))
+                }
+                "/block" => {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    text(format!("blocked {ms} ms\n"))
+                }
+                "/panic" => panic!("injected handler panic"),
+                "/alloc" => {
+                    let size = usize::try_from(mb).unwrap_or(0) * 1024 * 1024;
+                    // Touch every page so the memory counts in the worker's RSS.
+                    let block = vec![1u8; size];
+                    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(block);
+                    text(format!("holding {mb} MiB more\n"))
+                }
+                _ => builtin.await?,
+            };
+            resp.headers_mut().insert("x-worker", slot);
+            resp.headers_mut().insert("x-pid", pid);
+            Ok(resp)
+        })
+    }
+}
+
+fn build(worker: &Worker) -> Result<Faults, String> {
     let mut fault = std::env::var("HYPERFORK_FAULT").unwrap_or_default();
     if let Some(path) = fault.strip_prefix("file:") {
         fault = std::fs::read_to_string(path)
@@ -33,7 +113,11 @@ fn build(worker: &Worker) -> Result<BuiltinApp, String> {
             "injected boot error: database unreachable (worker {})",
             worker.slot()
         )),
-        _ => Ok(BuiltinApp::new(worker)),
+        _ => Ok(Faults {
+            builtin: BuiltinApp::new(worker),
+            slot: HeaderValue::from(worker.slot()),
+            pid: HeaderValue::from(worker.pid()),
+        }),
     }
 }
 

@@ -80,6 +80,46 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
     pub limit_concurrency: Option<usize>,
 
+    /// Kill and replace a worker whose event loop is silent this long; 0 turns it off
+    /// (env HYPERFORK_TIMEOUT) [default: 30s]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Replace a worker after it served this many requests; 0 turns it off
+    /// (env HYPERFORK_MAX_REQUESTS) [default: 0]
+    #[arg(long, global = true, value_name = "N", value_parser = non_negative_u64)]
+    pub max_requests: Option<u64>,
+
+    /// Add a random 0..=J to each worker's --max-requests, so they do not all restart at once
+    /// (env HYPERFORK_MAX_REQUESTS_JITTER) [default: 0]
+    #[arg(long, global = true, value_name = "J", value_parser = non_negative_u64)]
+    pub max_requests_jitter: Option<u64>,
+
+    /// Replace a worker whose resident memory exceeds this, e.g. 256MiB; 0 turns it off
+    /// (env HYPERFORK_MAX_WORKER_MEMORY) [default: 0]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub max_worker_memory: Option<u64>,
+
+    /// Close a connection whose request header is not complete this long after its first byte
+    /// (env HYPERFORK_TIMEOUT_REQUEST_HEADER) [default: 10s]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout_request_header: Option<Duration>,
+
+    /// Answer 413 to a request whose declared body is larger, e.g. 10MiB; 0 turns it off
+    /// (env HYPERFORK_LIMIT_REQUEST_BODY) [default: 0]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub limit_request_body: Option<u64>,
+
+    /// Answer 431 to a request with more header fields (env HYPERFORK_LIMIT_REQUEST_FIELDS)
+    /// [default: 100]
+    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
+    pub limit_request_fields: Option<usize>,
+
+    /// Answer 431 to a request whose request line and headers are larger, at least 8KiB
+    /// (env HYPERFORK_LIMIT_REQUEST_HEADER_SIZE) [default: 64KiB]
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
+    pub limit_request_header_size: Option<u64>,
+
     /// TOML configuration file (env HYPERFORK_CONFIG)
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -148,6 +188,21 @@ pub fn positive_usize(s: &str) -> Result<usize, String> {
         )),
         Err(_) => Err(format!("expected a positive integer, got {s:?}")),
     }
+}
+
+/// Parses a non-negative integer.
+pub fn non_negative_u64(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("expected a non-negative integer, got {s:?}"))
+}
+
+/// Parses a size: bytes (`1048576`) or a number with a unit (`64MiB`, `512KB`, `1.5GiB`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("expected a size such as 1048576, 512KiB or 64MiB, got {s:?}"))
 }
 
 /// Parses a strictly positive `u32`.

@@ -29,6 +29,16 @@ pub const DEFAULT_MAX_WORKERS: usize = 8;
 pub const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default idle keep-alive timeout (uvicorn's default).
 pub const DEFAULT_TIMEOUT_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Default heartbeat timeout: a worker silent this long is replaced.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time to receive a whole request header after its first byte.
+pub const DEFAULT_TIMEOUT_REQUEST_HEADER: Duration = Duration::from_secs(10);
+/// Default most header fields per request (gunicorn's and hyper's default).
+pub const DEFAULT_LIMIT_REQUEST_FIELDS: u64 = 100;
+/// Default largest request line plus headers, in bytes.
+pub const DEFAULT_LIMIT_REQUEST_HEADER_SIZE: u64 = 64 * 1024;
+/// The smallest header size limit hyper accepts, in bytes.
+pub const MIN_LIMIT_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +105,22 @@ pub struct Settings {
     pub pid_file: Option<PathBuf>,
     /// Where to append logs instead of stderr.
     pub log_file: Option<PathBuf>,
+    /// A worker whose event loop is silent this long is replaced; zero: off.
+    pub timeout: Duration,
+    /// Requests after which a worker is replaced; zero: off.
+    pub max_requests: u64,
+    /// Random extra requests (0..=this) per worker on top of `max_requests`.
+    pub max_requests_jitter: u64,
+    /// Resident memory (bytes) beyond which a worker is replaced; zero: off.
+    pub max_worker_memory: u64,
+    /// A request header not complete this long after its first byte closes the connection.
+    pub timeout_request_header: Duration,
+    /// Declared request bodies larger than this (bytes) get 413; zero: off.
+    pub limit_request_body: u64,
+    /// Requests with more header fields get 431.
+    pub limit_request_fields: usize,
+    /// Requests whose request line and headers are larger (bytes) get 431.
+    pub limit_request_header_size: u64,
     /// Idle keep-alive connections are closed after this long.
     pub timeout_keep_alive: Duration,
     /// Most requests a worker serves at once (beyond: 503).
@@ -117,6 +143,14 @@ struct FileConfig {
     log_level: Option<LogLevel>,
     pid: Option<PathBuf>,
     log_file: Option<PathBuf>,
+    timeout: Option<toml::Spanned<DurationValue>>,
+    max_requests: Option<toml::Spanned<Count>>,
+    max_requests_jitter: Option<toml::Spanned<Count>>,
+    max_worker_memory: Option<toml::Spanned<SizeValue>>,
+    timeout_request_header: Option<toml::Spanned<DurationValue>>,
+    limit_request_body: Option<toml::Spanned<SizeValue>>,
+    limit_request_fields: Option<toml::Spanned<Count>>,
+    limit_request_header_size: Option<toml::Spanned<SizeValue>>,
     timeout_keep_alive: Option<toml::Spanned<DurationValue>>,
     limit_concurrency: Option<toml::Spanned<Count>>,
     jobs: Option<Vec<toml::Spanned<JobFile>>>,
@@ -189,6 +223,130 @@ impl<'de> Deserialize<'de> for DurationValue {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// A size in the TOML file: integer bytes or a string such as `"64MiB"`.
+#[derive(Debug)]
+struct SizeValue(Result<u64, String>);
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: integer bytes or a string such as \"64MiB\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SizeValue, E> {
+                u64::try_from(v)
+                    .map(|n| SizeValue(Ok(n)))
+                    .map_err(|_| E::custom(format!("expected a non-negative size, got {v}")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeValue, E> {
+                Ok(SizeValue(Ok(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SizeValue, E> {
+                Ok(SizeValue(cli::parse_size(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A non-negative integer setting: command line, environment, TOML key, default. Values below `min`
+/// are errors naming where they came from.
+fn layered_u64(
+    cli: Option<u64>,
+    env: &dyn Env,
+    env_name: &'static str,
+    (path, text, key, file): (&Path, &str, &str, Option<&toml::Spanned<Count>>),
+    (default, min): (u64, u64),
+) -> Result<u64, ConfigError> {
+    let too_small = |n: u64, from: String| {
+        ConfigError::Invalid(format!(
+            "{from}: expected an integer of at least {min}, got {n}"
+        ))
+    };
+    if let Some(n) = cli {
+        return if n < min {
+            Err(too_small(n, format!("--{}", key.replace('_', "-"))))
+        } else {
+            Ok(n)
+        };
+    }
+    let expected = if min == 0 {
+        "a non-negative integer"
+    } else {
+        "a positive integer (1 or more)"
+    };
+    if let Some(n) = env_parse(env, env_name, expected, |s| {
+        s.parse::<u64>().ok().filter(|n| *n >= min)
+    })? {
+        return Ok(n);
+    }
+    match file {
+        Some(v) => {
+            let n = v.get_ref().0;
+            if n < min as i64 {
+                Err(file_error(
+                    path,
+                    text,
+                    v.span(),
+                    format!("key `{key}`: expected {expected}, got {n}"),
+                ))
+            } else {
+                Ok(n as u64)
+            }
+        }
+        None => Ok(default),
+    }
+}
+
+/// A size setting: command line, environment, TOML key, default; at least `min` unless zero is
+/// allowed (`min` of 0).
+fn layered_size(
+    cli: Option<u64>,
+    env: &dyn Env,
+    env_name: &'static str,
+    (path, text, key, file): (&Path, &str, &str, Option<&toml::Spanned<SizeValue>>),
+    (default, min): (u64, u64),
+) -> Result<u64, ConfigError> {
+    let check = |n: u64, from: &dyn Fn(String) -> ConfigError| {
+        if n < min {
+            Err(from(format!(
+                "expected a size of at least {}, got {n} bytes",
+                bytesize::ByteSize::b(min).display().iec()
+            )))
+        } else {
+            Ok(n)
+        }
+    };
+    if let Some(n) = cli {
+        let flag = format!("--{}", key.replace('_', "-"));
+        return check(n, &|m| ConfigError::Invalid(format!("{flag}: {m}")));
+    }
+    if let Some(n) = env_parse(
+        env,
+        env_name,
+        "a size such as 1048576, 512KiB or 64MiB",
+        |s| cli::parse_size(s).ok(),
+    )? {
+        return check(n, &|m| ConfigError::Invalid(format!("{env_name}: {m}")));
+    }
+    match file {
+        Some(v) => match &v.get_ref().0 {
+            Ok(n) => check(*n, &|m| {
+                file_error(path, text, v.span(), format!("key `{key}`: {m}"))
+            }),
+            Err(msg) => Err(file_error(
+                path,
+                text,
+                v.span(),
+                format!("key `{key}`: {msg}"),
+            )),
+        },
+        None => Ok(default),
     }
 }
 
@@ -687,6 +845,95 @@ impl Settings {
             Some(list) => file_jobs(&path, &text, list)?,
             None => Vec::new(),
         };
+        let timeout = layered_duration(
+            cli.timeout,
+            env,
+            "HYPERFORK_TIMEOUT",
+            (&path, &text, "timeout", file.timeout.as_ref()),
+            DEFAULT_TIMEOUT,
+        )?;
+        let timeout_request_header = layered_duration(
+            cli.timeout_request_header,
+            env,
+            "HYPERFORK_TIMEOUT_REQUEST_HEADER",
+            (
+                &path,
+                &text,
+                "timeout_request_header",
+                file.timeout_request_header.as_ref(),
+            ),
+            DEFAULT_TIMEOUT_REQUEST_HEADER,
+        )?;
+        let max_requests = layered_u64(
+            cli.max_requests,
+            env,
+            "HYPERFORK_MAX_REQUESTS",
+            (&path, &text, "max_requests", file.max_requests.as_ref()),
+            (0, 0),
+        )?;
+        let max_requests_jitter = layered_u64(
+            cli.max_requests_jitter,
+            env,
+            "HYPERFORK_MAX_REQUESTS_JITTER",
+            (
+                &path,
+                &text,
+                "max_requests_jitter",
+                file.max_requests_jitter.as_ref(),
+            ),
+            (0, 0),
+        )?;
+        let limit_request_fields = layered_u64(
+            cli.limit_request_fields.map(|n| n as u64),
+            env,
+            "HYPERFORK_LIMIT_REQUEST_FIELDS",
+            (
+                &path,
+                &text,
+                "limit_request_fields",
+                file.limit_request_fields.as_ref(),
+            ),
+            (DEFAULT_LIMIT_REQUEST_FIELDS, 1),
+        )? as usize;
+        let max_worker_memory = layered_size(
+            cli.max_worker_memory,
+            env,
+            "HYPERFORK_MAX_WORKER_MEMORY",
+            (
+                &path,
+                &text,
+                "max_worker_memory",
+                file.max_worker_memory.as_ref(),
+            ),
+            (0, 0),
+        )?;
+        let limit_request_body = layered_size(
+            cli.limit_request_body,
+            env,
+            "HYPERFORK_LIMIT_REQUEST_BODY",
+            (
+                &path,
+                &text,
+                "limit_request_body",
+                file.limit_request_body.as_ref(),
+            ),
+            (0, 0),
+        )?;
+        let limit_request_header_size = layered_size(
+            cli.limit_request_header_size,
+            env,
+            "HYPERFORK_LIMIT_REQUEST_HEADER_SIZE",
+            (
+                &path,
+                &text,
+                "limit_request_header_size",
+                file.limit_request_header_size.as_ref(),
+            ),
+            (
+                DEFAULT_LIMIT_REQUEST_HEADER_SIZE,
+                MIN_LIMIT_REQUEST_HEADER_SIZE,
+            ),
+        )?;
 
         Ok(Settings {
             binds,
@@ -701,6 +948,14 @@ impl Settings {
             jobs,
             pid_file,
             log_file,
+            timeout,
+            max_requests,
+            max_requests_jitter,
+            max_worker_memory,
+            timeout_request_header,
+            limit_request_body,
+            limit_request_fields,
+            limit_request_header_size,
             timeout_keep_alive,
             limit_concurrency,
         })

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use http_body_util::{Either, Empty};
 use std::time::Duration;
 
-use hyper::header::{CONNECTION, HeaderValue};
+use hyper::header::{CONNECTION, HeaderValue, RETRY_AFTER};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
@@ -107,25 +108,78 @@ where
         let guard = InFlight(self.inflight.clone());
         if self.limit.is_some_and(|limit| now >= limit) {
             drop(guard);
-            let mut resp = Response::new(Either::Right(Empty::new()));
-            *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+            let mut resp = empty(hyper::StatusCode::SERVICE_UNAVAILABLE);
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             if http1 && draining.load(Ordering::Relaxed) {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             return Box::pin(async move { Ok(resp) });
         }
-        let fut = self.inner.call(req);
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        // A panicking handler costs its request a 500, not the worker or the connection.
+        let fut = catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
         Box::pin(async move {
-            let resp = fut.await;
+            let resp = match fut {
+                Ok(fut) => CatchPanic(std::pin::pin!(fut)).await,
+                Err(panic) => Err(panic),
+            };
             drop(guard);
-            let mut resp = resp.map_err(Into::into)?.map(Either::Left);
+            let mut resp = match resp {
+                Ok(resp) => resp.map_err(Into::into)?.map(Either::Left),
+                Err(panic) => {
+                    tracing::error!(
+                        "handler for {method} {} panicked ({}); answered 500",
+                        uri.path(),
+                        panic_message(&panic)
+                    );
+                    empty(hyper::StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            };
             if http1 && draining.load(Ordering::Relaxed) {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             Ok(resp)
         })
+    }
+}
+
+/// An empty response with `status`.
+fn empty<B: Body>(status: hyper::StatusCode) -> Response<GuardedBody<B>> {
+    let mut resp = Response::new(Either::Right(Empty::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Polls a future, turning a panic into an error carrying the panic's payload.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
     }
 }
 

@@ -186,7 +186,12 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     let runner = match catch_unwind(AssertUnwindSafe(|| (args.app)(&worker))) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return boot_error(format!("app factory failed: {e}")),
-        Err(panic) => return boot_error(format!("app factory panicked: {}", panic_text(&panic))),
+        Err(panic) => {
+            return boot_error(format!(
+                "app factory panicked: {}",
+                crate::serve::panic_message(&panic)
+            ));
+        }
     };
     drop(guard);
 
@@ -348,16 +353,6 @@ fn watch_signals(tx: watch::Sender<Stop>) -> std::io::Result<()> {
         }
     });
     Ok(())
-}
-
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic payload".to_string()
-    }
 }
 
 #[cfg(test)]
