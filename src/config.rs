@@ -127,6 +127,30 @@ pub struct Settings {
     pub limit_concurrency: Option<usize>,
 }
 
+impl Settings {
+    /// The limits each worker enforces on connections and requests.
+    pub fn limits(&self) -> crate::serve::Limits {
+        crate::serve::Limits {
+            timeout_keep_alive: self.timeout_keep_alive,
+            limit_concurrency: self.limit_concurrency,
+            timeout_request_header: self.timeout_request_header,
+            limit_request_body: self.limit_request_body,
+            limit_request_fields: self.limit_request_fields,
+            limit_request_header_size: self.limit_request_header_size,
+        }
+    }
+
+    /// The worker-health settings.
+    pub fn health(&self) -> crate::health::Health {
+        crate::health::Health {
+            timeout: self.timeout,
+            max_requests: self.max_requests,
+            max_requests_jitter: self.max_requests_jitter,
+            max_worker_memory: self.max_worker_memory,
+        }
+    }
+}
+
 /// The TOML file's schema. Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -45,6 +45,18 @@ pub enum Message {
         /// The worker's pid.
         pid: i32,
     },
+    /// Heartbeat: the worker's event loop is running.
+    Alive {
+        /// The worker's pid.
+        pid: i32,
+    },
+    /// The worker reached its request limit and asks to be replaced.
+    Recycle {
+        /// The worker's pid.
+        pid: i32,
+        /// Requests it has served.
+        served: u64,
+    },
 }
 
 impl Message {
@@ -70,6 +82,8 @@ impl Message {
                 )
             }
             Message::Released { pid } => format!("{pid} released\n"),
+            Message::Alive { pid } => format!("{pid} alive\n"),
+            Message::Recycle { pid, served } => format!("{pid} recycle {served}\n"),
         }
     }
 
@@ -80,6 +94,13 @@ impl Message {
             Some(Message::Ready { pid })
         } else if rest == "released" {
             Some(Message::Released { pid })
+        } else if rest == "alive" {
+            Some(Message::Alive { pid })
+        } else if let Some(n) = rest.strip_prefix("recycle ") {
+            Some(Message::Recycle {
+                pid,
+                served: n.parse().ok()?,
+            })
         } else if let Some(r) = rest.strip_prefix("job-start ") {
             let (tick, job) = r.split_once(' ')?;
             Some(Message::JobStart {
@@ -258,6 +279,8 @@ mod tests {
             job: "daily reset".into(),
         });
         w.send(&Message::Released { pid: 7 });
+        w.send(&Message::Alive { pid: 7 });
+        w.send(&Message::Recycle { pid: 7, served: 51 });
         assert_eq!(
             pipe.drain(),
             vec![
@@ -266,7 +289,9 @@ mod tests {
                     tick_ms: 1_700_000_000_000,
                     job: "daily reset".into()
                 },
-                Message::Released { pid: 7 }
+                Message::Released { pid: 7 },
+                Message::Alive { pid: 7 },
+                Message::Recycle { pid: 7, served: 51 }
             ]
         );
     }

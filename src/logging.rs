@@ -114,7 +114,16 @@ pub fn who() -> String {
 /// Routes panics through `tracing`, so a panic's line carries the prefix too.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        tracing::error!("panic: {info}");
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("unknown panic payload");
+        match info.location() {
+            Some(at) => tracing::error!("panic at {at}: {message}"),
+            None => tracing::error!("panic: {message}"),
+        }
     }));
 }
 

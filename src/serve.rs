@@ -16,12 +16,12 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use http_body_util::{Either, Empty};
 use std::time::Duration;
 
-use hyper::header::{CONNECTION, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, RETRY_AFTER};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use hyper::body::{Body, Incoming};
@@ -50,10 +50,29 @@ pub struct ServeControl {
     pub stop: watch::Receiver<Stop>,
     /// Upper bound of the drain.
     pub graceful_timeout: Duration,
+    /// Connection and request limits.
+    pub limits: Limits,
+    /// Requests after which `on_max_requests` is called (once).
+    pub max_requests: Option<u64>,
+    /// Called with the count when `max_requests` is reached.
+    pub on_max_requests: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+/// Connection and request limits a worker enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
     /// Idle keep-alive connections (no complete request header within it) are closed.
     pub timeout_keep_alive: Duration,
     /// Most requests served at once; beyond it, 503 at once.
     pub limit_concurrency: Option<usize>,
+    /// A request header not complete this long after its first byte closes the connection.
+    pub timeout_request_header: Duration,
+    /// Requests declaring a larger body (`Content-Length`, bytes) get 413; zero: no limit.
+    pub limit_request_body: u64,
+    /// Requests with more header fields get 431.
+    pub limit_request_fields: usize,
+    /// Requests whose request line and headers are larger (bytes) get 431.
+    pub limit_request_header_size: u64,
 }
 
 impl std::fmt::Debug for ServeControl {
@@ -76,6 +95,12 @@ struct Guarded<S> {
     draining: Arc<AtomicBool>,
     inflight: Arc<AtomicUsize>,
     limit: Option<usize>,
+    /// Largest declared body; zero: no limit.
+    limit_body: u64,
+    /// Requests accepted so far.
+    served: Arc<AtomicU64>,
+    /// The request limit and what to call when it is reached.
+    max_requests: Option<(u64, Arc<dyn Fn(u64) + Send + Sync>)>,
 }
 
 /// Decrements the in-flight count when a request's response is ready (or abandoned).
@@ -104,6 +129,28 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() <= hyper::Version::HTTP_11;
         let draining = self.draining.clone();
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some((max, on_max)) = &self.max_requests {
+            if served == *max {
+                on_max(served);
+            }
+        }
+        if self.limit_body > 0 {
+            let declared = req
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.limit_body) {
+                // The body is not read; the connection cannot be reused after it.
+                let mut resp = empty(hyper::StatusCode::PAYLOAD_TOO_LARGE);
+                if http1 {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                return Box::pin(async move { Ok(resp) });
+            }
+        }
         let now = self.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InFlight(self.inflight.clone());
         if self.limit.is_some_and(|limit| now >= limit) {
@@ -260,22 +307,32 @@ where
         ready,
         stop,
         graceful_timeout,
-        timeout_keep_alive,
-        limit_concurrency,
+        limits,
+        max_requests,
+        on_max_requests,
     } = control;
     let draining = Arc::new(AtomicBool::new(false));
     let service = Guarded {
         inner: service,
         draining: draining.clone(),
         inflight: Arc::new(AtomicUsize::new(0)),
-        limit: limit_concurrency,
+        limit: limits.limit_concurrency,
+        limit_body: limits.limit_request_body,
+        served: Arc::new(AtomicU64::new(0)),
+        max_requests: max_requests.zip(on_max_requests),
     };
     let graceful = Arc::new(GracefulShutdown::new());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(timeout_keep_alive);
+        .header_read_timeout(limits.timeout_keep_alive)
+        .max_headers(limits.limit_request_fields)
+        .max_buf_size(
+            usize::try_from(limits.limit_request_header_size)
+                .unwrap_or(usize::MAX)
+                .max(8192),
+        );
     let mut accept_loops = tokio::task::JoinSet::new();
     for l in listeners {
         let listener = adopt(l)?;

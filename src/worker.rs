@@ -94,8 +94,8 @@ pub(crate) struct ChildArgs<'a> {
     pub jobs: &'a [crate::jobs::Job],
     pub threads: usize,
     pub graceful_timeout: Duration,
-    pub timeout_keep_alive: Duration,
-    pub limit_concurrency: Option<usize>,
+    pub limits: crate::serve::Limits,
+    pub health: crate::health::Health,
     pub app: &'a AppFactory,
 }
 
@@ -197,7 +197,21 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
 
     let control = args.control;
     let graceful_timeout = args.graceful_timeout;
-    let (timeout_keep_alive, limit_concurrency) = (args.timeout_keep_alive, args.limit_concurrency);
+    let (limits, health) = (args.limits, args.health);
+    // Asked once when the request limit is reached, then with every heartbeat until replaced.
+    let recycle: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+    let on_max_requests: Option<Arc<dyn Fn(u64) + Send + Sync>> = {
+        let recycle = recycle.clone();
+        Some(Arc::new(move |served| {
+            tracing::info!("served {served} requests, the limit; asking to be replaced");
+            recycle.store(served, std::sync::atomic::Ordering::Relaxed);
+            control.send(&Message::Recycle {
+                pid: pid as i32,
+                served,
+            });
+        }))
+    };
+    let max_requests = health.request_limit(u64::from(pid) ^ seed_from_clock());
     let scheduler = (args.slot == 0 && !args.jobs.is_empty())
         .then(|| Scheduler::new(args.jobs, worker.clone(), control));
     let orders = args.orders;
@@ -218,6 +232,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
         ) {
             return Err(format!("cannot watch the order pipe: {e}"));
         }
+        tokio::spawn(heartbeat(control, pid, health.beat_interval(), recycle));
         let ready = Box::new(move || {
             tracing::debug!("accepting connections");
             control.send(&Message::Ready { pid: pid as i32 });
@@ -228,8 +243,9 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
                 ready,
                 stop: rx,
                 graceful_timeout,
-                timeout_keep_alive,
-                limit_concurrency,
+                limits,
+                max_requests,
+                on_max_requests,
             },
         )
         .await
@@ -313,6 +329,36 @@ fn spawn_order_loop(
         }
     });
     Ok(())
+}
+
+/// Sends `alive` every `interval` from this runtime (a blocked runtime stops it), and repeats a
+/// recycling request while one is pending.
+async fn heartbeat(
+    control: ControlWriter,
+    pid: u32,
+    interval: Duration,
+    recycle: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        control.send(&Message::Alive { pid: pid as i32 });
+        let served = recycle.load(std::sync::atomic::Ordering::Relaxed);
+        if served > 0 {
+            control.send(&Message::Recycle {
+                pid: pid as i32,
+                served,
+            });
+        }
+    }
+}
+
+/// Some bits that differ between workers and runs, to spread their request limits.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `SIGTERM` asks for a graceful stop; `SIGINT` and `SIGQUIT` exit at once; `SIGUSR1` reopens the log

@@ -13,6 +13,7 @@
 //! workers are ready (see [`crate::upgrade`]).
 
 mod handover;
+mod health;
 mod reload;
 
 use std::collections::HashMap;
@@ -64,8 +65,8 @@ pub(crate) struct MasterArgs<'a> {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
-    pub timeout_keep_alive: Duration,
-    pub limit_concurrency: Option<usize>,
+    pub limits: crate::serve::Limits,
+    pub health: crate::health::Health,
     pub binds: Vec<crate::listener::BindSpec>,
     pub backlog: u32,
     pub listeners: Vec<Listener>,
@@ -86,9 +87,13 @@ pub(crate) struct MasterArgs<'a> {
 #[derive(Debug)]
 struct Reload {
     slot: usize,
+    /// Slots `slot..end` are replaced.
+    end: usize,
     new_size: usize,
     /// The old worker of `slot`, still serving until its replacement is ready.
     old: Option<Pid>,
+    /// A recycle of one worker (past a limit), not a `SIGHUP` reload.
+    recycle: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +134,10 @@ struct Master<'a> {
     pid_file: Option<crate::pidfile::PidFile>,
     /// The process title last set.
     title: String,
+    /// When each pool worker last proved its event loop runs.
+    beats: HashMap<Pid, Instant>,
+    /// When the workers' memory is sampled next.
+    next_memory_sample: Instant,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -178,6 +187,8 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         pid_file,
         args,
         title: String::new(),
+        beats: HashMap::new(),
+        next_memory_sample: now,
     };
     let outcome = master.run_loop();
     if master.owns_files {
@@ -227,6 +238,7 @@ impl Master<'_> {
                     for slot in self.pool.due(now) {
                         self.spawn(slot);
                     }
+                    self.check_health(now);
                     self.maybe_grant_lease();
                 }
                 State::Stopping { kill_at, killed } => {
@@ -273,7 +285,17 @@ impl Master<'_> {
             .as_ref()
             .filter(|s| !s.took_over && !s.abandoned)
             .map(|s| s.deadline);
-        let deadline = [deadline, drain, upgrade, self.notifier.watchdog_deadline()]
+        let health = match self.state {
+            State::Running => self.health_deadline(),
+            State::Stopping { .. } => None,
+        };
+        let deadline = [
+            deadline,
+            drain,
+            upgrade,
+            health,
+            self.notifier.watchdog_deadline(),
+        ]
             .into_iter()
             .flatten()
             .min();
@@ -360,7 +382,7 @@ impl Master<'_> {
         for (pid, at) in self.draining.iter_mut() {
             if at.is_some_and(|t| t <= now) {
                 tracing::warn!(
-                    "old worker (pid {pid}) still draining after the graceful timeout; sending SIGKILL"
+                    "stopped worker (pid {pid}) still running at its deadline; sending SIGKILL"
                 );
                 let _ = kill(*pid, Signal::SIGKILL);
                 *at = None;
@@ -424,9 +446,21 @@ impl Master<'_> {
 
     fn on_message(&mut self, msg: Message) {
         match msg {
+            Message::Alive { pid } => self.beat(Pid::from_raw(pid)),
+            Message::Recycle { pid, served } => {
+                let pid = Pid::from_raw(pid);
+                if let Some(slot) = self.pool.slot_of(pid) {
+                    self.recycle(
+                        slot,
+                        pid,
+                        &format!("served {served} requests, its --max-requests limit"),
+                    );
+                }
+            }
             Message::Ready { pid } => {
                 let pid = Pid::from_raw(pid);
                 if let Some(slot) = self.pool.ready(pid) {
+                    self.beat(pid);
                     tracing::debug!("worker {slot} (pid {pid}) is ready");
                     if let Some(r) = self.reload.as_mut() {
                         if r.slot == slot {
@@ -535,6 +569,7 @@ impl Master<'_> {
                 continue;
             }
             self.orders.remove(&pid);
+            self.beats.remove(&pid);
             if self.lease.holder() == Some(pid) {
                 self.holder_died(pid);
             }
@@ -622,8 +657,8 @@ impl Master<'_> {
                 jobs: &self.args.jobs,
                 threads: self.args.threads,
                 graceful_timeout: self.args.graceful_timeout,
-                timeout_keep_alive: self.args.timeout_keep_alive,
-                limit_concurrency: self.args.limit_concurrency,
+                limits: self.args.limits.clone(),
+                health: self.args.health,
                 app: self.args.app,
             }),
             Ok(ForkResult::Parent { child }) => {

@@ -130,21 +130,16 @@ impl Master<'_> {
                 names(&new.jobs)
             ));
         }
-        if new.settings.timeout_keep_alive != self.args.timeout_keep_alive {
-            changes.push(format!(
-                "keep-alive timeout {} -> {}",
-                humantime::format_duration(self.args.timeout_keep_alive),
-                humantime::format_duration(new.settings.timeout_keep_alive)
-            ));
+        let limits = new.settings.limits();
+        if limits != self.args.limits {
+            changes.push(format!("limits {:?} -> {limits:?}", self.args.limits));
         }
-        if new.settings.limit_concurrency != self.args.limit_concurrency {
-            changes.push(format!(
-                "concurrency limit {:?} -> {:?}",
-                self.args.limit_concurrency, new.settings.limit_concurrency
-            ));
+        let health = new.settings.health();
+        if health != self.args.health {
+            changes.push(format!("health {:?} -> {health:?}", self.args.health));
         }
-        self.args.timeout_keep_alive = new.settings.timeout_keep_alive;
-        self.args.limit_concurrency = new.settings.limit_concurrency;
+        self.args.limits = limits;
+        self.args.health = health;
         self.args.threads = new.settings.threads;
         self.args.graceful_timeout = new.settings.graceful_timeout;
         self.args.jobs = new.jobs;
@@ -160,8 +155,10 @@ impl Master<'_> {
         );
         self.reload = Some(Reload {
             slot: 0,
+            end: new.plan.workers,
             new_size: new.plan.workers,
             old: None,
+            recycle: false,
         });
         self.step_reload();
     }
@@ -181,6 +178,7 @@ impl Master<'_> {
             .last_error
             .clone()
             .unwrap_or_else(|| "no error reported".into());
+        let recycle = r.recycle;
         let old = self.reload.take().and_then(|r| r.old);
         if let Some(pid) = self.pool.detach(slot) {
             let _ = kill(pid, Signal::SIGKILL);
@@ -189,6 +187,13 @@ impl Master<'_> {
         match old {
             Some(pid) => self.pool.reattach(slot, pid),
             None => self.pool.fork_failed(slot, Instant::now()),
+        }
+        if recycle {
+            tracing::error!(
+                "recycling aborted: the new worker of slot {slot} failed to boot {GIVE_UP_AFTER} times \
+                 ({error}); the old worker keeps serving"
+            );
+            return;
         }
         self.reload_pending = false;
         tracing::error!(
@@ -204,17 +209,24 @@ impl Master<'_> {
         let Some(r) = self.reload.as_mut() else {
             return;
         };
-        if r.slot >= r.new_size {
-            let new_size = r.new_size;
+        if r.slot >= r.end {
+            let (new_size, recycle, recycled) = (r.new_size, r.recycle, r.end.saturating_sub(1));
             for pid in self.pool.truncate(new_size) {
                 self.retire(pid);
             }
             self.reload = None;
-            tracing::info!(
-                "reload complete: generation {}, {} workers",
-                self.generation,
-                new_size
-            );
+            if recycle {
+                tracing::info!("worker {recycled} recycled");
+            } else {
+                tracing::info!(
+                    "reload complete: generation {}, {} workers",
+                    self.generation,
+                    new_size
+                );
+            }
+            if recycle && !self.reload_pending {
+                return;
+            }
             if std::mem::take(&mut self.reload_pending) {
                 self.begin_reload();
             } else {
