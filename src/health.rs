@@ -88,7 +88,9 @@ mod tests {
             max_requests_jitter: 10,
             ..Health::default()
         };
-        let limits: Vec<u64> = (0..100).map(|seed| h.request_limit(seed).unwrap()).collect();
+        let limits: Vec<u64> = (0..100)
+            .map(|seed| h.request_limit(seed).unwrap())
+            .collect();
         assert!(limits.iter().all(|l| (50..=60).contains(l)));
         assert!(limits.iter().any(|l| *l != limits[0]));
         assert_eq!(Health::default().request_limit(1), None);

@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod cores;
 pub mod error;
+pub mod header_timeout;
 pub mod health;
 mod job_command;
 pub mod jobs;

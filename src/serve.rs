@@ -31,6 +31,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
+use crate::header_timeout::{ConnRequests, Deadlines};
 use crate::listener::Listener;
 
 /// How a worker is asked to stop.
@@ -55,8 +56,11 @@ pub struct ServeControl {
     /// Requests after which `on_max_requests` is called (once).
     pub max_requests: Option<u64>,
     /// Called with the count when `max_requests` is reached.
-    pub on_max_requests: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    pub on_max_requests: Option<OnMaxRequests>,
 }
+
+/// Called with the request count when a worker reaches its request limit.
+pub type OnMaxRequests = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Connection and request limits a worker enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +104,19 @@ struct Guarded<S> {
     /// Requests accepted so far.
     served: Arc<AtomicU64>,
     /// The request limit and what to call when it is reached.
-    max_requests: Option<(u64, Arc<dyn Fn(u64) + Send + Sync>)>,
+    max_requests: Option<(u64, OnMaxRequests)>,
+    /// This connection's requests, for its header deadline (set per connection).
+    conn: Option<Arc<ConnRequests>>,
+}
+
+impl<S: Clone> Guarded<S> {
+    /// A copy for one connection.
+    fn for_connection(&self, conn: Arc<ConnRequests>) -> Guarded<S> {
+        Guarded {
+            conn: Some(conn),
+            ..self.clone()
+        }
+    }
 }
 
 /// Decrements the in-flight count when a request's response is ready (or abandoned).
@@ -129,6 +145,8 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let http1 = req.version() <= hyper::Version::HTTP_11;
         let draining = self.draining.clone();
+        // The header is complete: the connection's header deadline no longer applies.
+        let request = self.conn.as_ref().map(|c| c.start());
         let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some((max, on_max)) = &self.max_requests {
             if served == *max {
@@ -173,6 +191,7 @@ where
                 Err(panic) => Err(panic),
             };
             drop(guard);
+            drop(request);
             let mut resp = match resp {
                 Ok(resp) => resp.map_err(Into::into)?.map(Either::Left),
                 Err(panic) => {
@@ -320,7 +339,9 @@ where
         limit_body: limits.limit_request_body,
         served: Arc::new(AtomicU64::new(0)),
         max_requests: max_requests.zip(on_max_requests),
+        conn: None,
     };
+    let deadlines = (limits.timeout_keep_alive, limits.timeout_request_header);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -342,6 +363,7 @@ where
             builder.clone(),
             graceful.clone(),
             stop.clone(),
+            deadlines,
         ));
     }
     ready();
@@ -379,10 +401,11 @@ where
 
 async fn accept_loop<S, B>(
     listener: AsyncListener,
-    service: S,
+    service: Guarded<S>,
     builder: auto::Builder<TokioExecutor>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<Stop>,
+    (first_byte, header_timeout): (Duration, Duration),
 ) where
     S: HttpService<B>,
     B: ResponseBody,
@@ -398,23 +421,28 @@ async fn accept_loop<S, B>(
         };
         match accepted {
             Ok(io) => {
+                let requests = Arc::new(ConnRequests::default());
+                let service = service.for_connection(requests.clone());
                 let conn = match io {
                     Stream::Tcp(s) => {
                         let _ = s.set_nodelay(true);
+                        let io = Deadlines::new(s, requests, first_byte, header_timeout);
                         graceful.watch(
                             builder
-                                .serve_connection_with_upgrades(TokioIo::new(s), service.clone())
+                                .serve_connection_with_upgrades(TokioIo::new(io), service)
                                 .into_owned(),
                         )
                     }
                     .boxed(),
-                    Stream::Unix(s) => graceful
-                        .watch(
+                    Stream::Unix(s) => {
+                        let io = Deadlines::new(s, requests, first_byte, header_timeout);
+                        graceful.watch(
                             builder
-                                .serve_connection_with_upgrades(TokioIo::new(s), service.clone())
+                                .serve_connection_with_upgrades(TokioIo::new(io), service)
                                 .into_owned(),
                         )
-                        .boxed(),
+                    }
+                    .boxed(),
                 };
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

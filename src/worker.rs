@@ -200,7 +200,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     let (limits, health) = (args.limits, args.health);
     // Asked once when the request limit is reached, then with every heartbeat until replaced.
     let recycle: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-    let on_max_requests: Option<Arc<dyn Fn(u64) + Send + Sync>> = {
+    let on_max_requests: Option<crate::serve::OnMaxRequests> = {
         let recycle = recycle.clone();
         Some(Arc::new(move |served| {
             tracing::info!("served {served} requests, the limit; asking to be replaced");

@@ -296,9 +296,9 @@ impl Master<'_> {
             health,
             self.notifier.watchdog_deadline(),
         ]
-            .into_iter()
-            .flatten()
-            .min();
+        .into_iter()
+        .flatten()
+        .min();
         let timeout = deadline
             .map_or(TICK, |d| d.saturating_duration_since(now))
             .min(TICK);
