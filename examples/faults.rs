@@ -78,6 +78,7 @@ impl Service<Request<Incoming>> for Faults {
                     text(format!("slept {ms} ms\n"))
                 }
                 "/block" => {
+                    tracing::info!("blocking the runtime for {ms} ms");
                     std::thread::sleep(Duration::from_millis(ms));
                     text(format!("blocked {ms} ms\n"))
                 }

@@ -27,10 +27,19 @@ impl Master<'_> {
         beat.into_iter().chain(memory).min()
     }
 
-    /// Replaces silent workers, and recycles workers past the memory limit.
+    /// Replaces silent workers, recycles workers past the memory limit, and starts the next queued
+    /// recycle.
     pub(super) fn check_health(&mut self, now: Instant) {
         if self.state != State::Running {
             return;
+        }
+        while self.reload.is_none() && !self.upgrading() {
+            let Some((pid, why)) = self.recycle_queue.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.pool.slot_of(pid).filter(|s| self.pool.slot(*s).ready) {
+                self.recycle(slot, pid, &why);
+            }
         }
         let timeout = self.args.health.timeout;
         if !timeout.is_zero() {
@@ -95,10 +104,17 @@ impl Master<'_> {
         self.spawn(slot);
     }
 
-    /// Replaces the worker of `slot` the zero-downtime way: its successor first, then it drains.
-    /// Waits (the worker asks again, memory is sampled again) while a reload or an upgrade runs.
+    /// Replaces the worker of `slot` the zero-downtime way: its successor first, then it drains. One
+    /// slot at a time: while another replacement, a reload or an upgrade runs, the request waits its
+    /// turn.
     pub(super) fn recycle(&mut self, slot: usize, pid: Pid, why: &str) {
-        if self.reload.is_some() || self.upgrading() || self.state != State::Running {
+        if self.state != State::Running {
+            return;
+        }
+        if self.reload.is_some() || self.upgrading() {
+            if !self.recycle_queue.iter().any(|(p, _)| *p == pid) {
+                self.recycle_queue.push_back((pid, why.to_string()));
+            }
             return;
         }
         tracing::info!("worker {slot} (pid {pid}) {why}; replacing it");

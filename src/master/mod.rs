@@ -138,6 +138,8 @@ struct Master<'a> {
     beats: HashMap<Pid, Instant>,
     /// When the workers' memory is sampled next.
     next_memory_sample: Instant,
+    /// Workers waiting for their turn to be recycled, with the reason.
+    recycle_queue: std::collections::VecDeque<(Pid, String)>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -189,6 +191,7 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         title: String::new(),
         beats: HashMap::new(),
         next_memory_sample: now,
+        recycle_queue: std::collections::VecDeque::new(),
     };
     let outcome = master.run_loop();
     if master.owns_files {

@@ -453,7 +453,11 @@ impl Load {
         }
     }
 
-    /// Stops the clients; returns (ok, non-200, errors, pids that answered).
+    /// 200 responses so far.
+    pub fn ok_count(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
     /// Stops the clients; returns (200s, other statuses, connection errors, answering pids).
     pub fn finish(self) -> (u64, u64, Vec<String>, HashSet<u64>) {
         self.stop.store(true, Ordering::Relaxed);
