@@ -1128,6 +1128,32 @@ mod tests {
     }
 
     #[test]
+    fn health_and_limit_keys_layer_and_bad_values_name_their_line() {
+        let f = toml_file(
+            "timeout = 0\nmax_requests = 500\nmax_worker_memory = \"256MiB\"\nlimit_request_body = 1024\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let s =
+            Settings::resolve(&cli(&["--config", path, "--max-requests", "7"]), &env(&[])).unwrap();
+        assert_eq!(s.timeout, Duration::ZERO);
+        assert_eq!(s.max_requests, 7);
+        assert_eq!(s.max_worker_memory, 256 * 1024 * 1024);
+        assert_eq!(s.limit_request_body, 1024);
+        assert_eq!(s.limit_request_fields, 100);
+        assert_eq!(s.timeout_request_header, Duration::from_secs(10));
+        let f = toml_file("workers = 2\nmax_worker_memory = \"lots\"\n");
+        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:") && e.contains("max_worker_memory"), "{e}");
+        let f = toml_file("limit_request_header_size = 100\n");
+        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":1:") && e.contains("at least 8.0 KiB"), "{e}");
+    }
+
+    #[test]
     fn cli_beats_env_beats_file() {
         let f = toml_file("workers = 2\nmax_workers = 3\n");
         let path = f.path().to_str().unwrap();

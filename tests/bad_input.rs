@@ -198,3 +198,17 @@ fn help_and_version_exit_zero() {
     let out = run(&["--version"], &[]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn bad_sizes_and_limits() {
+    let out = run(&["--max-worker-memory", "lots"], &[]);
+    assert_one_line_error(&out, 2, &["--max-worker-memory", "64MiB", "lots"]);
+    let out = run(&["--limit-request-header-size", "1KiB", "--port", "0"], &[]);
+    assert_one_line_error(
+        &out,
+        2,
+        &["--limit-request-header-size", "at least 8.0 KiB"],
+    );
+    let out = run(&["--port", "0"], &[("HYPERFORK_MAX_REQUESTS", "-3")]);
+    assert_one_line_error(&out, 2, &["HYPERFORK_MAX_REQUESTS", "-3"]);
+}
