@@ -289,18 +289,26 @@ fn a_slowloris_header_is_cut_at_the_header_timeout_not_the_keep_alive_one() {
     ]);
     let port = p.port;
     let trickle = std::thread::spawn(move || {
-        raw(
+        let started = std::time::Instant::now();
+        let outcome = raw(
             port,
             b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: a",
             false,
             Duration::from_secs(30),
-        )
+        );
+        (outcome, started.elapsed())
     });
     // Others are served meanwhile.
     for _ in 0..5 {
         assert_eq!(get(port, "/health").unwrap().status, 200);
     }
-    assert_eq!(trickle.join().unwrap(), Outcome::Closed);
+    let (outcome, lasted) = trickle.join().unwrap();
+    assert_eq!(outcome, Outcome::Closed);
+    // Closed by the deadline, not at once (a lower bound only: a slow machine takes longer).
+    assert!(
+        lasted >= Duration::from_millis(1500),
+        "closed after {lasted:?}"
+    );
     // An idle keep-alive connection is not cut by the header timeout.
     let mut c = Conn::open(port).unwrap();
     assert_eq!(c.get("/health").unwrap().status, 200);
