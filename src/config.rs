@@ -218,63 +218,74 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
-/// A duration in the TOML file: integer seconds or a string such as `"30s"`.
+/// A TOML value written as a non-negative integer or as a string, parsed into `K::Out`; a parse error
+/// is kept so it can be reported with the key's line.
 #[derive(Debug)]
-struct DurationValue(Result<Duration, String>);
+struct Scalar<K: ScalarKind>(Result<K::Out, String>);
 
-impl<'de> Deserialize<'de> for DurationValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = DurationValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration: integer seconds or a string such as \"30s\"")
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
-                u64::try_from(v)
-                    .map(|s| DurationValue(Ok(Duration::from_secs(s))))
-                    .map_err(|_| {
-                        E::custom(format!(
-                            "expected a non-negative number of seconds, got {v}"
-                        ))
-                    })
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationValue, E> {
-                Ok(DurationValue(Ok(Duration::from_secs(v))))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
-                Ok(DurationValue(cli::parse_duration(v)))
-            }
-        }
-        d.deserialize_any(V)
+/// How one kind of [`Scalar`] reads integers and strings.
+trait ScalarKind {
+    type Out: fmt::Debug;
+    /// What the value should look like, for errors.
+    const EXPECTING: &'static str;
+    fn from_u64(v: u64) -> Self::Out;
+    fn parse(s: &str) -> Result<Self::Out, String>;
+}
+
+/// Integer seconds or a duration string such as `"30s"`.
+#[derive(Debug)]
+struct Seconds;
+
+impl ScalarKind for Seconds {
+    type Out = Duration;
+    const EXPECTING: &'static str = "a duration: integer seconds or a string such as \"30s\"";
+    fn from_u64(v: u64) -> Duration {
+        Duration::from_secs(v)
+    }
+    fn parse(s: &str) -> Result<Duration, String> {
+        cli::parse_duration(s)
     }
 }
 
-/// A size in the TOML file: integer bytes or a string such as `"64MiB"`.
+/// Integer bytes or a size string such as `"64MiB"`.
 #[derive(Debug)]
-struct SizeValue(Result<u64, String>);
+struct Bytes;
 
-impl<'de> Deserialize<'de> for SizeValue {
+impl ScalarKind for Bytes {
+    type Out = u64;
+    const EXPECTING: &'static str = "a size: integer bytes or a string such as \"64MiB\"";
+    fn from_u64(v: u64) -> u64 {
+        v
+    }
+    fn parse(s: &str) -> Result<u64, String> {
+        cli::parse_size(s)
+    }
+}
+
+type DurationValue = Scalar<Seconds>;
+type SizeValue = Scalar<Bytes>;
+
+impl<'de, K: ScalarKind> Deserialize<'de> for Scalar<K> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = SizeValue;
+        struct V<K>(std::marker::PhantomData<K>);
+        impl<K: ScalarKind> serde::de::Visitor<'_> for V<K> {
+            type Value = Scalar<K>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size: integer bytes or a string such as \"64MiB\"")
+                f.write_str(K::EXPECTING)
             }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SizeValue, E> {
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar<K>, E> {
                 u64::try_from(v)
-                    .map(|n| SizeValue(Ok(n)))
-                    .map_err(|_| E::custom(format!("expected a non-negative size, got {v}")))
+                    .map(|n| Scalar(Ok(K::from_u64(n))))
+                    .map_err(|_| E::custom(format!("expected {}, got {v}", K::EXPECTING)))
             }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeValue, E> {
-                Ok(SizeValue(Ok(v)))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar<K>, E> {
+                Ok(Scalar(Ok(K::from_u64(v))))
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SizeValue, E> {
-                Ok(SizeValue(cli::parse_size(v)))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar<K>, E> {
+                Ok(Scalar(K::parse(v)))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V::<K>(std::marker::PhantomData))
     }
 }
 

@@ -458,6 +458,21 @@ impl Load {
         self.ok.load(Ordering::Relaxed)
     }
 
+    /// Stops the clients and asserts more than `min_ok` 200s, no other status and no connection error
+    /// (`log` is printed on failure); returns the pids that answered.
+    pub fn finish_clean(self, min_ok: u64, log: &str) -> HashSet<u64> {
+        let (ok, bad, errors, pids) = self.finish();
+        assert!(ok > min_ok, "only {ok} requests served\n{log}");
+        assert_eq!(bad, 0, "non-200 responses\n{log}");
+        assert!(
+            errors.is_empty(),
+            "{} connection errors: {:?}\n{log}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        pids
+    }
+
     /// Stops the clients; returns (200s, other statuses, connection errors, answering pids).
     pub fn finish(self) -> (u64, u64, Vec<String>, HashSet<u64>) {
         self.stop.store(true, Ordering::Relaxed);
