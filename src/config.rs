@@ -1109,6 +1109,14 @@ mod tests {
         Cli::try_parse_from(v).unwrap()
     }
 
+    /// The error a TOML file with `body` gives.
+    fn file_error_of(body: &str) -> String {
+        let f = toml_file(body);
+        Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
+            .unwrap_err()
+            .to_string()
+    }
+
     fn toml_file(body: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(body.as_bytes()).unwrap();
@@ -1152,15 +1160,9 @@ mod tests {
         assert_eq!(s.limit_request_body, 1024);
         assert_eq!(s.limit_request_fields, 100);
         assert_eq!(s.timeout_request_header, Duration::from_secs(10));
-        let f = toml_file("workers = 2\nmax_worker_memory = \"lots\"\n");
-        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = file_error_of("workers = 2\nmax_worker_memory = \"lots\"\n");
         assert!(e.contains(":2:") && e.contains("max_worker_memory"), "{e}");
-        let f = toml_file("limit_request_header_size = 100\n");
-        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = file_error_of("limit_request_header_size = 100\n");
         assert!(e.contains(":1:") && e.contains("at least 8.0 KiB"), "{e}");
     }
 
@@ -1201,20 +1203,11 @@ mod tests {
 
     #[test]
     fn file_errors_name_file_line_and_key() {
-        let f = toml_file("port = 8001\n\nworkers = \"many\"\n");
-        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = file_error_of("port = 8001\n\nworkers = \"many\"\n");
         assert!(e.contains(":3:") && e.contains("workers"), "{e}");
-        let f = toml_file("bogus = 1\n");
-        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = file_error_of("bogus = 1\n");
         assert!(e.contains(":1:") && e.contains("bogus"), "{e}");
-        let f = toml_file("max_workers = 0\n");
-        let e = Settings::resolve(&cli(&["--config", f.path().to_str().unwrap()]), &env(&[]))
-            .unwrap_err()
-            .to_string();
+        let e = file_error_of("max_workers = 0\n");
         assert!(e.contains(":1:") && e.contains("max_workers"), "{e}");
     }
 
