@@ -6,8 +6,8 @@
 //!   to a ready worker silent for longer than the timeout, `SIGKILL` [`KILL_GRACE`] later, and starts
 //!   its replacement at once.
 //! - **Requests.** A worker counts the requests it accepted; at its limit (`max_requests` plus its own
-//!   random share of the jitter) it asks the master to replace it, and asks again with every heartbeat
-//!   until the master does.
+//!   random share of the jitter) it asks the master to replace it. The master replaces one worker at a
+//!   time and queues the others' requests.
 //! - **Memory.** The master reads each ready worker's resident set size every [`MEMORY_SAMPLE`] and
 //!   replaces a worker past the limit.
 
@@ -32,14 +32,11 @@ pub struct Health {
 }
 
 impl Health {
-    /// How often a worker sends its heartbeat: a quarter of the timeout, between 50 ms and 1 s (1 s
-    /// when the timeout is off: the beat also repeats recycling requests).
-    pub fn beat_interval(&self) -> Duration {
-        if self.timeout.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            (self.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
-        }
+    /// How often a worker sends its heartbeat: a quarter of the timeout, between 50 ms and 1 s;
+    /// `None` when the timeout is off (no heartbeat at all).
+    pub fn beat_interval(&self) -> Option<Duration> {
+        (!self.timeout.is_zero())
+            .then(|| (self.timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)))
     }
 
     /// This worker's request limit, with its share of the jitter drawn from `seed`.
@@ -107,9 +104,9 @@ mod tests {
             timeout: Duration::from_secs(secs),
             ..Health::default()
         };
-        assert_eq!(at(2).beat_interval(), Duration::from_millis(500));
-        assert_eq!(at(30).beat_interval(), Duration::from_secs(1));
-        assert_eq!(at(0).beat_interval(), Duration::from_secs(1));
+        assert_eq!(at(2).beat_interval(), Some(Duration::from_millis(500)));
+        assert_eq!(at(30).beat_interval(), Some(Duration::from_secs(1)));
+        assert_eq!(at(0).beat_interval(), None);
     }
 
     #[test]

@@ -53,10 +53,8 @@ pub struct ServeControl {
     pub graceful_timeout: Duration,
     /// Connection and request limits.
     pub limits: Limits,
-    /// Requests after which `on_max_requests` is called (once).
-    pub max_requests: Option<u64>,
-    /// Called with the count when `max_requests` is reached.
-    pub on_max_requests: Option<OnMaxRequests>,
+    /// The request limit, and what to call (once) with the count when it is reached.
+    pub max_requests: Option<(u64, OnMaxRequests)>,
 }
 
 /// Called with the request count when a worker reaches its request limit.
@@ -101,7 +99,7 @@ struct Guarded<S> {
     limit: Option<usize>,
     /// Largest declared body; zero: no limit.
     limit_body: u64,
-    /// Requests accepted so far.
+    /// Requests accepted so far (counted only with a request limit).
     served: Arc<AtomicU64>,
     /// The request limit and what to call when it is reached.
     max_requests: Option<(u64, OnMaxRequests)>,
@@ -147,8 +145,8 @@ where
         let draining = self.draining.clone();
         // The header is complete: the connection's header deadline no longer applies.
         let request = self.conn.as_ref().map(|c| c.start());
-        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some((max, on_max)) = &self.max_requests {
+            let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
             if served == *max {
                 on_max(served);
             }
@@ -328,7 +326,6 @@ where
         graceful_timeout,
         limits,
         max_requests,
-        on_max_requests,
     } = control;
     let draining = Arc::new(AtomicBool::new(false));
     let service = Guarded {
@@ -338,7 +335,7 @@ where
         limit: limits.limit_concurrency,
         limit_body: limits.limit_request_body,
         served: Arc::new(AtomicU64::new(0)),
-        max_requests: max_requests.zip(on_max_requests),
+        max_requests,
         conn: None,
     };
     let deadlines = (limits.timeout_keep_alive, limits.timeout_request_header);

@@ -198,20 +198,19 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     let control = args.control;
     let graceful_timeout = args.graceful_timeout;
     let (limits, health) = (args.limits, args.health);
-    // Asked once when the request limit is reached, then with every heartbeat until replaced.
-    let recycle: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-    let on_max_requests: Option<crate::serve::OnMaxRequests> = {
-        let recycle = recycle.clone();
-        Some(Arc::new(move |served| {
-            tracing::info!("served {served} requests, the limit; asking to be replaced");
-            recycle.store(served, std::sync::atomic::Ordering::Relaxed);
-            control.send(&Message::Recycle {
-                pid: pid as i32,
-                served,
+    // At the request limit, ask the master once; it queues the request if another replacement runs.
+    let max_requests = health
+        .request_limit(u64::from(pid) ^ seed_from_clock())
+        .map(|limit| {
+            let ask: crate::serve::OnMaxRequests = Arc::new(move |served| {
+                tracing::info!("served {served} requests, the limit; asking to be replaced");
+                control.send(&Message::Recycle {
+                    pid: pid as i32,
+                    served,
+                });
             });
-        }))
-    };
-    let max_requests = health.request_limit(u64::from(pid) ^ seed_from_clock());
+            (limit, ask)
+        });
     let scheduler = (args.slot == 0 && !args.jobs.is_empty())
         .then(|| Scheduler::new(args.jobs, worker.clone(), control));
     let orders = args.orders;
@@ -232,7 +231,9 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
         ) {
             return Err(format!("cannot watch the order pipe: {e}"));
         }
-        tokio::spawn(heartbeat(control, pid, health.beat_interval(), recycle));
+        if let Some(interval) = health.beat_interval() {
+            tokio::spawn(heartbeat(control, pid, interval));
+        }
         let ready = Box::new(move || {
             tracing::debug!("accepting connections");
             control.send(&Message::Ready { pid: pid as i32 });
@@ -245,7 +246,6 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
                 graceful_timeout,
                 limits,
                 max_requests,
-                on_max_requests,
             },
         )
         .await
@@ -331,26 +331,13 @@ fn spawn_order_loop(
     Ok(())
 }
 
-/// Sends `alive` every `interval` from this runtime (a blocked runtime stops it), and repeats a
-/// recycling request while one is pending.
-async fn heartbeat(
-    control: ControlWriter,
-    pid: u32,
-    interval: Duration,
-    recycle: Arc<std::sync::atomic::AtomicU64>,
-) {
+/// Sends `alive` every `interval` from this runtime (a blocked runtime stops it).
+async fn heartbeat(control: ControlWriter, pid: u32, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         control.send(&Message::Alive { pid: pid as i32 });
-        let served = recycle.load(std::sync::atomic::Ordering::Relaxed);
-        if served > 0 {
-            control.send(&Message::Recycle {
-                pid: pid as i32,
-                served,
-            });
-        }
     }
 }
 
