@@ -216,7 +216,8 @@ impl Server {
         // Recorded first: a binary upgrade runs the executable from this path.
         let exe = crate::upgrade::Program::current();
         // Titles rewrite the arguments' memory; only safe while this is the only thread.
-        if thread_count() == 1 {
+        let threads = thread_count();
+        if threads == 1 {
             crate::proctitle::init();
         }
         let program = self.program.clone();
@@ -263,7 +264,6 @@ impl Server {
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
-        let threads = thread_count();
         if threads > 1 {
             tracing::warn!(
                 "the process has {threads} threads before forking; only the forking thread exists in \
