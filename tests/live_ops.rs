@@ -8,20 +8,26 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// hyperfork serving with a TOML file holding `body`, in a directory kept while the guard lives.
+fn serve_with_config(body: &str) -> (tempfile::TempDir, std::path::PathBuf, Proc) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h.toml");
+    std::fs::write(&config, body).unwrap();
+    let p = Proc::serve(
+        &hyperfork_bin(),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    );
+    (dir, config, p)
+}
+
 fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
 
 #[test]
 fn three_reloads_under_load_fail_no_request_and_apply_the_new_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("h.toml");
-    std::fs::write(&config, "workers = 2\n").unwrap();
-    let p = Proc::serve(
-        &hyperfork_bin(),
-        &["--config", config.to_str().unwrap()],
-        &[],
-    );
+    let (_dir, config, p) = serve_with_config("workers = 2\n");
     let first = p.worker_pids();
     assert_eq!(first.len(), 2);
     let load = Load::start(p.port, 8);
@@ -54,14 +60,7 @@ fn three_reloads_under_load_fail_no_request_and_apply_the_new_config() {
 
 #[test]
 fn a_reload_with_a_bad_config_is_rejected_and_the_old_pool_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("h.toml");
-    std::fs::write(&config, "workers = 2\n").unwrap();
-    let p = Proc::serve(
-        &hyperfork_bin(),
-        &["--config", config.to_str().unwrap()],
-        &[],
-    );
+    let (_dir, config, p) = serve_with_config("workers = 2\n");
     let before = p.worker_pids();
     std::fs::write(&config, "workers = \"lots\"\n").unwrap();
     p.signal(libc::SIGHUP);
@@ -251,17 +250,8 @@ fn title(pid: i32) -> String {
 
 #[test]
 fn process_titles_name_the_master_each_worker_and_the_scheduler() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("h.toml");
-    std::fs::write(
-        &config,
+    let (_dir, config, p) = serve_with_config(
         "workers = 2\n[[jobs]]\nname = \"idle\"\nevery = \"1h\"\ncommand = [\"true\"]\n",
-    )
-    .unwrap();
-    let p = Proc::serve(
-        &hyperfork_bin(),
-        &["--config", config.to_str().unwrap()],
-        &[],
     );
     let master = p.pid();
     let titles = |want: &[&str]| {
