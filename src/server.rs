@@ -396,7 +396,21 @@ fn clap_exit(program: &str, e: clap::Error) -> ExitCode {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid command line");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("{program}: {first} (see --help)");
+            // A bad choice names the accepted ones, on a later line of clap's message.
+            let expected = rendered
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("[possible values:"))
+                .map(|l| {
+                    format!(
+                        "; expected one of: {}",
+                        l.trim_start_matches("[possible values:")
+                            .trim_end_matches(']')
+                            .trim()
+                    )
+                })
+                .unwrap_or_default();
+            eprintln!("{program}: {first}{expected} (see --help)");
             ExitCode::from(EXIT_USAGE)
         }
     }

@@ -54,6 +54,16 @@ fn workers_zero() {
 }
 
 #[test]
+fn log_level_unknown_names_the_choices() {
+    let out = run(&["--log-level", "warn"], &[]);
+    assert_one_line_error(
+        &out,
+        2,
+        &["--log-level", "'warn'", "expected one of:", "warning"],
+    );
+}
+
+#[test]
 fn workers_not_a_number() {
     let out = run(&["--workers", "abc"], &[]);
     assert_one_line_error(&out, 2, &["--workers", "positive integer", "abc"]);

@@ -1,0 +1,374 @@
+//! The comparative HTTP benchmark.
+//!
+//! `cargo bench --bench http` starts each server on loopback, warms it, and drives `GET /` from 64
+//! keep-alive connections, interleaving the servers round by round (their order rotates each round).
+//! Figures are medians over the rounds; throughput and p99 are also given as ratios to the baseline of
+//! the same round. It then times hyperfork's start-up and worker replacement, and writes the report to
+//! `target/bench-report.md`.
+//!
+//! `cargo test` runs this same program without `--bench`: one short round, written to
+//! `target/bench-smoke-report.md`, with no thresholds. It keeps the harness from rotting.
+//!
+//! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server and round),
+//! `--connections N`, `--only NAME[,NAME]` (baseline, hyperfork, nginx, uvicorn).
+
+mod baseline;
+mod load;
+mod procs;
+mod report;
+mod servers;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use servers::Kind;
+
+/// What the run does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Full benchmark (`--bench`) or smoke run.
+    pub full: bool,
+    /// Rounds over all servers.
+    pub rounds: usize,
+    /// Measured load per server and round.
+    pub measure: Duration,
+    /// Unmeasured load before it.
+    pub warm: Duration,
+    /// Keep-alive connections of the load generator.
+    pub connections: usize,
+    /// Threads of the load generator.
+    pub client_threads: usize,
+    /// Repeats of each start-up / replacement timing.
+    pub repeats: usize,
+    /// Server families to run; empty: all.
+    pub only: Vec<String>,
+    /// Where the report goes.
+    pub report: PathBuf,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let mut o = Options {
+        full,
+        rounds: if full { 3 } else { 1 },
+        measure: Duration::from_millis(if full { 5000 } else { 500 }),
+        warm: Duration::from_millis(if full { 1000 } else { 200 }),
+        connections: 64,
+        client_threads: 2,
+        repeats: if full { 15 } else { 2 },
+        only: Vec::new(),
+        report: target.join(if full {
+            "bench-report.md"
+        } else {
+            "bench-smoke-report.md"
+        }),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |name: &str, v: String| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|n| *n > 0.0)
+                .ok_or_else(|| format!("{name}: expected a positive number, got {v:?}"))
+        };
+        match a.as_str() {
+            "--bench" => {}
+            "--rounds" => o.rounds = number(a, value(a)?)? as usize,
+            "--seconds" => o.measure = Duration::from_secs_f64(number(a, value(a)?)?),
+            "--connections" => o.connections = number(a, value(a)?)? as usize,
+            "--client-threads" => o.client_threads = number(a, value(a)?)? as usize,
+            "--repeats" => o.repeats = number(a, value(a)?)? as usize,
+            "--only" => o.only = value(a)?.split(',').map(str::to_string).collect(),
+            other => {
+                return Err(format!(
+                    "unknown option {other:?} (expected --rounds, --seconds, --connections, \
+                     --client-threads, --repeats, --only)"
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// One server's figures in one round.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Requests per second.
+    pub rate: f64,
+    /// Latency quantiles, ms.
+    pub p50: f64,
+    /// 99th percentile, ms.
+    pub p99: f64,
+    /// Slowest request, ms.
+    pub max: f64,
+    /// Non-200 responses plus connection errors.
+    pub failures: u64,
+    /// Memory right after start-up.
+    pub idle: procs::TreeMemory,
+    /// Memory in the middle of the measured load.
+    pub loaded: procs::TreeMemory,
+    /// CPU seconds of the server's processes per 100k requests.
+    pub cpu_per_100k: f64,
+    /// Busiest / least busy worker by requests (hyperfork only; infinite when a worker got none).
+    pub spread: Option<f64>,
+    /// Requests per worker.
+    pub per_worker: BTreeMap<String, u64>,
+}
+
+fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample, String> {
+    let server = servers::start(kind, benches)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = procs::tree_memory(server.pid());
+    load::start(server.addr, "/", o.connections, o.warm, o.client_threads).finish();
+    let pids = procs::tree(server.pid());
+    let cpu_before = procs::cpu_time(&pids);
+    let run = load::start(server.addr, "/", o.connections, o.measure, o.client_threads);
+    std::thread::sleep(o.measure / 2);
+    let loaded = procs::tree_memory(server.pid());
+    let mut out = run.finish();
+    let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
+    server.stop();
+    let spread = match kind {
+        Kind::Hyperfork { workers } => {
+            let counts: Vec<u64> = out.per_worker.values().copied().collect();
+            let max = counts.iter().copied().max().unwrap_or(0) as f64;
+            let min = if counts.len() < *workers {
+                0.0
+            } else {
+                counts.iter().copied().min().unwrap_or(0) as f64
+            };
+            Some(if min == 0.0 { f64::INFINITY } else { max / min })
+        }
+        _ => None,
+    };
+    Ok(Sample {
+        rate: out.rate(),
+        p50: out.latency_ms(0.50),
+        p99: out.latency_ms(0.99),
+        max: out.latency_ms(1.0),
+        failures: out.non_200 + out.errors,
+        idle,
+        loaded,
+        cpu_per_100k: cpu.as_secs_f64() / (out.ok.max(1) as f64) * 100_000.0,
+        spread,
+        per_worker: std::mem::take(&mut out.per_worker),
+    })
+}
+
+/// Exec of the hyperfork binary → first 200 on `GET /`, in ms.
+fn time_startup(workers: usize) -> Result<f64, String> {
+    let addr = servers::free_addr();
+    let started = Instant::now();
+    let child = servers::hyperfork_command(addr, workers)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start hyperfork: {e}"))?;
+    let guard = servers::Server::adopt(child, addr);
+    let deadline = started + Duration::from_secs(10);
+    let ms = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 12];
+            if s.read_exact(&mut head).is_ok() && &head[9..12] == b"200" {
+                break started.elapsed().as_secs_f64() * 1000.0;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("hyperfork did not answer within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    guard.stop();
+    Ok(ms)
+}
+
+/// SIGKILL of the only worker → first 200 from its replacement, in ms, `repeats` times.
+fn time_replacement(repeats: usize) -> Result<Vec<f64>, String> {
+    let kind = Kind::Hyperfork { workers: 1 };
+    let server = servers::start(&kind, std::path::Path::new("."))?;
+    let mut out = Vec::new();
+    for _ in 0..repeats {
+        let pid_of = |body: &str| {
+            body.split("\"pid\":")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse::<u32>().ok())
+        };
+        let Some((200, body)) = load::get_once(server.addr, "/health", Duration::from_secs(5))
+        else {
+            return Err("hyperfork /health did not answer 200".into());
+        };
+        let victim = pid_of(&body).ok_or("no pid in /health")?;
+        let killed = Instant::now();
+        servers::signal(victim, libc::SIGKILL);
+        loop {
+            if let Some((200, body)) =
+                load::get_once(server.addr, "/health", Duration::from_secs(5))
+            {
+                if pid_of(&body).is_some_and(|p| p != victim) {
+                    out.push(killed.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+            }
+            if killed.elapsed() > Duration::from_secs(10) {
+                return Err("no replacement worker answered within 10 s".into());
+            }
+        }
+        // Let the restart backoff forget this death before the next one.
+        std::thread::sleep(Duration::from_millis(if repeats > 3 { 1100 } else { 200 }));
+    }
+    server.stop();
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    if std::env::var(baseline::ROLE_VAR).as_deref() == Ok("baseline") {
+        return baseline::run();
+    }
+    let o = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let benches = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches");
+    let machine = report::Machine::read();
+    let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|n| n == name);
+
+    let mut kinds = Vec::new();
+    let mut skipped = Vec::new();
+    if wanted("baseline") {
+        kinds.push(Kind::Baseline {
+            threads: machine.cores,
+        });
+    }
+    if wanted("hyperfork") {
+        let mut counts = vec![1, machine.cores, machine.default_workers];
+        counts.dedup();
+        kinds.extend(
+            counts
+                .into_iter()
+                .map(|workers| Kind::Hyperfork { workers }),
+        );
+    }
+    if wanted("nginx") {
+        match servers::find_nginx() {
+            Some(binary) => kinds.push(Kind::Nginx {
+                binary,
+                workers: machine.cores,
+            }),
+            None => skipped.push(
+                "nginx: not installed, skipped (install it with `apt-get install nginx-light`)"
+                    .to_string(),
+            ),
+        }
+    }
+    if wanted("uvicorn") {
+        match servers::find_uvicorn_python() {
+            Some(python) => kinds.push(Kind::Uvicorn {
+                python,
+                workers: machine.default_workers,
+            }),
+            None => skipped.push(
+                "uvicorn: no python3 that imports uvicorn, uvloop and httptools, skipped (install \
+                 it with `pip install 'uvicorn[standard]'`)"
+                    .to_string(),
+            ),
+        }
+    }
+    for s in &skipped {
+        eprintln!("bench: {s}");
+    }
+
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); kinds.len()];
+    let mut baseline_ratios: Vec<Vec<(f64, f64)>> = vec![Vec::new(); kinds.len()];
+    for round in 0..o.rounds {
+        let mut round_samples: Vec<Option<Sample>> = vec![None; kinds.len()];
+        for k in 0..kinds.len() {
+            let i = (k + round) % kinds.len();
+            eprintln!(
+                "bench: round {}/{}: {}",
+                round + 1,
+                o.rounds,
+                kinds[i].label()
+            );
+            match measure(&kinds[i], &o, &benches) {
+                Ok(s) => {
+                    eprintln!(
+                        "bench:   {:.0} req/s, p99 {:.2} ms, {} failures",
+                        s.rate, s.p99, s.failures
+                    );
+                    round_samples[i] = Some(s);
+                }
+                Err(e) => {
+                    eprintln!("bench: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        let base = round_samples
+            .iter()
+            .zip(&kinds)
+            .find(|(_, k)| matches!(k, Kind::Baseline { .. }))
+            .and_then(|(s, _)| s.clone());
+        for (i, s) in round_samples.into_iter().enumerate() {
+            let Some(s) = s else { continue };
+            if let Some(b) = &base {
+                baseline_ratios[i].push((s.rate / b.rate, s.p99 / b.p99));
+            }
+            samples[i].push(s);
+        }
+    }
+
+    let mut startup = Vec::new();
+    let mut replacement = Vec::new();
+    if wanted("hyperfork") {
+        for _ in 0..o.repeats {
+            match time_startup(machine.default_workers) {
+                Ok(ms) => startup.push(ms),
+                Err(e) => {
+                    eprintln!("bench: start-up timing: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        match time_replacement(o.repeats) {
+            Ok(v) => replacement = v,
+            Err(e) => {
+                eprintln!("bench: replacement timing: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+
+    let text = report::render(&report::Input {
+        options: &o,
+        machine: &machine,
+        kinds: &kinds,
+        samples: &samples,
+        ratios: &baseline_ratios,
+        startup: &startup,
+        replacement: &replacement,
+        skipped: &skipped,
+    });
+    if let Err(e) = report::write(&o.report, &text) {
+        eprintln!("bench: cannot write {}: {e}", o.report.display());
+        return ExitCode::from(1);
+    }
+    println!("{text}");
+    eprintln!("bench: report written to {}", o.report.display());
+    ExitCode::SUCCESS
+}

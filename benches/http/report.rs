@@ -1,0 +1,359 @@
+//! The Markdown report: the machine, one row per server, hyperfork's own timings, and the targets.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::servers::{self, Kind};
+use crate::{Options, Sample};
+
+/// The machine the run happened on.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    /// Usable cores, as hyperfork counts them (cgroup quota, affinity).
+    pub cores: usize,
+    /// hyperfork's default worker count here.
+    pub default_workers: usize,
+    /// CPU model name.
+    pub cpu: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Total memory, GiB.
+    pub memory_gib: f64,
+}
+
+impl Machine {
+    /// Reads the machine, and asks the hyperfork binary for its sizing (`hyperfork plan --json`).
+    pub fn read() -> Machine {
+        let plan = std::process::Command::new(servers::hyperfork_bin())
+            .args(["plan", "--json"])
+            .env_remove("UVICORN_WORKERS")
+            .env_remove("WEB_CONCURRENCY")
+            .env_remove("HYPERFORK_WORKERS")
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
+        let num = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_u64()).map(|n| n as usize);
+        let cores = num(plan.as_ref().and_then(|p| p.pointer("/cores/count")))
+            .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
+            .unwrap_or(1);
+        let default_workers =
+            num(plan.as_ref().and_then(|p| p.get("workers"))).unwrap_or((2 * cores + 1).min(8));
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(|| "unknown CPU".to_string(), |(_, v)| v.trim().to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_gib = meminfo
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+        Machine {
+            cores,
+            default_workers,
+            cpu,
+            kernel,
+            memory_gib,
+        }
+    }
+}
+
+/// Everything the report shows.
+pub struct Input<'a> {
+    /// How the run was made.
+    pub options: &'a Options,
+    /// Where.
+    pub machine: &'a Machine,
+    /// The servers, in table order.
+    pub kinds: &'a [Kind],
+    /// Each server's samples, one per round.
+    pub samples: &'a [Vec<Sample>],
+    /// Each server's (throughput, p99) ratio to the baseline of the same round.
+    pub ratios: &'a [Vec<(f64, f64)>],
+    /// exec → first 200, ms.
+    pub startup: &'a [f64],
+    /// SIGKILL → replacement serving, ms.
+    pub replacement: &'a [f64],
+    /// Servers not run, and why.
+    pub skipped: &'a [String],
+}
+
+/// The median of `v` (NaN when empty).
+pub fn median(v: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = v.into_iter().collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn fmt_ratio(r: f64) -> String {
+    if r.is_finite() {
+        format!("{r:.2}×")
+    } else {
+        "–".to_string()
+    }
+}
+
+/// Renders the report.
+pub fn render(input: &Input<'_>) -> String {
+    let o = input.options;
+    let m = input.machine;
+    let mut s = String::new();
+    let _ = writeln!(s, "# hyperfork HTTP benchmark\n");
+    let _ = writeln!(
+        s,
+        "Machine: {} usable core(s) ({}), {:.0} GiB, Linux {}. Run {} ({}).\n",
+        m.cores,
+        m.cpu,
+        m.memory_gib,
+        m.kernel,
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        if o.full {
+            "cargo bench --bench http"
+        } else {
+            "smoke run from cargo test: one short round, figures not meaningful"
+        },
+    );
+    let _ = writeln!(
+        s,
+        "Load: `GET /` (13-byte body) from {} keep-alive connections, one request in flight on each, \
+         load generator on {} thread(s) of the same machine; {:.1} s warm-up then {:.1} s measured per \
+         server, {} round(s), servers interleaved and their order rotated each round. Figures are \
+         medians over the rounds; ratios are taken against the baseline of the same round.\n",
+        o.connections,
+        o.client_threads,
+        o.warm.as_secs_f64(),
+        o.measure.as_secs_f64(),
+        o.rounds
+    );
+    for k in input.skipped {
+        let _ = writeln!(s, "- Skipped: {k}");
+    }
+    if !input.skipped.is_empty() {
+        s.push('\n');
+    }
+
+    let _ = writeln!(
+        s,
+        "| Server | req/s | × baseline | p50 ms | p99 ms | p99 × baseline | max ms | CPU s / 100k req | failures |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, k) in input.kinds.iter().enumerate() {
+        let v = &input.samples[i];
+        let r = &input.ratios[i];
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {} | {:.1} | {:.2} | {} |",
+            k.label(),
+            median(v.iter().map(|x| x.rate)),
+            fmt_ratio(median(r.iter().map(|x| x.0))),
+            median(v.iter().map(|x| x.p50)),
+            median(v.iter().map(|x| x.p99)),
+            fmt_ratio(median(r.iter().map(|x| x.1))),
+            median(v.iter().map(|x| x.max)),
+            median(v.iter().map(|x| x.cpu_per_100k)),
+            v.iter().map(|x| x.failures).sum::<u64>(),
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "\nMemory (MiB). \"Worker\" is the largest worker process (the process itself for the \
+         baseline); PSS divides shared pages among the processes sharing them. Idle: 0.3 s after the \
+         first 200; under load: midway through the measured run.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Server | idle RSS total | idle PSS total | idle RSS / worker | idle PSS / worker | load RSS total | load PSS total | load RSS / worker | load PSS / worker |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, k) in input.kinds.iter().enumerate() {
+        let v = &input.samples[i];
+        let f = |g: &dyn Fn(&Sample) -> u64| median(v.iter().map(|x| mib(g(x))));
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            k.label(),
+            f(&|x| x.idle.total.rss_kib),
+            f(&|x| x.idle.total.pss_kib),
+            f(&|x| x.idle.worker.rss_kib),
+            f(&|x| x.idle.worker.pss_kib),
+            f(&|x| x.loaded.total.rss_kib),
+            f(&|x| x.loaded.total.pss_kib),
+            f(&|x| x.loaded.worker.rss_kib),
+            f(&|x| x.loaded.worker.pss_kib),
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "\nRequests per worker (hyperfork, `x-worker` header): busiest / least busy worker, per round.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Server | max/min per round | requests per worker, last round |"
+    );
+    let _ = writeln!(s, "|---|---|---|");
+    for (i, k) in input.kinds.iter().enumerate() {
+        if !matches!(k, Kind::Hyperfork { .. }) {
+            continue;
+        }
+        let v = &input.samples[i];
+        let spreads: Vec<String> = v
+            .iter()
+            .filter_map(|x| x.spread)
+            .map(|r| {
+                if r.is_finite() {
+                    format!("{r:.2}")
+                } else {
+                    "∞ (a worker got none)".into()
+                }
+            })
+            .collect();
+        let last = v
+            .last()
+            .map(|x| {
+                x.per_worker
+                    .iter()
+                    .map(|(w, n)| format!("{w}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(s, "| {} | {} | {} |", k.label(), spreads.join(", "), last);
+    }
+
+    let stats = |v: &[f64]| {
+        if v.is_empty() {
+            return "not measured".to_string();
+        }
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(0.0, f64::max);
+        format!(
+            "median {:.1} ms (min {min:.1}, max {max:.1}, n = {})",
+            median(v.iter().copied()),
+            v.len()
+        )
+    };
+    let _ = writeln!(s, "\nhyperfork timings:\n");
+    let _ = writeln!(
+        s,
+        "- exec → first 200, {} workers: {}",
+        m.default_workers,
+        stats(input.startup)
+    );
+    let _ = writeln!(
+        s,
+        "- SIGKILL of a worker → its replacement answers: {}",
+        stats(input.replacement)
+    );
+
+    s.push_str(&targets(input));
+    s
+}
+
+/// The targets of issue #6, each with the measured figure and whether it holds.
+fn targets(input: &Input<'_>) -> String {
+    let m = input.machine;
+    let find = |pred: &dyn Fn(&Kind) -> bool| input.kinds.iter().position(pred);
+    let pool = find(&|k| matches!(k, Kind::Hyperfork { workers } if *workers == m.default_workers));
+    let nginx = find(&|k| matches!(k, Kind::Nginx { .. }));
+    let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
+    let mut row = |name: &str, value: f64, unit: &str, ok: bool| {
+        let shown = if value.is_nan() {
+            "not measured".to_string()
+        } else {
+            format!("{value:.2}{unit}")
+        };
+        rows.push((name.to_string(), shown, (!value.is_nan()).then_some(ok)));
+    };
+    if let Some(p) = pool {
+        let r = median(input.ratios[p].iter().map(|x| x.0));
+        row(
+            "throughput, default pool ≥ 1.00× baseline",
+            r,
+            "×",
+            r >= 1.0,
+        );
+        let vs_nginx = nginx.map_or(f64::NAN, |n| {
+            median(
+                input.samples[p]
+                    .iter()
+                    .zip(&input.samples[n])
+                    .map(|(a, b)| a.rate / b.rate),
+            )
+        });
+        row(
+            "throughput, default pool ≥ 1.15× nginx",
+            vs_nginx,
+            "×",
+            vs_nginx >= 1.15,
+        );
+        let p99 = median(input.ratios[p].iter().map(|x| x.1));
+        row("p99, default pool ≤ 1.2× baseline", p99, "×", p99 <= 1.2);
+        let idle = median(input.samples[p].iter().map(|x| mib(x.idle.worker.rss_kib)));
+        row("idle worker RSS ≤ 3 MiB", idle, " MiB", idle <= 3.0);
+        let busy = median(
+            input.samples[p]
+                .iter()
+                .map(|x| mib(x.loaded.worker.rss_kib)),
+        );
+        row("worker RSS under load ≤ 8 MiB", busy, " MiB", busy <= 8.0);
+        let spread = median(input.samples[p].iter().filter_map(|x| x.spread));
+        row(
+            "load spread max/min ≤ 1.5 (64 keep-alive connections)",
+            spread,
+            "",
+            spread <= 1.5,
+        );
+    }
+    let kill = median(input.replacement.iter().copied());
+    row(
+        "SIGKILL → replacement serving ≤ 20 ms",
+        kill,
+        " ms",
+        kill <= 20.0,
+    );
+    let start = median(input.startup.iter().copied());
+    row(
+        &format!("exec → first 200 ({} workers) ≤ 30 ms", m.default_workers),
+        start,
+        " ms",
+        start <= 30.0,
+    );
+    let mut s = String::from("\n## Targets\n\n| Target | Measured | Met |\n|---|---:|---|\n");
+    for (name, value, ok) in rows {
+        let met = match ok {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(s, "| {name} | {value} | {met} |");
+    }
+    s
+}
+
+/// Writes the report whole: to a temporary file beside it, then renamed over it.
+pub fn write(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,271 @@
+//! The servers under test: how to find, start and stop each one on a loopback port.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::baseline::ROLE_VAR;
+use crate::load;
+use crate::procs;
+
+/// One server configuration of the comparison.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// The single-process multi-thread hyper server (this executable), one thread per core.
+    Baseline { threads: usize },
+    /// The hyperfork binary with this many workers.
+    Hyperfork { workers: usize },
+    /// nginx with `return 200`, this many worker processes.
+    Nginx { binary: PathBuf, workers: usize },
+    /// uvicorn with this many workers, serving `benches/asgi_app.py`.
+    Uvicorn { python: PathBuf, workers: usize },
+}
+
+impl Kind {
+    /// The row label in the report.
+    pub fn label(&self) -> String {
+        match self {
+            Kind::Baseline { threads } => {
+                format!("hyper, 1 process × {threads} threads (baseline)")
+            }
+            Kind::Hyperfork { workers } => format!("hyperfork, {workers} worker(s)"),
+            Kind::Nginx { workers, .. } => format!("nginx, {workers} worker(s)"),
+            Kind::Uvicorn { workers, .. } => format!("uvicorn, {workers} worker(s)"),
+        }
+    }
+}
+
+/// A port that was free a moment ago, on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    l.local_addr().expect("local address")
+}
+
+/// The hyperfork binary cargo built for this benchmark.
+pub fn hyperfork_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hyperfork"))
+}
+
+/// A hyperfork command serving on `addr` with `workers` workers and quiet logs.
+pub fn hyperfork_command(addr: SocketAddr, workers: usize) -> Command {
+    let mut c = Command::new(hyperfork_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HYPERFORK_")
+            || k == "UVICORN_WORKERS"
+            || k == "WEB_CONCURRENCY"
+            || k == "RUST_LOG"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.args([
+        "--host",
+        &addr.ip().to_string(),
+        "--port",
+        &addr.port().to_string(),
+    ])
+    .args(["--workers", &workers.to_string(), "--log-level", "warning"]);
+    c
+}
+
+/// A started server; killed with its whole process tree when dropped.
+pub struct Server {
+    /// The process started (the master, for pre-fork servers).
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Takes charge of a started process listening on `addr`.
+    pub fn adopt(child: Child, addr: SocketAddr) -> Server {
+        Server {
+            child,
+            addr,
+            _dir: None,
+        }
+    }
+
+    /// The pid of the process started.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL to the whole tree after 10 s.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let pids = procs::tree(self.pid());
+        signal(self.pid(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for p in pids {
+            signal(p, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill has no memory-safety preconditions; a stale pid at worst gets ESRCH.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Starts `kind` on a fresh loopback port and waits (up to 30 s) until it answers `GET /` with 200.
+pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
+    let addr = free_addr();
+    let mut dir = None;
+    let mut cmd = match kind {
+        Kind::Baseline { threads } => {
+            let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+            c.env(ROLE_VAR, "baseline")
+                .env("HYPERFORK_BENCH_ADDR", addr.to_string())
+                .env("HYPERFORK_BENCH_THREADS", threads.to_string());
+            c
+        }
+        Kind::Hyperfork { workers } => hyperfork_command(addr, *workers),
+        Kind::Nginx { binary, workers } => {
+            let d = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let conf = d.path().join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(addr, *workers, d.path()))
+                .map_err(|e| e.to_string())?;
+            let mut c = Command::new(binary);
+            c.arg("-p")
+                .arg(d.path())
+                .arg("-c")
+                .arg(&conf)
+                .args(["-e", "stderr"]);
+            dir = Some(d);
+            c
+        }
+        Kind::Uvicorn { python, workers } => {
+            let mut c = Command::new(python);
+            c.args(["-m", "uvicorn", "asgi_app:app", "--app-dir"])
+                .arg(benches)
+                .args([
+                    "--host",
+                    &addr.ip().to_string(),
+                    "--port",
+                    &addr.port().to_string(),
+                ])
+                .args(["--workers", &workers.to_string()])
+                .args([
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--lifespan",
+                    "off",
+                ]);
+            c
+        }
+    };
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", kind.label()))?;
+    let mut server = Server {
+        child,
+        addr,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, _)) = load::get_once(addr, "/", Duration::from_secs(2)) {
+            return Ok(server);
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!("{} exited during start-up: {status}", kind.label()));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} did not answer within 30 s", kind.label()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// nginx answering every request like the others: 200, 13-byte body, the same headers, keep-alive
+/// without a request cap, no access log.
+fn nginx_conf(addr: SocketAddr, workers: usize, dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes {workers};\n\
+         daemon off;\n\
+         pid {d}/nginx.pid;\n\
+         error_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+           access_log off;\n\
+           keepalive_requests 100000000;\n\
+           keepalive_timeout 65s;\n\
+           client_body_temp_path {d}/body;\n\
+           proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n\
+           uwsgi_temp_path {d}/uwsgi;\n\
+           scgi_temp_path {d}/scgi;\n\
+           server {{\n\
+             listen {addr};\n\
+             location / {{\n\
+               default_type \"text/plain; charset=utf-8\";\n\
+               add_header x-worker 0;\n\
+               return 200 \"Hello, world!\";\n\
+             }}\n\
+           }}\n\
+         }}\n"
+    )
+}
+
+/// The nginx binary, if installed.
+pub fn find_nginx() -> Option<PathBuf> {
+    find_on_path("nginx").or_else(|| {
+        let p = PathBuf::from("/usr/sbin/nginx");
+        p.exists().then_some(p)
+    })
+}
+
+/// A Python that can import uvicorn, uvloop and httptools (uvicorn[standard]), if any.
+pub fn find_uvicorn_python() -> Option<PathBuf> {
+    for name in ["python3", "python"] {
+        let Some(py) = find_on_path(name) else {
+            continue;
+        };
+        let ok = Command::new(&py)
+            .args(["-c", "import uvicorn, uvloop, httptools"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    None
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
