@@ -227,7 +227,7 @@ fn time_replacement(repeats: usize) -> Result<Vec<f64>, String> {
             }
         }
         // Let the restart backoff forget this death before the next one.
-        std::thread::sleep(Duration::from_millis(if repeats > 3 { 1100 } else { 200 }));
+        std::thread::sleep(pool_quick_death());
     }
     server.stop();
     Ok(out)
@@ -371,4 +371,10 @@ fn main() -> ExitCode {
     println!("{text}");
     eprintln!("bench: report written to {}", o.report.display());
     ExitCode::SUCCESS
+}
+
+/// How long a worker must live for its death to be replaced at once rather than after a back-off
+/// (hyperfork's `pool::QUICK_DEATH`, plus a margin).
+fn pool_quick_death() -> Duration {
+    Duration::from_millis(1100)
 }
