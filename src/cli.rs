@@ -62,6 +62,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
 
+    /// How workers share new connections (env HYPERFORK_ACCEPT) [default: balanced]
+    #[arg(long, global = true, value_name = "STRATEGY")]
+    pub accept: Option<Accept>,
+
     /// Append logs to this file instead of stderr; SIGUSR1 reopens it (env HYPERFORK_LOG_FILE)
     #[arg(long, global = true, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
@@ -140,6 +144,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How the workers share the listening socket's new connections.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Accept {
+    /// A worker with more open connections than its least loaded peer lets that peer accept first
+    /// (waiting at most 5 ms); see [`crate::balance`].
+    #[default]
+    Balanced,
+    /// Every worker accepts as soon as it is woken: the kernel decides, and bursts pile up unevenly.
+    Shared,
+}
+
+impl Accept {
+    /// Parses a strategy name, ignoring case.
+    pub fn from_name(name: &str) -> Option<Self> {
+        <Accept as ValueEnum>::from_str(name, true).ok()
+    }
 }
 
 /// Log levels, named as uvicorn names them.

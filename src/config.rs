@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{self, Cli, LogLevel};
+use crate::cli::{self, Accept, Cli, LogLevel};
 use crate::error::ConfigError;
 use crate::jobs::Job;
 use crate::listener::BindSpec;
@@ -97,6 +97,8 @@ pub struct Settings {
     pub graceful_timeout: Duration,
     /// Log level (ignored when `RUST_LOG` is set).
     pub log_level: LogLevel,
+    /// How workers share new connections.
+    pub accept: Accept,
     /// The configuration file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Command jobs from the file's `[[jobs]]` tables.
@@ -165,6 +167,7 @@ struct FileConfig {
     threads: Option<toml::Spanned<Count>>,
     graceful_timeout: Option<toml::Spanned<DurationValue>>,
     log_level: Option<LogLevel>,
+    accept: Option<Accept>,
     pid: Option<PathBuf>,
     log_file: Option<PathBuf>,
     timeout: Option<toml::Spanned<DurationValue>>,
@@ -842,6 +845,18 @@ impl Settings {
             log_level
         };
 
+        let accept = match cli.accept {
+            Some(a) => a,
+            None => env_parse(
+                env,
+                "HYPERFORK_ACCEPT",
+                "one of balanced, shared",
+                Accept::from_name,
+            )?
+            .or(file.accept)
+            .unwrap_or_default(),
+        };
+
         let binds = Self::resolve_binds(cli, env, &file, &path, &text)?;
         let pid_file = cli
             .pid
@@ -979,6 +994,7 @@ impl Settings {
             threads,
             graceful_timeout,
             log_level,
+            accept,
             config_file,
             jobs,
             pid_file,

@@ -17,6 +17,7 @@
 #![cfg(target_os = "linux")]
 
 pub mod app;
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod control;

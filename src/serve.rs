@@ -29,8 +29,12 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use crate::balance::{self, Member};
 use crate::header_timeout::{ConnRequests, Deadlines};
 use crate::listener::Listener;
 
@@ -55,6 +59,8 @@ pub struct ServeControl {
     pub limits: Limits,
     /// The request limit, and what to call (once) with the count when it is reached.
     pub max_requests: Option<(u64, OnMaxRequests)>,
+    /// This worker's entry in the accept-balancing table; `None`: plain shared accept.
+    pub balance: Option<Member>,
 }
 
 /// Called with the request count when a worker reaches its request limit.
@@ -287,16 +293,31 @@ where
 {
 }
 
+/// A listening socket registered with the worker's runtime; accepted through [`accept`].
 enum AsyncListener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
+    Tcp(AsyncFd<std::net::TcpListener>),
+    Unix(AsyncFd<std::os::unix::net::UnixListener>),
 }
 
 fn adopt(l: Listener) -> io::Result<AsyncListener> {
     Ok(match l {
-        Listener::Tcp(s) => AsyncListener::Tcp(tokio::net::TcpListener::from_std(s)?),
-        Listener::Unix(s, _) => AsyncListener::Unix(tokio::net::UnixListener::from_std(s)?),
+        Listener::Tcp(s) => {
+            s.set_nonblocking(true)?;
+            AsyncListener::Tcp(register(s)?)
+        }
+        Listener::Unix(s, _) => {
+            s.set_nonblocking(true)?;
+            AsyncListener::Unix(register(s)?)
+        }
     })
+}
+
+/// Registers a non-blocking listener with the current runtime, for readability.
+fn register<T: AsRawFd>(listener: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `listener` owns its descriptor, and the AsyncFd owns `listener`: the descriptor stays
+    // open, and is the same one, until the AsyncFd is dropped, which deregisters it first.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
 }
 
 /// Errors from `accept` that concern one connection only, not the listener.
@@ -326,6 +347,7 @@ where
         graceful_timeout,
         limits,
         max_requests,
+        balance,
     } = control;
     let draining = Arc::new(AtomicBool::new(false));
     let service = Guarded {
@@ -361,12 +383,16 @@ where
             graceful.clone(),
             stop.clone(),
             deadlines,
+            balance,
         ));
     }
     ready();
     let mut watch_stop = stop.clone();
     let _ = watch_stop.wait_for(|s| *s != Stop::Run).await;
     draining.store(true, Ordering::Relaxed);
+    if let Some(member) = &balance {
+        member.stop_accepting();
+    }
     while accept_loops.join_next().await.is_some() {}
 
     // One deadline bounds the whole drain: the keep-alive linger and the final shutdown.
@@ -403,6 +429,7 @@ async fn accept_loop<S, B>(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<Stop>,
     (first_byte, header_timeout): (Duration, Duration),
+    balance: Option<Member>,
 ) where
     S: HttpService<B>,
     B: ResponseBody,
@@ -414,10 +441,11 @@ async fn accept_loop<S, B>(
         let accepted = tokio::select! {
             biased;
             _ = stop.changed() => return,
-            r = accept(&listener) => r,
+            r = accept(&listener, balance.as_ref()) => r,
         };
         match accepted {
             Ok(io) => {
+                let open = balance.as_ref().map(Member::opened);
                 let requests = Arc::new(ConnRequests::default());
                 let service = service.for_connection(requests.clone());
                 let conn = match io {
@@ -445,6 +473,7 @@ async fn accept_loop<S, B>(
                     if let Err(e) = conn.await {
                         tracing::debug!("connection ended with an error: {e}");
                     }
+                    drop(open);
                 });
             }
             Err(e) if is_connection_error(&e) => {}
@@ -462,10 +491,58 @@ enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(l: &AsyncListener) -> io::Result<Stream> {
-    match l {
-        AsyncListener::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
-        AsyncListener::Unix(l) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
+async fn accept(l: &AsyncListener, balance: Option<&Member>) -> io::Result<Stream> {
+    Ok(match l {
+        AsyncListener::Tcp(fd) => Stream::Tcp(tokio::net::TcpStream::from_std(
+            std::net::TcpStream::from(accept_fd(fd, balance).await?),
+        )?),
+        AsyncListener::Unix(fd) => Stream::Unix(tokio::net::UnixStream::from_std(
+            std::os::unix::net::UnixStream::from(accept_fd(fd, balance).await?),
+        )?),
+    })
+}
+
+/// Waits for a connection on `listener` and accepts it (non-blocking, close-on-exec). With a balance
+/// member, a worker busier than its least loaded peer first gives that peer up to
+/// [`balance::MAX_WAIT`] to take the connection.
+async fn accept_fd<T: AsRawFd>(
+    listener: &AsyncFd<T>,
+    balance: Option<&Member>,
+) -> io::Result<OwnedFd> {
+    let mut waited = Duration::ZERO;
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Some(member) = balance {
+            if waited < balance::MAX_WAIT && member.should_wait() {
+                // Readiness stays set: the next `readable` returns at once, to look again.
+                drop(ready);
+                tokio::time::sleep(balance::WAIT_STEP).await;
+                waited += balance::WAIT_STEP;
+                continue;
+            }
+        }
+        match ready.try_io(|fd| {
+            // SAFETY: accept4 with null address pointers only reads the listening descriptor, which
+            // `fd` keeps open for the call.
+            let conn = unsafe {
+                libc::accept4(
+                    fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                )
+            };
+            if conn < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(conn) })
+            }
+        }) {
+            Ok(result) => return result,
+            // Another worker took it; readiness was cleared, wait for the next one.
+            Err(_would_block) => continue,
+        }
     }
 }
 

@@ -257,6 +257,7 @@ impl Server {
 
         let log_level = settings.log_level;
         let log_file = settings.log_file.clone();
+        let accept = settings.accept;
         if let Err(e) = logging::init(log_level, log_file.as_deref()) {
             return fail(EXIT_RUNTIME, &e);
         }
@@ -326,6 +327,12 @@ impl Server {
                     "reload: a log level change needs a restart; keeping the current level"
                 );
             }
+            if settings.accept != accept {
+                tracing::warn!(
+                    "reload: an accept strategy change needs a restart (or a binary upgrade); \
+                     keeping the current one"
+                );
+            }
             if settings.log_file != log_file {
                 tracing::warn!(
                     "reload: a log file change needs a restart (or a binary upgrade); keeping the \
@@ -365,6 +372,7 @@ impl Server {
             },
             predecessor,
             pid_file: settings.pid_file.clone(),
+            accept: settings.accept,
         });
         match outcome {
             Ok(Outcome::Stopped) => ExitCode::from(EXIT_OK),

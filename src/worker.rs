@@ -97,6 +97,7 @@ pub(crate) struct ChildArgs<'a> {
     pub limits: crate::serve::Limits,
     pub health: crate::health::Health,
     pub app: &'a AppFactory,
+    pub balance: Option<crate::balance::Table>,
 }
 
 /// Runs the worker in the child process. Never returns.
@@ -214,6 +215,13 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     let scheduler = (args.slot == 0 && !args.jobs.is_empty())
         .then(|| Scheduler::new(args.jobs, worker.clone(), control));
     let orders = args.orders;
+    let balance = args.balance.and_then(|table| {
+        let member = table.join(pid, args.slot);
+        if member.is_none() {
+            tracing::warn!("the accept-balancing table is full; this worker accepts unbalanced");
+        }
+        member
+    });
     let result = runtime.block_on(async move {
         let (tx, rx) = watch::channel(Stop::Run);
         if let Err(e) = watch_signals(tx) {
@@ -246,6 +254,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
                 graceful_timeout,
                 limits,
                 max_requests,
+                balance,
             },
         )
         .await

@@ -10,7 +10,8 @@
 //! `target/bench-smoke-report.md`, with no thresholds. It keeps the harness from rotting.
 //!
 //! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server and round),
-//! `--connections N`, `--only NAME[,NAME]` (baseline, hyperfork, nginx, uvicorn).
+//! `--connections N`, `--only NAME[,NAME]` (baseline, hyperfork, nginx, uvicorn), `--accept
+//! STRATEGY` (hyperfork's accept strategy), `--report FILE`.
 
 mod baseline;
 mod load;
@@ -46,6 +47,8 @@ pub struct Options {
     pub only: Vec<String>,
     /// Where the report goes.
     pub report: PathBuf,
+    /// hyperfork's `--accept` strategy, if not its default.
+    pub accept: Option<String>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -61,6 +64,7 @@ fn parse_options() -> Result<Options, String> {
         client_threads: 2,
         repeats: if full { 15 } else { 2 },
         only: Vec::new(),
+        accept: None,
         report: target.join(if full {
             "bench-report.md"
         } else {
@@ -88,10 +92,12 @@ fn parse_options() -> Result<Options, String> {
             "--client-threads" => o.client_threads = number(a, value(a)?)? as usize,
             "--repeats" => o.repeats = number(a, value(a)?)? as usize,
             "--only" => o.only = value(a)?.split(',').map(str::to_string).collect(),
+            "--accept" => o.accept = Some(value(a)?),
+            "--report" => o.report = PathBuf::from(value(a)?),
             other => {
                 return Err(format!(
                     "unknown option {other:?} (expected --rounds, --seconds, --connections, \
-                     --client-threads, --repeats, --only)"
+                     --client-threads, --repeats, --only, --accept, --report)"
                 ));
             }
         }
@@ -138,7 +144,7 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
     let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
     server.stop();
     let spread = match kind {
-        Kind::Hyperfork { workers } => {
+        Kind::Hyperfork { workers, .. } => {
             let counts: Vec<u64> = out.per_worker.values().copied().collect();
             let max = counts.iter().copied().max().unwrap_or(0) as f64;
             let min = if counts.len() < *workers {
@@ -165,10 +171,10 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
 }
 
 /// Exec of the hyperfork binary → first 200 on `GET /`, in ms.
-fn time_startup(workers: usize) -> Result<f64, String> {
+fn time_startup(workers: usize, accept: Option<&str>) -> Result<f64, String> {
     let addr = servers::free_addr();
     let started = Instant::now();
-    let child = servers::hyperfork_command(addr, workers)
+    let child = servers::hyperfork_command(addr, workers, accept)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -195,8 +201,8 @@ fn time_startup(workers: usize) -> Result<f64, String> {
 }
 
 /// SIGKILL of the only worker → first 200 from its replacement, in ms, `repeats` times.
-fn time_replacement(repeats: usize) -> Result<Vec<f64>, String> {
-    let kind = Kind::Hyperfork { workers: 1 };
+fn time_replacement(repeats: usize, accept: Option<String>) -> Result<Vec<f64>, String> {
+    let kind = Kind::Hyperfork { workers: 1, accept };
     let server = servers::start(&kind, std::path::Path::new("."))?;
     let mut out = Vec::new();
     for _ in 0..repeats {
@@ -258,11 +264,10 @@ fn main() -> ExitCode {
     if wanted("hyperfork") {
         let mut counts = vec![1, machine.cores, machine.default_workers];
         counts.dedup();
-        kinds.extend(
-            counts
-                .into_iter()
-                .map(|workers| Kind::Hyperfork { workers }),
-        );
+        kinds.extend(counts.into_iter().map(|workers| Kind::Hyperfork {
+            workers,
+            accept: o.accept.clone(),
+        }));
     }
     if wanted("nginx") {
         match servers::find_nginx() {
@@ -337,7 +342,7 @@ fn main() -> ExitCode {
     let mut replacement = Vec::new();
     if wanted("hyperfork") {
         for _ in 0..o.repeats {
-            match time_startup(machine.default_workers) {
+            match time_startup(machine.default_workers, o.accept.as_deref()) {
                 Ok(ms) => startup.push(ms),
                 Err(e) => {
                     eprintln!("bench: start-up timing: {e}");
@@ -345,7 +350,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        match time_replacement(o.repeats) {
+        match time_replacement(o.repeats, o.accept.clone()) {
             Ok(v) => replacement = v,
             Err(e) => {
                 eprintln!("bench: replacement timing: {e}");

@@ -271,7 +271,8 @@ pub fn render(input: &Input<'_>) -> String {
 fn targets(input: &Input<'_>) -> String {
     let m = input.machine;
     let find = |pred: &dyn Fn(&Kind) -> bool| input.kinds.iter().position(pred);
-    let pool = find(&|k| matches!(k, Kind::Hyperfork { workers } if *workers == m.default_workers));
+    let pool =
+        find(&|k| matches!(k, Kind::Hyperfork { workers, .. } if *workers == m.default_workers));
     let nginx = find(&|k| matches!(k, Kind::Nginx { .. }));
     let mut rows: Vec<(String, String, Option<bool>)> = Vec::new();
     let mut row = |name: &str, value: f64, unit: &str, ok: bool| {

@@ -14,8 +14,11 @@ use crate::procs;
 pub enum Kind {
     /// The single-process multi-thread hyper server (this executable), one thread per core.
     Baseline { threads: usize },
-    /// The hyperfork binary with this many workers.
-    Hyperfork { workers: usize },
+    /// The hyperfork binary with this many workers (and this `--accept` strategy, if given).
+    Hyperfork {
+        workers: usize,
+        accept: Option<String>,
+    },
     /// nginx with `return 200`, this many worker processes.
     Nginx { binary: PathBuf, workers: usize },
     /// uvicorn with this many workers, serving `benches/asgi_app.py`.
@@ -29,7 +32,10 @@ impl Kind {
             Kind::Baseline { threads } => {
                 format!("hyper, 1 process × {threads} threads (baseline)")
             }
-            Kind::Hyperfork { workers } => format!("hyperfork, {workers} worker(s)"),
+            Kind::Hyperfork { workers, accept } => match accept {
+                Some(a) => format!("hyperfork, {workers} worker(s), --accept {a}"),
+                None => format!("hyperfork, {workers} worker(s)"),
+            },
             Kind::Nginx { workers, .. } => format!("nginx, {workers} worker(s)"),
             Kind::Uvicorn { workers, .. } => format!("uvicorn, {workers} worker(s)"),
         }
@@ -48,7 +54,7 @@ pub fn hyperfork_bin() -> PathBuf {
 }
 
 /// A hyperfork command serving on `addr` with `workers` workers and quiet logs.
-pub fn hyperfork_command(addr: SocketAddr, workers: usize) -> Command {
+pub fn hyperfork_command(addr: SocketAddr, workers: usize, accept: Option<&str>) -> Command {
     let mut c = Command::new(hyperfork_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("HYPERFORK_")
@@ -66,6 +72,9 @@ pub fn hyperfork_command(addr: SocketAddr, workers: usize) -> Command {
         &addr.port().to_string(),
     ])
     .args(["--workers", &workers.to_string(), "--log-level", "warning"]);
+    if let Some(a) = accept {
+        c.args(["--accept", a]);
+    }
     c
 }
 
@@ -143,7 +152,7 @@ pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
                 .env("HYPERFORK_BENCH_THREADS", threads.to_string());
             c
         }
-        Kind::Hyperfork { workers } => hyperfork_command(addr, *workers),
+        Kind::Hyperfork { workers, accept } => hyperfork_command(addr, *workers, accept.as_deref()),
         Kind::Nginx { binary, workers } => {
             let d = tempfile::tempdir().map_err(|e| e.to_string())?;
             let conf = d.path().join("nginx.conf");

@@ -81,6 +81,8 @@ pub(crate) struct MasterArgs<'a> {
     pub predecessor: Option<upgrade::Channel>,
     /// Where to write the pid file.
     pub pid_file: Option<std::path::PathBuf>,
+    /// How workers share new connections.
+    pub accept: crate::cli::Accept,
 }
 
 /// A reload in progress: slots below `slot` run new workers.
@@ -140,6 +142,8 @@ struct Master<'a> {
     next_memory_sample: Instant,
     /// Workers waiting for their turn to be recycled, with the reason.
     recycle_queue: std::collections::VecDeque<(Pid, String)>,
+    /// The accept-balancing table shared with the workers (balanced accept only).
+    balance: Option<crate::balance::Table>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -162,6 +166,16 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         .map_or(0, |d| d.as_millis() as i64);
     let mut notifier = crate::systemd::Notifier::from_env();
     notifier.set_muted(predecessor.is_some());
+    let balance =
+        match args.accept {
+            crate::cli::Accept::Balanced => Some(crate::balance::Table::new().map_err(
+                |source| StartError::Os {
+                    what: "mapping the accept-balancing table",
+                    source,
+                },
+            )?),
+            crate::cli::Accept::Shared => None,
+        };
     let mut master = Master {
         pool: Pool::new(args.workers, now),
         pid: nix::unistd::getpid(),
@@ -192,6 +206,7 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         beats: HashMap::new(),
         next_memory_sample: now,
         recycle_queue: std::collections::VecDeque::new(),
+        balance,
     };
     let outcome = master.run_loop();
     if master.owns_files {
@@ -573,6 +588,9 @@ impl Master<'_> {
             }
             self.orders.remove(&pid);
             self.beats.remove(&pid);
+            if let Some(table) = &self.balance {
+                table.release(pid.as_raw() as u32);
+            }
             if self.lease.holder() == Some(pid) {
                 self.holder_died(pid);
             }
@@ -663,6 +681,7 @@ impl Master<'_> {
                 limits: self.args.limits.clone(),
                 health: self.args.health,
                 app: self.args.app,
+                balance: self.balance,
             }),
             Ok(ForkResult::Parent { child }) => {
                 drop(order_read);
