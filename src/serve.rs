@@ -91,6 +91,9 @@ impl std::fmt::Debug for ServeControl {
     }
 }
 
+/// The header-field limit hyper applies when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// How long a draining worker lets keep-alive clients finish their next request before closing their
 /// connections.
 pub const KEEPALIVE_DRAIN: Duration = Duration::from_secs(2);
@@ -367,12 +370,17 @@ where
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.timeout_keep_alive)
-        .max_headers(limits.limit_request_fields)
         .max_buf_size(
             usize::try_from(limits.limit_request_header_size)
                 .unwrap_or(usize::MAX)
                 .max(8192),
         );
+    // hyper's own limit is the same 100 fields; setting it, even to 100, moves the header table of
+    // every request from the stack to a heap buffer filled per request (measured: 1.5 % of a
+    // worker's CPU under load).
+    if limits.limit_request_fields != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.limit_request_fields);
+    }
     let mut accept_loops = tokio::task::JoinSet::new();
     for l in listeners {
         let listener = adopt(l)?;

@@ -31,7 +31,10 @@ fn start(workers: &str, accept: &str) -> Proc {
         &[],
     );
     assert!(
-        p.wait_log(&format!("all {workers} workers ready"), Duration::from_secs(20)),
+        p.wait_log(
+            &format!("all {workers} workers ready"),
+            Duration::from_secs(20)
+        ),
         "workers never all ready:\n{}",
         p.stderr()
     );
@@ -42,7 +45,11 @@ fn start(workers: &str, accept: &str) -> Proc {
 fn sequential_connections_reach_every_worker_evenly() {
     let p = start("4", "balanced");
     let counts = connections_per_worker(p.port, 24);
-    assert_eq!(counts.len(), 4, "every worker holds connections: {counts:?}");
+    assert_eq!(
+        counts.len(),
+        4,
+        "every worker holds connections: {counts:?}"
+    );
     let max = counts.values().copied().max().unwrap_or(0);
     let min = counts.values().copied().min().unwrap_or(0);
     // Perfect balance is 6 each; a peer that does not get the CPU within the 5 ms wait costs one.

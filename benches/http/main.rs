@@ -11,7 +11,8 @@
 //!
 //! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server and round),
 //! `--connections N`, `--only NAME[,NAME]` (baseline, hyperfork, nginx, uvicorn), `--accept
-//! STRATEGY` (hyperfork's accept strategy), `--report FILE`.
+//! STRATEGY` (hyperfork's accept strategy), `--workers N[,N]`
+//! (hyperfork pool sizes), `--report FILE`.
 
 mod baseline;
 mod load;
@@ -49,6 +50,8 @@ pub struct Options {
     pub report: PathBuf,
     /// hyperfork's `--accept` strategy, if not its default.
     pub accept: Option<String>,
+    /// hyperfork pool sizes to run; empty: 1, cores and the default.
+    pub workers: Vec<usize>,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -65,6 +68,7 @@ fn parse_options() -> Result<Options, String> {
         repeats: if full { 15 } else { 2 },
         only: Vec::new(),
         accept: None,
+        workers: Vec::new(),
         report: target.join(if full {
             "bench-report.md"
         } else {
@@ -93,11 +97,17 @@ fn parse_options() -> Result<Options, String> {
             "--repeats" => o.repeats = number(a, value(a)?)? as usize,
             "--only" => o.only = value(a)?.split(',').map(str::to_string).collect(),
             "--accept" => o.accept = Some(value(a)?),
+            "--workers" => {
+                o.workers = value(a)?
+                    .split(',')
+                    .map(|w| number(a, w.to_string()).map(|n| n as usize))
+                    .collect::<Result<_, _>>()?
+            }
             "--report" => o.report = PathBuf::from(value(a)?),
             other => {
                 return Err(format!(
                     "unknown option {other:?} (expected --rounds, --seconds, --connections, \
-                     --client-threads, --repeats, --only, --accept, --report)"
+                     --client-threads, --repeats, --only, --accept, --workers, --report)"
                 ));
             }
         }
@@ -262,7 +272,11 @@ fn main() -> ExitCode {
         });
     }
     if wanted("hyperfork") {
-        let mut counts = vec![1, machine.cores, machine.default_workers];
+        let mut counts = if o.workers.is_empty() {
+            vec![1, machine.cores, machine.default_workers]
+        } else {
+            o.workers.clone()
+        };
         counts.dedup();
         kinds.extend(counts.into_iter().map(|workers| Kind::Hyperfork {
             workers,
