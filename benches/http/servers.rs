@@ -48,9 +48,12 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local address")
 }
 
-/// The hyperfork binary cargo built for this benchmark.
+/// The hyperfork binary cargo built for this benchmark, or the one `HYPERFORK_BENCH_BINARY` names (to
+/// compare two builds).
 pub fn hyperfork_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hyperfork"))
+    std::env::var_os("HYPERFORK_BENCH_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hyperfork")))
 }
 
 /// A hyperfork command serving on `addr` with `workers` workers and quiet logs.
