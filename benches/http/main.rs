@@ -153,6 +153,16 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
     let mut out = run.finish();
     let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
     server.stop();
+    // Figures over no answered request would be meaningless: a broken server or generator stops the
+    // run (this is what the smoke round under `cargo test` checks).
+    if out.ok == 0 {
+        return Err(format!(
+            "{}: no request got a 200 in the measured run ({} other statuses, {} connection errors)",
+            kind.label(),
+            out.non_200,
+            out.errors
+        ));
+    }
     let spread = match kind {
         Kind::Hyperfork { workers, .. } => {
             let counts: Vec<u64> = out.per_worker.values().copied().collect();
