@@ -3,28 +3,44 @@
 //! With a plain shared socket every idle worker is woken for a new connection and the first to run
 //! takes it, so a burst of connections can land on one or two workers; with keep-alive, that worker
 //! then serves those connections for their whole life (measured: a pool of 5 under 64 connections
-//! left one worker with none). Here each worker publishes how many connections it has open, in a
-//! small table of shared memory the master maps before forking. A worker woken for a new connection
-//! that has more open than the least loaded peer still accepting waits a little (up to
-//! [`MAX_WAIT`]) so that peer can take it; after that wait it accepts anyway, so a busy or stuck peer
-//! never leaves a connection queued for long. This is Puma's wait-before-accept, made relative to the
-//! peers rather than to the worker alone.
+//! left one worker with none). Here each worker publishes, in a small table of shared memory the
+//! master maps before forking:
+//! - how many connections it has open;
+//! - for each listener, whether its accept loop is *parked*: waiting for a connection, ready to take
+//!   the next one the moment its event loop sees it;
+//! - how many connections it accepted and how many it left to a peer (deferrals).
+//!
+//! A worker woken for a new connection leaves it to a peer only when that peer is parked on the same
+//! listener and has at least [`MARGIN`] fewer connections open. The kernel wakes every worker waiting
+//! on the socket for each new connection, so the parked peer was woken too and takes it; the deferring
+//! worker does not sleep, it goes back to its own connections and to the listener. A worker stops
+//! being parked the moment it wakes, before it looks at its peers, so two workers never defer to each
+//! other for the same connection (each clears its flag, then reads the other's). Only if the
+//! connection is still queued [`MAX_WAIT`] later (the peer's event loop is blocked) does the deferring
+//! worker take it, and it then defers to that peer no more until the peer accepts again.
+//!
+//! The margin keeps short connections from deferring at all: a sequential client that opens a new
+//! connection per request finds every worker at 0 or 1 open (the previous connection may still be
+//! closing), and one connection of difference is noise, not load.
 //!
 //! Entries belong to processes, not slots: during a reload the old and new worker of a slot both
 //! have one. A worker claims a free entry when it starts serving, marks it not accepting when it
 //! drains, and the master frees it when it reaps the process.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The longest a worker waits for a less loaded peer before accepting a connection itself.
+/// How long a deferred connection may stay queued before the deferring worker takes it itself.
 pub const MAX_WAIT: Duration = Duration::from_millis(5);
 
-/// How long one wait step lasts.
-pub const WAIT_STEP: Duration = Duration::from_millis(1);
+/// A worker defers only to a peer with at least this many fewer connections open.
+pub const MARGIN: u32 = 2;
 
 /// Entries in a table: more workers than this serve unbalanced.
 pub const CAPACITY: usize = 1024;
+
+/// Listeners per worker that can be balanced (one parked bit each); later ones accept unbalanced.
+pub const MAX_LISTENERS: usize = 32;
 
 #[repr(C)]
 #[derive(Debug)]
@@ -35,6 +51,12 @@ struct Entry {
     accepting: AtomicU32,
     /// Connections the process has open.
     open: AtomicU32,
+    /// Bit `i` set while the accept loop of listener `i` is parked, waiting for a connection.
+    parked: AtomicU32,
+    /// Connections accepted.
+    accepted: AtomicU64,
+    /// Connections left to a less loaded peer.
+    deferred: AtomicU64,
 }
 
 #[repr(C)]
@@ -71,7 +93,7 @@ impl Table {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: the mapping is `len` bytes, page-aligned (so aligned for `Shared`), zero-filled by
-        // the kernel (all-zero bytes are valid `AtomicU32`s), and never unmapped, so the reference is
+        // the kernel (all-zero bytes are valid atomics), and never unmapped, so the reference is
         // valid for 'static. Other processes write it only through atomics, as this one does.
         let shared = unsafe { &*ptr.cast::<Shared>() };
         Ok(Table { shared })
@@ -94,6 +116,9 @@ impl Table {
                 .map(|_| {
                     self.shared.used.fetch_max(i as u32 + 1, Ordering::AcqRel);
                     e.open.store(0, Ordering::Relaxed);
+                    e.parked.store(0, Ordering::SeqCst);
+                    e.accepted.store(0, Ordering::Relaxed);
+                    e.deferred.store(0, Ordering::Relaxed);
                     e.accepting.store(1, Ordering::Release);
                     Member {
                         table: *self,
@@ -108,25 +133,12 @@ impl Table {
         for e in self.in_use() {
             if e.pid.load(Ordering::Acquire) == pid {
                 e.accepting.store(0, Ordering::Relaxed);
+                e.parked.store(0, Ordering::SeqCst);
                 e.open.store(0, Ordering::Relaxed);
                 e.pid.store(0, Ordering::Release);
                 return;
             }
         }
-    }
-
-    /// The least number of open connections among accepting processes other than `me`.
-    fn least_open_besides(&self, me: usize) -> Option<u32> {
-        self.in_use()
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| {
-                *i != me
-                    && e.pid.load(Ordering::Relaxed) != 0
-                    && e.accepting.load(Ordering::Relaxed) == 1
-            })
-            .map(|(_, e)| e.open.load(Ordering::Relaxed))
-            .min()
     }
 }
 
@@ -137,29 +149,146 @@ pub struct Member {
     me: usize,
 }
 
+/// A peer a connection was left to, and how many connections that peer had accepted then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    index: usize,
+    accepted: u64,
+}
+
 impl Member {
     fn entry(&self) -> &'static Entry {
         &self.table.shared.entries[self.me]
-    }
-
-    /// Whether this worker should leave a new connection to a less loaded peer.
-    pub fn should_wait(&self) -> bool {
-        let mine = self.entry().open.load(Ordering::Relaxed);
-        self.table
-            .least_open_besides(self.me)
-            .is_some_and(|least| mine > least)
     }
 
     /// Counts a connection as open until the returned guard is dropped.
     pub fn opened(&self) -> OpenConnection {
         let entry = self.entry();
         entry.open.fetch_add(1, Ordering::Relaxed);
+        entry.accepted.fetch_add(1, Ordering::Relaxed);
         OpenConnection(entry)
     }
 
     /// Marks this worker as no longer accepting (it is draining): peers stop deferring to it.
     pub fn stop_accepting(&self) {
         self.entry().accepting.store(0, Ordering::Relaxed);
+    }
+
+    /// Connections this worker accepted and connections it left to a peer.
+    pub fn counts(&self) -> (u64, u64) {
+        let e = self.entry();
+        (
+            e.accepted.load(Ordering::Relaxed),
+            e.deferred.load(Ordering::Relaxed),
+        )
+    }
+
+    /// This worker's accept state for listener number `listener` (its position in the worker's list).
+    pub fn for_listener(self, listener: usize) -> Balancer {
+        Balancer {
+            member: self,
+            bit: (listener < MAX_LISTENERS).then(|| 1u32 << listener),
+            unresponsive: None,
+        }
+    }
+}
+
+/// The balancing state of one accept loop (one listener of one worker).
+#[derive(Debug)]
+pub struct Balancer {
+    member: Member,
+    /// This listener's parked bit; `None`: the listener is not balanced.
+    bit: Option<u32>,
+    /// A peer that let a deferred connection wait out [`MAX_WAIT`], with its accept count then: not
+    /// deferred to again until it accepts a connection.
+    unresponsive: Option<Peer>,
+}
+
+impl Balancer {
+    /// Marks the accept loop as parked (waiting for a connection) until the guard is dropped.
+    pub fn park(&self) -> Parked {
+        if let Some(bit) = self.bit {
+            self.member.entry().parked.fetch_or(bit, Ordering::SeqCst);
+        }
+        Parked {
+            entry: self.member.entry(),
+            bit: self.bit.unwrap_or(0),
+        }
+    }
+
+    /// The peer to leave a new connection to, if any: accepting, parked on this listener, and with
+    /// at least [`MARGIN`] fewer connections open than this worker. Call it only while not parked, so
+    /// that two workers never defer to each other; count a deferral with [`Balancer::deferred`].
+    pub fn defer_to(&mut self) -> Option<Peer> {
+        let bit = self.bit?;
+        let me = self.member.me;
+        let mine = self.member.entry().open.load(Ordering::Relaxed);
+        if mine < MARGIN {
+            return None;
+        }
+        if let Some(p) = self.unresponsive {
+            let e = &self.member.table.shared.entries[p.index];
+            if e.accepted.load(Ordering::Relaxed) != p.accepted {
+                self.unresponsive = None;
+            }
+        }
+        let skip = self.unresponsive.map(|p| p.index);
+        let peer = self
+            .member
+            .table
+            .in_use()
+            .iter()
+            .enumerate()
+            .filter(|&(i, e)| {
+                i != me
+                    && Some(i) != skip
+                    && e.parked.load(Ordering::SeqCst) & bit != 0
+                    && e.pid.load(Ordering::Relaxed) != 0
+                    && e.accepting.load(Ordering::Relaxed) == 1
+            })
+            .map(|(i, e)| (e.open.load(Ordering::Relaxed), i, e))
+            .filter(|&(open, _, _)| open + MARGIN <= mine)
+            .min_by_key(|&(open, _, _)| open)
+            .map(|(_, index, e)| Peer {
+                index,
+                accepted: e.accepted.load(Ordering::Relaxed),
+            })?;
+        Some(peer)
+    }
+
+    /// Counts a connection left to a peer (once per connection, however often it is looked at).
+    pub fn deferred(&self) {
+        self.member.entry().deferred.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection left to `peer` was still queued after [`MAX_WAIT`] and this worker took it: the
+    /// peer is not taking connections now, so it is not deferred to until it accepts one.
+    pub fn peer_missed(&mut self, peer: Peer) {
+        let e = &self.member.table.shared.entries[peer.index];
+        if e.accepted.load(Ordering::Relaxed) == peer.accepted {
+            tracing::debug!(
+                "a connection left to worker pid {} waited {} ms; taking it, and not deferring to \
+                 that worker until it accepts again",
+                e.pid.load(Ordering::Relaxed),
+                MAX_WAIT.as_millis()
+            );
+            self.unresponsive = Some(peer);
+        }
+    }
+}
+
+/// An accept loop parked on its listener; dropping it clears the parked bit.
+#[derive(Debug)]
+pub struct Parked {
+    entry: &'static Entry,
+    bit: u32,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        if self.bit != 0 {
+            self.entry.parked.fetch_and(!self.bit, Ordering::SeqCst);
+        }
     }
 }
 
@@ -177,52 +306,112 @@ impl Drop for OpenConnection {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_busier_worker_waits_for_the_idle_one() {
-        let t = Table::new().unwrap();
-        let a = t.join(101, 0).unwrap();
-        let b = t.join(102, 0).unwrap();
-        assert!(!a.should_wait() && !b.should_wait());
-        let conn = a.opened();
-        assert!(a.should_wait(), "a has 1 open, b has 0");
-        assert!(!b.should_wait());
-        let _b1 = b.opened();
-        assert!(!a.should_wait(), "even again");
-        drop(conn);
-        assert!(b.should_wait());
+    /// `n` open connections on `m`, kept until the returned guards drop.
+    fn open(m: &Member, n: usize) -> Vec<OpenConnection> {
+        (0..n).map(|_| m.opened()).collect()
     }
 
     #[test]
-    fn draining_and_released_peers_are_not_waited_for() {
+    fn equal_or_nearly_equal_workers_never_defer() {
+        let t = Table::new().unwrap();
+        let a = t.join(101, 0).unwrap();
+        let b = t.join(102, 0).unwrap();
+        let (mut ba, bb) = (a.for_listener(0), b.for_listener(0));
+        let _parked = bb.park();
+        assert_eq!(ba.defer_to(), None, "0 and 0 open");
+        let _one = open(&a, 1);
+        assert_eq!(ba.defer_to(), None, "1 and 0 open: a closing connection");
+        assert_eq!(a.counts(), (1, 0));
+    }
+
+    #[test]
+    fn a_busier_worker_defers_only_to_a_parked_peer() {
+        let t = Table::new().unwrap();
+        let a = t.join(111, 0).unwrap();
+        let b = t.join(112, 0).unwrap();
+        let mut ba = a.for_listener(0);
+        let bb = b.for_listener(0);
+        let _two = open(&a, 2);
+        assert_eq!(
+            ba.defer_to(),
+            None,
+            "b is not parked: it is not going to take it"
+        );
+        let parked = bb.park();
+        assert!(ba.defer_to().is_some(), "2 open against 0, b parked");
+        ba.deferred();
+        assert_eq!(a.counts(), (2, 1));
+        drop(parked);
+        assert_eq!(ba.defer_to(), None, "b woke up: it is no longer waiting");
+        // Parked on another listener only.
+        let _other = b.for_listener(1).park();
+        assert_eq!(ba.defer_to(), None);
+    }
+
+    #[test]
+    fn two_workers_never_defer_to_each_other() {
+        let t = Table::new().unwrap();
+        let a = t.join(121, 0).unwrap();
+        let b = t.join(122, 0).unwrap();
+        let (mut ba, mut bb) = (a.for_listener(0), b.for_listener(0));
+        let _a_open = open(&a, 3);
+        // Both parked; a connection wakes both. Each drops its parked flag before looking.
+        let (pa, pb) = (ba.park(), bb.park());
+        drop(pa);
+        drop(pb);
+        assert_eq!(ba.defer_to(), None);
+        assert_eq!(bb.defer_to(), None);
+    }
+
+    #[test]
+    fn a_peer_that_missed_a_deferred_connection_is_skipped_until_it_accepts() {
+        let t = Table::new().unwrap();
+        let a = t.join(131, 0).unwrap();
+        let b = t.join(132, 0).unwrap();
+        let mut ba = a.for_listener(0);
+        let bb = b.for_listener(0);
+        let _a_open = open(&a, 4);
+        let _parked = bb.park();
+        let peer = ba.defer_to().expect("b is parked and idle");
+        ba.peer_missed(peer);
+        assert_eq!(ba.defer_to(), None, "b let the connection wait");
+        let _b_open = b.opened();
+        assert!(ba.defer_to().is_some(), "b accepted again");
+    }
+
+    #[test]
+    fn draining_and_released_peers_are_not_deferred_to() {
         let t = Table::new().unwrap();
         let a = t.join(201, 3).unwrap();
         let b = t.join(202, 3).unwrap();
-        let _c = a.opened();
-        assert!(a.should_wait());
+        let mut ba = a.for_listener(0);
+        let _a_open = open(&a, 2);
+        let parked = b.for_listener(0).park();
+        assert!(ba.defer_to().is_some());
         b.stop_accepting();
-        assert!(!a.should_wait(), "b no longer accepts");
+        assert_eq!(ba.defer_to(), None, "b no longer accepts");
+        std::mem::forget(parked);
         t.release(202);
-        assert!(!a.should_wait());
+        assert_eq!(ba.defer_to(), None, "b exited");
         let c = t.join(203, 3).unwrap();
+        let _pc = c.for_listener(0).park();
         assert!(
-            a.should_wait(),
+            ba.defer_to().is_some(),
             "a fresh worker in the freed entry starts at 0"
         );
-        assert!(!c.should_wait());
     }
 
     #[test]
     fn the_table_is_shared_with_forked_children() {
         let t = Table::new().unwrap();
         let parent = t.join(std::process::id(), 0).unwrap();
+        let mut pb = parent.for_listener(0);
         // SAFETY: the child only touches the shared table with atomics and then calls _exit, so no
         // state of the test harness's other threads is used.
         match unsafe { libc::fork() } {
             0 => {
-                let child = t.join(1, 0);
-                if let Some(c) = child {
-                    std::mem::forget(c.opened());
-                    std::mem::forget(c.opened());
+                if let Some(c) = t.join(1, 0) {
+                    std::mem::forget(c.for_listener(0).park());
                 }
                 // SAFETY: _exit ends the child without running the parent's destructors.
                 unsafe { libc::_exit(0) };
@@ -234,10 +423,10 @@ mod tests {
                 unsafe { libc::waitpid(pid, &mut status, 0) };
             }
         }
-        assert!(!parent.should_wait(), "the child has 2 open, the parent 0");
-        let _p = parent.opened();
-        let _q = parent.opened();
-        let _r = parent.opened();
-        assert!(parent.should_wait(), "3 open here, 2 in the child");
+        let _p = open(&parent, 2);
+        assert!(
+            pb.defer_to().is_some(),
+            "the child is parked with 0 open, the parent has 2"
+        );
     }
 }

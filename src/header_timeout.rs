@@ -1,19 +1,26 @@
-//! Deadlines hyper does not enforce on its own: a new connection must send its first byte within the
-//! keep-alive timeout, and a request header must be complete within `--timeout-request-header` of its
-//! first byte (slowloris clients trickle a header forever).
+//! Deadlines of an HTTP/1 connection that hyper does not enforce the way users expect:
+//! - **keep-alive**: a connection with no request in progress and no byte of a next request is closed
+//!   after `--timeout-keep-alive`; this covers a new connection that sends nothing, and the wait
+//!   between two requests;
+//! - **request header**: once the first byte of a request arrives, its header must be complete within
+//!   `--timeout-request-header` (slowloris clients trickle a header forever).
 //!
-//! hyper's own `header_read_timeout` (set to the keep-alive timeout) starts when a connection is idle
-//! between requests, so it bounds idle keep-alive connections; it does not start before the first
-//! byte of a new connection. [`Deadlines`] wraps the connection's stream: it arms a timer when bytes
-//! arrive while no request of the connection is being handled, and disarms it when the request
-//! reaches the service (the header is complete). When the timer fires, the next read fails and hyper
-//! closes the connection. HTTP/2 connections (recognised by their preface) only get the first-byte
-//! deadline: their frames flow between requests by design.
+//! This is the split gunicorn, uvicorn and nginx users know (nginx: `keepalive_timeout` and
+//! `client_header_timeout`): the idle wait and the header's arrival are bounded separately, so a
+//! slow header gets the whole header timeout even when it is longer than the keep-alive timeout.
+//! hyper's own `header_read_timeout`, which starts when a connection goes idle and so bounds idle
+//! and header time together, is not used.
+//!
+//! [`Deadlines`] wraps the connection's stream. The service tells it, through [`ConnRequests`], when
+//! a request reaches it (the header is complete) and when the request's response has been sent in
+//! full. When a deadline passes, the next read fails and hyper closes the connection. HTTP/2
+//! connections (recognised by their preface) only get the first-byte deadline: their frames flow
+//! between requests by design, and their idle time is watched per connection (see `serve`).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,20 +28,59 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// What the service tells the stream about one connection's requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnRequests {
     /// Requests that reached the service.
     started: AtomicU64,
-    /// Requests being handled now.
+    /// Requests in progress: from the service getting the header until the response body is sent
+    /// in full (or dropped).
     active: AtomicUsize,
+    /// Whether the connection speaks HTTP/2 (set on its first bytes).
+    http2: AtomicBool,
+    /// When the connection was accepted.
+    born: Instant,
+    /// When the last request ended, in milliseconds since `born` (HTTP/2 only).
+    idle_since_ms: AtomicU64,
+}
+
+impl Default for ConnRequests {
+    fn default() -> ConnRequests {
+        ConnRequests {
+            started: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            http2: AtomicBool::new(false),
+            born: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ConnRequests {
-    /// A request's header is complete and the service got it; the returned guard marks its end.
+    /// A request's header is complete and the service got it; the returned guard marks its end and
+    /// is held until the response body is sent.
     pub fn start(self: &Arc<Self>) -> RequestGuard {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+
+    /// Whether the connection speaks HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
+    /// Requests that reached the service so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Since when no request has been in progress; `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let ms = self.idle_since_ms.load(Ordering::Relaxed);
+        Some(self.born + Duration::from_millis(ms))
     }
 }
 
@@ -44,25 +90,31 @@ pub struct RequestGuard(Arc<ConnRequests>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let c = &self.0;
+        if c.http2.load(Ordering::Relaxed) {
+            let ms = u64::try_from(c.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+            c.idle_since_ms.store(ms, Ordering::Relaxed);
+        }
+        c.active.fetch_sub(1, Ordering::Release);
     }
 }
 
-/// Why the timer is armed.
+/// Which deadline is armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Armed {
-    /// A new connection that has not sent a byte.
-    FirstByte,
+    /// No request in progress and no byte of a next one: the keep-alive timeout runs.
+    Idle,
     /// A request header is arriving; `started` is the request count when it began.
     Header { started: u64 },
-    /// Not armed.
+    /// A request is in progress (or the connection is HTTP/2): no deadline.
     Off,
 }
 
-/// A connection's stream with the first-byte and header deadlines.
+/// A connection's stream with the keep-alive and header deadlines.
 pub struct Deadlines<S> {
     io: S,
     requests: Arc<ConnRequests>,
+    keep_alive: Duration,
     header_timeout: Duration,
     timer: Pin<Box<Sleep>>,
     armed: Armed,
@@ -71,20 +123,22 @@ pub struct Deadlines<S> {
 }
 
 impl<S> Deadlines<S> {
-    /// Wraps a freshly accepted stream: it must send a byte within `first_byte`, and each request
-    /// header within `header_timeout` of its first byte.
+    /// Wraps a freshly accepted stream: it must send a byte within `keep_alive`, each request header
+    /// must be complete within `header_timeout` of its first byte, and the wait between two requests
+    /// is bounded by `keep_alive`.
     pub fn new(
         io: S,
         requests: Arc<ConnRequests>,
-        first_byte: Duration,
+        keep_alive: Duration,
         header_timeout: Duration,
     ) -> Deadlines<S> {
         Deadlines {
             io,
             requests,
+            keep_alive,
             header_timeout,
-            timer: Box::pin(tokio::time::sleep(first_byte)),
-            armed: Armed::FirstByte,
+            timer: Box::pin(tokio::time::sleep(keep_alive)),
+            armed: Armed::Idle,
             first: true,
             http2: false,
         }
@@ -97,7 +151,14 @@ impl<S> Deadlines<S> {
         if self.first {
             self.first = false;
             self.http2 = new.starts_with(b"PRI ");
-            self.armed = Armed::Off;
+            if self.http2 {
+                self.requests.http2.store(true, Ordering::Relaxed);
+                self.armed = Armed::Off;
+                return;
+            }
+        }
+        if self.http2 {
+            return;
         }
         let started = self.requests.started.load(Ordering::Relaxed);
         if let Armed::Header { started: at } = self.armed {
@@ -106,7 +167,7 @@ impl<S> Deadlines<S> {
             }
         }
         let idle = self.requests.active.load(Ordering::Relaxed) == 0;
-        if !self.http2 && idle && self.armed == Armed::Off {
+        if idle && matches!(self.armed, Armed::Off | Armed::Idle) {
             self.timer
                 .as_mut()
                 .reset(Instant::now() + self.header_timeout);
@@ -114,18 +175,26 @@ impl<S> Deadlines<S> {
         }
     }
 
-    /// Whether the armed deadline passed (registers the waker otherwise).
+    /// Whether the armed deadline passed (registers the waker otherwise). Called when a read finds
+    /// nothing to read.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
-        let what = match self.armed {
-            Armed::Off => return None,
-            Armed::Header { started } => {
-                if self.requests.started.load(Ordering::Relaxed) != started {
-                    self.armed = Armed::Off;
-                    return None;
-                }
-                "request header not complete within --timeout-request-header"
+        if let Armed::Header { started } = self.armed {
+            if self.requests.started.load(Ordering::Relaxed) != started {
+                self.armed = Armed::Off;
             }
-            Armed::FirstByte => "no request on a new connection within --timeout-keep-alive",
+        }
+        if self.armed == Armed::Off {
+            if self.http2 || self.requests.active.load(Ordering::Relaxed) > 0 {
+                return None;
+            }
+            // The last request is over and nothing new has arrived: the connection is idle.
+            self.timer.as_mut().reset(Instant::now() + self.keep_alive);
+            self.armed = Armed::Idle;
+        }
+        let what = match self.armed {
+            Armed::Header { .. } => "request header not complete within --timeout-request-header",
+            _ if self.first => "no request on a new connection within --timeout-keep-alive",
+            _ => "idle keep-alive connection past --timeout-keep-alive",
         };
         self.timer.as_mut().poll(cx).is_ready().then_some(what)
     }

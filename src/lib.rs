@@ -16,13 +16,16 @@
 #![deny(missing_docs)]
 #![cfg(target_os = "linux")]
 
+mod accept;
 pub mod app;
 pub mod balance;
 pub mod cli;
 pub mod config;
+mod connection;
 pub mod control;
 pub mod cores;
 pub mod error;
+mod guard;
 pub mod header_timeout;
 pub mod health;
 mod job_command;
@@ -34,6 +37,7 @@ mod master;
 pub mod pidfile;
 pub mod pool;
 pub mod proctitle;
+mod run_set;
 pub mod schedule;
 pub mod scheduler;
 pub mod serve;

@@ -21,6 +21,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::run_set::RunSet;
+
 use crate::control::{ControlWriter, Message};
 use crate::jobs::{Action, Job, JobContext};
 use crate::schedule::catch_up;
@@ -91,7 +93,7 @@ pub(crate) struct Scheduler {
 struct Active {
     stop: watch::Sender<bool>,
     loops: JoinSet<()>,
-    runs: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+    runs: Arc<RunSet>,
 }
 
 /// What every job loop shares.
@@ -101,7 +103,7 @@ struct LoopCtx {
     worker: Worker,
     control: ControlWriter,
     status: Arc<SchedulerStatus>,
-    runs: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+    runs: Arc<RunSet>,
 }
 
 impl Scheduler {
@@ -130,7 +132,7 @@ impl Scheduler {
         tracing::info!("holding the scheduler lease: {} job(s)", self.jobs.len());
         self.status.holder.store(true, Ordering::Relaxed);
         let (stop, stop_rx) = watch::channel(false);
-        let runs = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let runs = Arc::new(RunSet::default());
         let ctx = LoopCtx {
             anchor,
             worker: self.worker.clone(),
@@ -157,16 +159,14 @@ impl Scheduler {
         };
         let _ = active.stop.send(true);
         while active.loops.join_next().await.is_some() {}
-        let mut runs = active.runs.lock().await;
-        if !runs.is_empty() {
+        let runs = &active.runs;
+        if runs.len() > 0 {
             tracing::info!("waiting for {} running job(s)", runs.len());
-            let drained =
-                tokio::time::timeout(grace, async { while runs.join_next().await.is_some() {} })
-                    .await;
+            let drained = tokio::time::timeout(grace, runs.wait_empty()).await;
             if drained.is_err() {
                 tracing::warn!("cancelling {} job run(s) still going", runs.len());
                 runs.abort_all();
-                while runs.join_next().await.is_some() {}
+                runs.wait_empty().await;
             }
         }
         self.status.holder.store(false, Ordering::Relaxed);
@@ -263,7 +263,7 @@ async fn fire(job: &Arc<Job>, tick: DateTime<Utc>, ctx: &LoopCtx) {
         s.last_tick = Some(rfc3339(tick));
     });
     let (job, status, worker) = (job.clone(), ctx.status.clone(), ctx.worker.clone());
-    ctx.runs.lock().await.spawn(async move {
+    ctx.runs.spawn(async move {
         let started = Instant::now();
         let outcome = run_once(&job, tick, worker).await;
         let took = started.elapsed();

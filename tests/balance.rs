@@ -62,3 +62,118 @@ fn shared_accept_is_still_available() {
     let counts = connections_per_worker(p.port, 8);
     assert_eq!(counts.values().sum::<usize>(), 8, "{counts:?}");
 }
+
+/// The `accepted N connection(s); left M to less loaded workers` counts each worker logged on exit.
+fn accept_counts(log: &str) -> Vec<(u64, u64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("accepted ").nth(1)?;
+            let (n, rest) = rest.split_once(" connection(s); left ")?;
+            let (m, _) = rest.split_once(' ')?;
+            Some((n.parse().ok()?, m.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One request on a new connection that the client closes after reading the whole response.
+fn get_and_close(port: u16) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read to the server's close");
+    String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_opening_a_connection_per_request_is_never_deferred() {
+    let mut p = start("2", "balanced");
+    for i in 0..300 {
+        assert_eq!(get_and_close(p.port), 200, "request {i}");
+    }
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_exit(Duration::from_secs(30)).is_some());
+    let log = p.stderr();
+    let counts = accept_counts(&log);
+    assert_eq!(counts.len(), 2, "one count line per worker:\n{log}");
+    // 300, and the harness's own readiness probe.
+    assert!(counts.iter().map(|c| c.0).sum::<u64>() >= 300, "{counts:?}");
+    assert!(
+        counts.iter().all(|c| c.1 == 0),
+        "a short connection was deferred while no worker had more than one open: {counts:?}"
+    );
+}
+
+#[test]
+fn a_blocked_peer_is_deferred_to_at_most_once() {
+    let p = Proc::serve(
+        &example_bin("faults"),
+        &[
+            "--workers",
+            "2",
+            "--accept",
+            "balanced",
+            "--log-level",
+            "debug",
+        ],
+        &[],
+    );
+    assert!(
+        p.wait_log("all 2 workers ready", Duration::from_secs(20)),
+        "{}",
+        p.stderr()
+    );
+    // Keep-alive connections until both workers hold one.
+    let mut held: Vec<(Conn, String)> = Vec::new();
+    while held
+        .iter()
+        .map(|h| &h.1)
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        < 2
+    {
+        assert!(held.len() < 50, "one worker never got a connection");
+        let mut c = Conn::open(p.port).expect("connect");
+        let r = c.get("/").expect("GET /");
+        let pid = r.header("x-pid").expect("x-pid").to_string();
+        held.push((c, pid));
+    }
+    // Block the last connection's worker (B) for 5 s; its accept loop stays parked meanwhile.
+    let (mut blocked, b_pid) = held.pop().expect("a connection");
+    blocked.send_get("/block?ms=5000").expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let log_before = p.stderr().len();
+    let mut answered_by = Vec::new();
+    for _ in 0..12 {
+        let mut c = Conn::open(p.port).expect("connect");
+        let r = c.get("/").expect("GET / while a peer is blocked");
+        answered_by.push(r.header("x-pid").expect("x-pid").to_string());
+        held.push((c, String::new()));
+    }
+    assert!(
+        answered_by.iter().all(|pid| *pid != b_pid),
+        "the blocked worker answered: {answered_by:?}"
+    );
+    let needle = format!("a connection left to worker pid {b_pid} waited");
+    let missed = |p: &Proc| p.stderr()[log_before..].matches(needle.as_str()).count();
+    assert!(
+        wait_until(Duration::from_secs(10), || missed(&p) >= 1),
+        "no connection was left to the blocked worker:\n{}",
+        &p.stderr()[log_before..]
+    );
+    assert_eq!(blocked.read_response().expect("the block ends").status, 200);
+    // The first connection past the margin is left to the blocked worker and taken back after the
+    // wait; every later one goes straight to the busy but responsive worker.
+    assert_eq!(
+        missed(&p),
+        1,
+        "deferrals to the blocked worker that it never took:\n{}",
+        &p.stderr()[log_before..]
+    );
+}

@@ -1,0 +1,276 @@
+//! The service wrapper every request passes through before the app: request checks that answer on
+//! the app's behalf (400 for a bad `Host`, 413, 503 beyond the concurrency limit), a panicking handler
+//! turned into a 500, `Connection: close` once the worker drains, and the request's life reported to
+//! the connection's deadlines (from the header's arrival until the response body is sent).
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode, Version};
+
+use crate::header_timeout::{ConnRequests, RequestGuard};
+use crate::serve::{BoxError, OnMaxRequests};
+
+/// Wraps a service: answers 400/413/503 on the app's behalf, and once draining, HTTP/1 responses
+/// carry `Connection: close`.
+#[derive(Clone)]
+pub(crate) struct Guarded<S> {
+    pub(crate) inner: S,
+    pub(crate) draining: Arc<AtomicBool>,
+    pub(crate) inflight: Arc<AtomicUsize>,
+    pub(crate) limit: Option<usize>,
+    /// Largest declared body; zero: no limit.
+    pub(crate) limit_body: u64,
+    /// Requests accepted so far (counted only with a request limit).
+    pub(crate) served: Arc<AtomicU64>,
+    /// The request limit and what to call when it is reached.
+    pub(crate) max_requests: Option<(u64, OnMaxRequests)>,
+    /// This connection's requests, for its deadlines (set per connection).
+    pub(crate) conn: Option<Arc<ConnRequests>>,
+}
+
+impl<S: Clone> Guarded<S> {
+    /// A copy for one connection.
+    pub(crate) fn for_connection(&self, conn: Arc<ConnRequests>) -> Guarded<S> {
+        Guarded {
+            conn: Some(conn),
+            ..self.clone()
+        }
+    }
+}
+
+/// Decrements the in-flight count when a request's response is ready (or abandoned).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The response body: the app's, tracked until sent, or an empty one hyperfork answered with.
+pub(crate) type GuardedBody<B> = Either<Tracked<B>, Empty<<B as Body>::Data>>;
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's guard until it is sent in full or dropped, so the
+    /// connection knows a response is still going out.
+    pub(crate) struct Tracked<B> {
+        #[pin]
+        inner: B,
+        request: Option<RequestGuard>,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.request.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a request's `Host` header is unacceptable (RFC 9112 §3.2), if it is.
+fn bad_host(req: &Request<Incoming>) -> Option<&'static str> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 => Some("no Host header"),
+        None => None,
+        Some(v) => (!v.as_bytes().iter().all(|&b| is_host_byte(b))).then_some("an invalid Host"),
+    }
+}
+
+/// Whether `b` may appear in a Host value: a reg-name, an IP literal in brackets, a port.
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Guarded<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    type Response = Response<GuardedBody<B>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() <= Version::HTTP_11;
+        let draining = self.draining.clone();
+        // The header is complete: the connection's header deadline no longer applies.
+        let request = self.conn.as_ref().map(|c| c.start());
+        if http1 {
+            if let Some(why) = bad_host(&req) {
+                tracing::debug!("{} {}: {why}; answered 400", req.method(), req.uri().path());
+                return ready(closing(StatusCode::BAD_REQUEST));
+            }
+        }
+        if let Some((max, on_max)) = &self.max_requests {
+            let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+            if served == *max {
+                on_max(served);
+            }
+        }
+        if self.limit_body > 0 {
+            let declared = req
+                .headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.limit_body) {
+                // The body is not read; the connection cannot be reused after it.
+                let mut resp = empty(StatusCode::PAYLOAD_TOO_LARGE);
+                if http1 {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                return ready(resp);
+            }
+        }
+        let now = self.inflight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.inflight.clone());
+        if self.limit.is_some_and(|limit| now >= limit) {
+            drop(guard);
+            let mut resp = empty(StatusCode::SERVICE_UNAVAILABLE);
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            if http1 && draining.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            return ready(resp);
+        }
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        // A panicking handler costs its request a 500, not the worker or the connection.
+        let fut = catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
+        Box::pin(async move {
+            let resp = match fut {
+                Ok(fut) => CatchPanic(std::pin::pin!(fut)).await,
+                Err(panic) => Err(panic),
+            };
+            drop(guard);
+            let mut resp = match resp {
+                Ok(resp) => resp
+                    .map_err(Into::into)?
+                    .map(|inner| Either::Left(Tracked { inner, request })),
+                Err(panic) => {
+                    tracing::error!(
+                        "handler for {method} {} panicked ({}); answered 500",
+                        uri.path(),
+                        panic_message(&panic)
+                    );
+                    empty(StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            };
+            if http1 && draining.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        })
+    }
+}
+
+type Answer<B> = Pin<Box<dyn Future<Output = Result<Response<GuardedBody<B>>, BoxError>> + Send>>;
+
+/// A response hyperfork gives on the app's behalf, as the service's future.
+fn ready<B: Body + Send + 'static>(resp: Response<GuardedBody<B>>) -> Answer<B>
+where
+    B::Data: Send,
+{
+    Box::pin(std::future::ready(Ok(resp)))
+}
+
+/// An empty response with `status`.
+fn empty<B: Body>(status: StatusCode) -> Response<GuardedBody<B>> {
+    let mut resp = Response::new(Either::Right(Empty::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// An empty response with `status` after which the connection closes.
+fn closing<B: Body>(status: StatusCode) -> Response<GuardedBody<B>> {
+    let mut resp = empty(status);
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Polls a future, turning a panic into an error carrying the panic's payload.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = &mut self.0;
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_bytes() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "[::1]:80",
+            "127.0.0.1",
+            "xn--bcher-kva.de",
+            "",
+        ] {
+            assert!(ok.bytes().all(is_host_byte), "{ok}");
+        }
+        for bad in ["a b", "a/b", "a@b", "a\\b", "a?b", "a#b", "a\"b"] {
+            assert!(!bad.bytes().all(is_host_byte), "{bad}");
+        }
+    }
+}
