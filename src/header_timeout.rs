@@ -175,9 +175,9 @@ impl<S> Deadlines<S> {
         }
     }
 
-    /// Whether the armed deadline passed (registers the waker otherwise). Called when a read finds
-    /// nothing to read.
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+    /// Arms the keep-alive deadline if the last request is over (its response sent) and nothing new
+    /// has arrived; returns whether a deadline is armed.
+    fn arm_if_idle(&mut self) -> bool {
         if let Armed::Header { started } = self.armed {
             if self.requests.started.load(Ordering::Relaxed) != started {
                 self.armed = Armed::Off;
@@ -185,11 +185,28 @@ impl<S> Deadlines<S> {
         }
         if self.armed == Armed::Off {
             if self.http2 || self.requests.active.load(Ordering::Relaxed) > 0 {
-                return None;
+                return false;
             }
-            // The last request is over and nothing new has arrived: the connection is idle.
             self.timer.as_mut().reset(Instant::now() + self.keep_alive);
             self.armed = Armed::Idle;
+        }
+        true
+    }
+
+    /// After a write: once the response is out, the idle wait starts. hyper may not read again until
+    /// the client sends something, so the timer is registered here, with the connection task's waker;
+    /// when it fires, the task polls its read, which fails.
+    fn after_write(&mut self, cx: &mut Context<'_>) {
+        if self.armed == Armed::Off && self.arm_if_idle() {
+            let _ = self.timer.as_mut().poll(cx);
+        }
+    }
+
+    /// Whether the armed deadline passed (registers the waker otherwise). Called when a read finds
+    /// nothing to read.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        if !self.arm_if_idle() {
+            return None;
         }
         let what = match self.armed {
             Armed::Header { .. } => "request header not complete within --timeout-request-header",
@@ -232,7 +249,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.after_write(cx);
+        r
     }
 
     fn poll_write_vectored(
@@ -240,7 +260,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.after_write(cx);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -248,7 +271,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.after_write(cx);
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -294,6 +320,39 @@ mod tests {
             assert!(conn.read(&mut buf).await.is_ok());
             let e = conn.read(&mut buf).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        });
+    }
+
+    #[test]
+    fn a_slow_header_gets_the_header_timeout_and_idleness_the_keep_alive_one() {
+        runtime().block_on(async {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let requests = Arc::new(ConnRequests::default());
+            let mut conn = Deadlines::new(
+                server,
+                requests.clone(),
+                Duration::from_secs(1),
+                Duration::from_secs(8),
+            );
+            let mut buf = [0u8; 64];
+            let start = Instant::now();
+            // Pauses longer than the keep-alive timeout inside a header are fine.
+            for part in [&b"GET / HTTP/1.1\r\n"[..], b"Host: t\r\n", b"X: y\r\n"] {
+                client.write_all(part).await.unwrap();
+                assert!(conn.read(&mut buf).await.is_ok());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            client.write_all(b"\r\n").await.unwrap();
+            assert!(conn.read(&mut buf).await.is_ok());
+            let guard = requests.start();
+            drop(guard);
+            // The response is out; the connection is idle: closed after the keep-alive timeout.
+            conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            let idle_from = Instant::now();
+            let e = conn.read(&mut buf).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(idle_from.elapsed(), Duration::from_secs(1));
+            assert!(start.elapsed() > Duration::from_secs(6));
         });
     }
 
