@@ -308,7 +308,7 @@ fn adopt(l: Listener) -> io::Result<AsyncListener> {
             s.set_nonblocking(true)?;
             AsyncListener::Tcp(register(s)?)
         }
-        Listener::Unix(s, _) => {
+        Listener::Unix(s, ..) => {
             s.set_nonblocking(true)?;
             AsyncListener::Unix(register(s)?)
         }
