@@ -467,3 +467,64 @@ fn after_a_binary_upgrade_the_new_master_removes_the_socket_file_it_took_over() 
         p.stderr()
     );
 }
+
+#[test]
+fn a_socket_file_passed_by_systemd_is_never_removed_even_after_a_binary_upgrade() {
+    let activate = ["/usr/bin", "/bin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join("systemd-socket-activate"))
+        .find(|p| p.exists())
+        .expect("systemd-socket-activate not found: install the Debian package `systemd` (.ci/run does)");
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("hyperfork");
+    std::fs::copy(hyperfork_bin(), &bin).unwrap();
+    let path = dir.path().join("sa.sock");
+    let mut cmd = command(&activate);
+    cmd.arg("-l")
+        .arg(&path)
+        .arg(&bin)
+        .args(["--workers", "1", "--graceful-timeout", "5s"]);
+    // systemd-socket-activate binds the path, then runs hyperfork in its place on the first
+    // connection.
+    let mut p = start_on(cmd, &path);
+    assert!(
+        p.wait_log("socket(s) passed by systemd", Duration::from_secs(10)),
+        "{}",
+        p.stderr()
+    );
+    p.signal(libc::SIGUSR2);
+    assert!(
+        p.wait_log(
+            "took over from the previous master",
+            Duration::from_secs(30)
+        ),
+        "{}",
+        p.stderr()
+    );
+    let new: i32 = p
+        .stderr()
+        .split("starting a new master from ")
+        .nth(1)
+        .and_then(|rest| rest.split("(pid ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the new master's pid in the log");
+    let _guard = PidGuard(new);
+    stop(&mut p);
+    assert!(
+        path.exists(),
+        "the old master removed systemd's socket file"
+    );
+    assert!(unix_get(&path).is_ok_and(|r| r.starts_with("HTTP/1.1 200")));
+    // SAFETY: kill(2) on the new master, which this test watched being started.
+    unsafe { libc::kill(new, libc::SIGTERM) };
+    assert!(
+        wait_until(Duration::from_secs(30), || !alive(new)),
+        "the new master did not exit"
+    );
+    assert!(
+        path.exists(),
+        "the new master removed systemd's socket file:\n{}",
+        p.stderr()
+    );
+}
