@@ -32,7 +32,7 @@ impl AsyncListener {
                 s.set_nonblocking(true)?;
                 AsyncListener::Tcp(register(s)?)
             }
-            Listener::Unix(s, _) => {
+            Listener::Unix(s, ..) => {
                 s.set_nonblocking(true)?;
                 AsyncListener::Unix(register(s)?)
             }

@@ -36,6 +36,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N", value_parser = positive_u32)]
     pub backlog: Option<u32>,
 
+    /// Mode of unix socket files, in octal: 660, 0660 or 0o660 (env HYPERFORK_SOCKET_MODE)
+    /// [default: 0660, or 0666 minus --umask when that is given]
+    #[arg(long, global = true, value_name = "MODE", value_parser = crate::listener::parse_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// The master's umask, in octal (e.g. 027): governs the pid file, the log file and, without
+    /// --socket-mode, the socket mode (env HYPERFORK_UMASK) [default: inherited]
+    #[arg(long, global = true, value_name = "MASK", value_parser = crate::listener::parse_mode)]
+    pub umask: Option<u32>,
+
     /// Number of workers; overrides the computed size (env UVICORN_WORKERS, WEB_CONCURRENCY)
     #[arg(long, short = 'w', global = true, value_name = "N", value_parser = positive_usize)]
     pub workers: Option<usize>,
@@ -265,6 +275,17 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn modes_are_octal() {
+        let cli =
+            Cli::try_parse_from(["hyperfork", "--socket-mode", "0o600", "--umask", "027"]).unwrap();
+        assert_eq!((cli.socket_mode, cli.umask), (Some(0o600), Some(0o027)));
+        let e = Cli::try_parse_from(["hyperfork", "--socket-mode", "9x9"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("9x9") && e.contains("--socket-mode"), "{e}");
     }
 
     #[test]

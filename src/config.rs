@@ -39,6 +39,9 @@ pub const DEFAULT_LIMIT_REQUEST_FIELDS: u64 = 100;
 pub const DEFAULT_LIMIT_REQUEST_HEADER_SIZE: u64 = 64 * 1024;
 /// The smallest header size limit hyper accepts, in bytes.
 pub const MIN_LIMIT_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
+/// Default mode of a unix socket file when neither `socket_mode` nor `umask` is set: owner and group
+/// may connect, others not (so a proxy in the socket's group can connect).
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +130,11 @@ pub struct Settings {
     pub timeout_keep_alive: Duration,
     /// Most requests a worker serves at once (beyond: 503).
     pub limit_concurrency: Option<usize>,
+    /// The exact mode of the unix socket files the master binds: `socket_mode`, else `0o666` minus
+    /// `umask`, else [`DEFAULT_SOCKET_MODE`].
+    pub socket_mode: u32,
+    /// The umask the master sets at start (inherited by workers); `None` keeps the inherited one.
+    pub umask: Option<u32>,
 }
 
 impl Settings {
@@ -180,6 +188,8 @@ struct FileConfig {
     limit_request_header_size: Option<toml::Spanned<SizeValue>>,
     timeout_keep_alive: Option<toml::Spanned<DurationValue>>,
     limit_concurrency: Option<toml::Spanned<Count>>,
+    socket_mode: Option<toml::Spanned<ModeValue>>,
+    umask: Option<toml::Spanned<ModeValue>>,
     jobs: Option<Vec<toml::Spanned<JobFile>>>,
 }
 
@@ -267,6 +277,69 @@ impl ScalarKind for Bytes {
 
 type DurationValue = Scalar<Seconds>;
 type SizeValue = Scalar<Bytes>;
+
+/// An octal mode in the TOML file, which must be a string: an unquoted `660` is a decimal integer in
+/// TOML, so integers are kept as an error asking to quote the value (reported with the key's line).
+#[derive(Debug)]
+struct ModeValue(Result<u32, String>);
+
+impl<'de> Deserialize<'de> for ModeValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ModeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an octal mode as a string such as \"0660\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ModeValue, E> {
+                Ok(ModeValue(Err(format!(
+                    "expected an octal mode as a quoted string such as \"0660\", got the integer {v}: \
+                     TOML reads an unquoted number as decimal (or 0o-octal), so quote it"
+                ))))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ModeValue, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModeValue, E> {
+                Ok(ModeValue(crate::listener::parse_mode(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An octal mode setting (`socket_mode`, `umask`): command line, environment, TOML key; `None` when no
+/// layer sets it.
+fn layered_mode(
+    cli: Option<u32>,
+    env: &dyn Env,
+    env_name: &'static str,
+    (path, text, key, file): (&Path, &str, &str, Option<&toml::Spanned<ModeValue>>),
+) -> Result<Option<u32>, ConfigError> {
+    if let Some(m) = cli {
+        return Ok(Some(m));
+    }
+    if let Some(m) = env_parse(
+        env,
+        env_name,
+        "an octal mode such as 660, 0660 or 0o660 (at most 0777)",
+        |s| crate::listener::parse_mode(s).ok(),
+    )? {
+        return Ok(Some(m));
+    }
+    match file {
+        Some(v) => match &v.get_ref().0 {
+            Ok(m) => Ok(Some(*m)),
+            Err(msg) => Err(file_error(
+                path,
+                text,
+                v.span(),
+                format!("key `{key}`: {msg}"),
+            )),
+        },
+        None => Ok(None),
+    }
+}
 
 impl<'de, K: ScalarKind> Deserialize<'de> for Scalar<K> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -984,6 +1057,23 @@ impl Settings {
                 MIN_LIMIT_REQUEST_HEADER_SIZE,
             ),
         )?;
+        let umask = layered_mode(
+            cli.umask,
+            env,
+            "HYPERFORK_UMASK",
+            (&path, &text, "umask", file.umask.as_ref()),
+        )?;
+        // Like gunicorn: without an explicit socket mode, the umask decides it.
+        let socket_mode = layered_mode(
+            cli.socket_mode,
+            env,
+            "HYPERFORK_SOCKET_MODE",
+            (&path, &text, "socket_mode", file.socket_mode.as_ref()),
+        )?
+        .unwrap_or(match umask {
+            Some(mask) => 0o666 & !mask,
+            None => DEFAULT_SOCKET_MODE,
+        });
 
         Ok(Settings {
             binds,
@@ -1009,6 +1099,8 @@ impl Settings {
             limit_request_header_size,
             timeout_keep_alive,
             limit_concurrency,
+            socket_mode,
+            umask,
         })
     }
 
@@ -1160,6 +1252,67 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}\n{body}"));
         assert_eq!(s.jobs.len(), 1);
         assert!(s.log_file.is_some() && s.pid_file.is_some());
+        assert!(
+            body.contains("socket_mode = ") && body.contains("umask = "),
+            "{body}"
+        );
+        assert_eq!(s.socket_mode, DEFAULT_SOCKET_MODE);
+        assert!(s.umask.is_some());
+    }
+
+    #[test]
+    fn socket_mode_and_umask_layer_and_default() {
+        let s = Settings::resolve(&cli(&[]), &env(&[])).unwrap();
+        assert_eq!((s.socket_mode, s.umask), (0o660, None));
+        // Without a socket mode, the umask decides it.
+        let s = Settings::resolve(&cli(&["--umask", "077"]), &env(&[])).unwrap();
+        assert_eq!((s.socket_mode, s.umask), (0o600, Some(0o077)));
+        let s = Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_UMASK", "0o027")])).unwrap();
+        assert_eq!((s.socket_mode, s.umask), (0o640, Some(0o027)));
+        // An explicit socket mode wins over the umask, from any layer.
+        let s = Settings::resolve(
+            &cli(&["--umask", "077"]),
+            &env(&[("HYPERFORK_SOCKET_MODE", "0666")]),
+        )
+        .unwrap();
+        assert_eq!(s.socket_mode, 0o666);
+        let f = toml_file("socket_mode = \"0600\"\numask = \"0002\"\n");
+        let path = f.path().to_str().unwrap();
+        let s = Settings::resolve(&cli(&["--config", path]), &env(&[])).unwrap();
+        assert_eq!((s.socket_mode, s.umask), (0o600, Some(0o002)));
+        let s = Settings::resolve(
+            &cli(&["--config", path, "--socket-mode", "660"]),
+            &env(&[("HYPERFORK_UMASK", "077")]),
+        )
+        .unwrap();
+        assert_eq!((s.socket_mode, s.umask), (0o660, Some(0o077)));
+        let e = Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_SOCKET_MODE", "rw")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("HYPERFORK_SOCKET_MODE") && e.contains("\"rw\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_toml_integer_mode_must_be_quoted() {
+        let e = file_error_of("workers = 2\nsocket_mode = 660\n");
+        assert!(
+            e.contains(":2:")
+                && e.contains("socket_mode")
+                && e.contains("660")
+                && e.contains("quote"),
+            "{e}"
+        );
+        let e = file_error_of("umask = 0o027\n");
+        assert!(
+            e.contains(":1:") && e.contains("umask") && e.contains("quote"),
+            "{e}"
+        );
+        let e = file_error_of("socket_mode = \"0999\"\n");
+        assert!(e.contains(":1:") && e.contains("\"0999\""), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

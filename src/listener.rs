@@ -4,12 +4,18 @@
 //! Sockets are created with `SO_REUSEADDR` (so a restart does not wait out `TIME_WAIT`), put in listening
 //! state with the configured backlog, and made non-blocking so a worker's tokio runtime can adopt them.
 //! All workers accept from the same kernel queue.
+//!
+//! A unix socket file gets exactly the configured mode (`--socket-mode`, 0660 by default): it is bound
+//! while the umask is 0o177, so it is never more open than owner-only, then `chmod`ed. Its identity
+//! (device and inode of the path right after binding) is recorded, and on exit the master removes the
+//! path only if it still names that same socket file ([`remove_unix_files`]): a file someone else put
+//! there since is left alone. Sockets passed by systemd have no recorded identity and are never removed.
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -70,13 +76,88 @@ impl fmt::Display for BindSpec {
     }
 }
 
+/// The umask in force while a unix socket is bound: the file is created owner-only (0600), then
+/// `chmod`ed to the configured mode, so it is never more open than asked for.
+const BIND_UMASK: u32 = 0o177;
+
+/// Parses a file mode or umask written in octal: `660`, `0660` or `0o660`, at most `0777`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t
+        .strip_prefix("0o")
+        .or_else(|| t.strip_prefix("0O"))
+        .unwrap_or(t);
+    let bad =
+        || format!("expected an octal mode such as 660, 0660 or 0o660 (at most 0777), got {s:?}");
+    // `from_str_radix` alone would also take a sign.
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad());
+    }
+    match u32::from_str_radix(digits, 8) {
+        Ok(n) if n <= 0o777 => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+/// Where a unix socket file is on disk: its device and inode, read from the path right after binding.
+///
+/// The master removes a socket's path on exit only if the path still has this identity and is a
+/// socket, so a file that another server (or anyone) put in its place is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// `st_dev` of the path.
+    pub dev: u64,
+    /// `st_ino` of the path.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of the socket file now at `path` (not following a symbolic link); an error if
+    /// the path is missing or is not a socket.
+    pub fn of_socket(path: &Path) -> io::Result<FileId> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the path is not a socket",
+            ));
+        }
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether `path` is still this socket file: a socket with the same device and inode.
+    pub fn is_at(self, path: &Path) -> bool {
+        FileId::of_socket(path).is_ok_and(|now| now == self)
+    }
+
+    /// Parses the form [`fmt::Display`] writes, `DEV:INO`.
+    pub fn parse(s: &str) -> Option<FileId> {
+        let (dev, ino) = s.trim().split_once(':')?;
+        Some(FileId {
+            dev: dev.parse().ok()?,
+            ino: ino.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
 /// A bound, listening, non-blocking socket.
 #[derive(Debug)]
 pub enum Listener {
     /// A TCP socket.
     Tcp(TcpListener),
-    /// A unix domain socket and its path (removed by the master on exit).
-    Unix(UnixListener, PathBuf),
+    /// A unix domain socket, its path, and the identity of the socket file when this process (or the
+    /// master it took over from) created it: only such a file is removed on exit, and only if the path
+    /// still names it. `None` for a socket whose file belongs to someone else (systemd).
+    Unix(UnixListener, PathBuf, Option<FileId>),
 }
 
 impl Listener {
@@ -87,7 +168,7 @@ impl Listener {
                 Ok(a) => a.to_string(),
                 Err(_) => "tcp socket".into(),
             },
-            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Unix(_, p, _) => format!("unix:{}", p.display()),
         }
     }
 
@@ -95,7 +176,7 @@ impl Listener {
     /// `spec` asks for port 0) and, when `spec`'s host is an IP address, the same address.
     pub fn serves(&self, spec: &BindSpec) -> bool {
         match (self, spec) {
-            (Listener::Unix(_, p), BindSpec::Unix(q)) => p == q,
+            (Listener::Unix(_, p, _), BindSpec::Unix(q)) => p == q,
             (Listener::Tcp(t), BindSpec::Tcp { host, port }) => t.local_addr().is_ok_and(|a| {
                 (*port == 0 || a.port() == *port)
                     && host
@@ -108,6 +189,9 @@ impl Listener {
 
     /// Takes ownership of an inherited listening socket (from systemd or from the master that started
     /// this one), makes it close-on-exec and non-blocking. `what` names it in errors.
+    ///
+    /// A unix socket adopted here has no [`FileId`], so its file is never removed; a new master of a
+    /// binary upgrade sets the identity its predecessor recorded with [`Listener::set_file_id`].
     ///
     /// # Safety
     ///
@@ -130,7 +214,7 @@ impl Listener {
         let addr = socket.local_addr().map_err(err)?;
         if let Some(path) = addr.as_pathname() {
             let path = path.to_path_buf();
-            Ok(Listener::Unix(socket.into(), path))
+            Ok(Listener::Unix(socket.into(), path, None))
         } else if addr.as_socket().is_some() {
             Ok(Listener::Tcp(socket.into()))
         } else {
@@ -145,8 +229,25 @@ impl Listener {
     pub fn try_clone(&self) -> io::Result<Listener> {
         Ok(match self {
             Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
-            Listener::Unix(l, p) => Listener::Unix(l.try_clone()?, p.clone()),
+            Listener::Unix(l, p, id) => Listener::Unix(l.try_clone()?, p.clone(), *id),
         })
+    }
+
+    /// The identity of the socket file this process is responsible for removing; `None` for TCP and
+    /// for a unix socket whose file is someone else's.
+    pub fn file_id(&self) -> Option<FileId> {
+        match self {
+            Listener::Unix(_, _, id) => *id,
+            Listener::Tcp(_) => None,
+        }
+    }
+
+    /// Records the identity of a unix socket's file (a binary upgrade's new master takes over the
+    /// files of the sockets it inherited). Does nothing for TCP.
+    pub fn set_file_id(&mut self, file: Option<FileId>) {
+        if let Listener::Unix(_, _, id) = self {
+            *id = file;
+        }
     }
 }
 
@@ -154,7 +255,7 @@ impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
-            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Unix(l, _, _) => l.as_raw_fd(),
         }
     }
 }
@@ -165,13 +266,14 @@ pub fn reuse_or_bind(
     specs: &[BindSpec],
     mut inherited: Vec<Listener>,
     backlog: u32,
+    socket_mode: u32,
 ) -> Result<Vec<Listener>, StartError> {
     let mut out = Vec::new();
     for spec in specs {
         match inherited.iter().position(|l| l.serves(spec)) {
             Some(i) => out.push(inherited.remove(i)),
             None => {
-                let fresh = bind_all(std::slice::from_ref(spec), backlog)?;
+                let fresh = bind_all(std::slice::from_ref(spec), backlog, socket_mode)?;
                 tracing::info!("binary upgrade: {spec} is a new address");
                 out.extend(fresh);
             }
@@ -186,8 +288,13 @@ pub fn reuse_or_bind(
     Ok(out)
 }
 
-/// Binds every address, in order. Fails on the first address that cannot be bound.
-pub fn bind_all(specs: &[BindSpec], backlog: u32) -> Result<Vec<Listener>, StartError> {
+/// Binds every address, in order; unix socket files get exactly `socket_mode`. Fails on the first
+/// address that cannot be bound.
+pub fn bind_all(
+    specs: &[BindSpec],
+    backlog: u32,
+    socket_mode: u32,
+) -> Result<Vec<Listener>, StartError> {
     let mut out = Vec::new();
     for spec in specs {
         match spec {
@@ -201,17 +308,31 @@ pub fn bind_all(specs: &[BindSpec], backlog: u32) -> Result<Vec<Listener>, Start
                     )?));
                 }
             }
-            BindSpec::Unix(path) => out.push(bind_unix(path, backlog)?),
+            BindSpec::Unix(path) => out.push(bind_unix(path, backlog, socket_mode)?),
         }
     }
     Ok(out)
 }
 
 /// Removes the socket files of unix listeners; the master calls this on exit.
+///
+/// A path is removed only if it still names the socket file that was bound there (same device and
+/// inode, and a socket): a file another server or a person put in its place since is left alone, and
+/// so is the file of a socket passed by systemd (no recorded identity).
 pub fn remove_unix_files(listeners: &[Listener]) {
     for l in listeners {
-        if let Listener::Unix(_, path) = l {
+        let Listener::Unix(_, path, Some(id)) = l else {
+            continue;
+        };
+        // Between this check and the unlink the path could still be swapped; the window is a few
+        // microseconds at exit, and there is no unlink-if-inode call to close it.
+        if id.is_at(path) {
             let _ = std::fs::remove_file(path);
+        } else if std::fs::symlink_metadata(path).is_ok() {
+            tracing::info!(
+                "not removing {}: it is no longer the socket file this master created",
+                path.display()
+            );
         }
     }
 }
@@ -262,7 +383,24 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-fn bind_unix(path: &Path, backlog: u32) -> Result<Listener, StartError> {
+/// Sets the process umask for its lifetime and restores the previous one when dropped.
+struct UmaskGuard(nix::sys::stat::Mode);
+
+impl UmaskGuard {
+    fn set(mask: u32) -> UmaskGuard {
+        UmaskGuard(nix::sys::stat::umask(
+            nix::sys::stat::Mode::from_bits_truncate(mask),
+        ))
+    }
+}
+
+impl Drop for UmaskGuard {
+    fn drop(&mut self) {
+        nix::sys::stat::umask(self.0);
+    }
+}
+
+fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, StartError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -298,15 +436,34 @@ fn bind_unix(path: &Path, backlog: u32) -> Result<Listener, StartError> {
     };
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
     let addr = SockAddr::unix(path).map_err(err)?;
-    socket.bind(&addr).map_err(err)?;
+    let id = {
+        // bind(2) creates the file with mode 0777 minus the umask. The umask is the process's, so this
+        // relies on the master being single-threaded (it is; a library user's extra threads are
+        // warned about at start): under 0o177 the file is born 0600, and only the chmod below opens
+        // it up, so it is never more open than the configured mode. The guard restores the umask on
+        // every path out of this block.
+        let _umask = UmaskGuard::set(BIND_UMASK);
+        socket.bind(&addr).map_err(err)?;
+        // The identity of the path as bound (a stat of the path: fstat of the socket would describe
+        // the socket's own inode, not the file).
+        let id = FileId::of_socket(path).map_err(err)?;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            if id.is_at(path) {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err(e));
+        }
+        id
+    };
     socket.listen(backlog_i32(backlog)).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
-    Ok(Listener::Unix(socket.into(), path.to_path_buf()))
+    Ok(Listener::Unix(socket.into(), path.to_path_buf(), Some(id)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_SOCKET_MODE;
 
     #[test]
     fn parses_bind_forms() {
@@ -350,19 +507,26 @@ mod tests {
                 port: 0,
             }],
             16,
+            DEFAULT_SOCKET_MODE,
         )
         .unwrap();
         let taken = first[0].describe();
         let spec = BindSpec::parse(&taken).unwrap();
-        let err = bind_all(&[spec], 16).unwrap_err().to_string();
+        let err = bind_all(&[spec], 16, DEFAULT_SOCKET_MODE)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&taken), "{err}");
     }
 
     #[test]
     fn unix_socket_in_missing_dir() {
-        let err = bind_all(&[BindSpec::Unix("/nonexistent-dir/x.sock".into())], 16)
-            .unwrap_err()
-            .to_string();
+        let err = bind_all(
+            &[BindSpec::Unix("/nonexistent-dir/x.sock".into())],
+            16,
+            DEFAULT_SOCKET_MODE,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/nonexistent-dir"), "{err}");
     }
 
@@ -370,10 +534,139 @@ mod tests {
     fn stale_unix_socket_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let first = bind_all(&[BindSpec::Unix(path.clone())], 16).unwrap();
-        let again = bind_all(&[BindSpec::Unix(path.clone())], 16);
+        let first = bind_all(&[BindSpec::Unix(path.clone())], 16, DEFAULT_SOCKET_MODE).unwrap();
+        let again = bind_all(&[BindSpec::Unix(path.clone())], 16, DEFAULT_SOCKET_MODE);
         assert!(again.is_err(), "a live socket must not be taken over");
         drop(first);
-        assert!(bind_all(&[BindSpec::Unix(path)], 16).is_ok());
+        assert!(bind_all(&[BindSpec::Unix(path)], 16, DEFAULT_SOCKET_MODE).is_ok());
+    }
+
+    #[test]
+    fn modes_parse_in_octal_only() {
+        for (s, n) in [
+            ("660", 0o660),
+            ("0660", 0o660),
+            ("0o660", 0o660),
+            ("0O600", 0o600),
+            (" 777 ", 0o777),
+            ("0", 0),
+            ("077", 0o077),
+            ("00777", 0o777),
+        ] {
+            assert_eq!(parse_mode(s), Ok(n), "{s}");
+        }
+        for bad in [
+            "",
+            "0o",
+            "9x9",
+            "8",
+            "1000",
+            "0o1000",
+            "+660",
+            "-1",
+            "0x1ff",
+            "rw-rw----",
+            "66 0",
+            "4294967296",
+        ] {
+            let e = parse_mode(bad).unwrap_err();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains("0660"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn a_unix_socket_gets_exactly_the_configured_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o660, 0o600, 0o666, 0o640] {
+            let path = dir.path().join(format!("{mode:o}.sock"));
+            let l = bind_all(&[BindSpec::Unix(path.clone())], 16, mode).unwrap();
+            assert_eq!(mode_of(&path), mode, "{mode:o}");
+            assert_eq!(l[0].file_id(), Some(FileId::of_socket(&path).unwrap()));
+        }
+    }
+
+    #[test]
+    fn file_ids_round_trip_and_reject_junk() {
+        let id = FileId { dev: 2049, ino: 77 };
+        assert_eq!(FileId::parse(&id.to_string()), Some(id));
+        for bad in ["", "1", "1:", ":2", "a:b", "1:2:3", "-1:2"] {
+            assert_eq!(FileId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_socket_file_we_bound_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let spec = [BindSpec::Unix(path.clone())];
+
+        // Our own socket, untouched: removed.
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let id = ours[0].file_id().unwrap();
+        assert!(id.is_at(&path));
+        remove_unix_files(&ours);
+        assert!(!path.exists(), "our own socket file was left behind");
+        assert!(!id.is_at(&path));
+        drop(ours);
+
+        // Replaced by another live socket (renamed over ours): left alone.
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let other_path = dir.path().join("other.sock");
+        let other = UnixListener::bind(&other_path).unwrap();
+        std::fs::rename(&other_path, &path).unwrap();
+        assert!(!ours[0].file_id().unwrap().is_at(&path));
+        remove_unix_files(&ours);
+        assert!(
+            UnixStream::connect(&path).is_ok(),
+            "the other socket was removed"
+        );
+        drop((ours, other));
+        std::fs::remove_file(&path).unwrap();
+
+        // Replaced by a regular file: left alone.
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let id = ours[0].file_id().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "not a socket").unwrap();
+        assert!(!id.is_at(&path));
+        remove_unix_files(&ours);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+
+        // A different identity on the same path (another inode): left alone.
+        std::fs::remove_file(&path).unwrap();
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let stranger = FileId {
+            dev: id.dev,
+            ino: ours[0].file_id().unwrap().ino ^ 1,
+        };
+        assert!(!stranger.is_at(&path));
+    }
+
+    #[test]
+    fn an_adopted_socket_file_is_never_removed_unless_given_its_identity() {
+        use std::os::fd::IntoRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let bound = UnixListener::bind(&path).unwrap();
+        let fd = bound.try_clone().unwrap().into_raw_fd();
+        // SAFETY: `fd` is a fresh duplicate that nothing else owns.
+        let mut adopted = unsafe { Listener::adopt(fd, "test socket") }.unwrap();
+        assert_eq!(adopted.file_id(), None);
+        remove_unix_files(std::slice::from_ref(&adopted));
+        assert!(path.exists(), "a socket passed in (systemd) was removed");
+        adopted.set_file_id(Some(FileId::of_socket(&path).unwrap()));
+        remove_unix_files(std::slice::from_ref(&adopted));
+        assert!(!path.exists());
     }
 }

@@ -1,6 +1,8 @@
 //! The master's pid file: written atomically (a temporary file renamed into place), removed on exit.
+//! Its mode is 0666 minus the umask, as for any file the master creates (see `--umask`).
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::StartError;
@@ -25,7 +27,12 @@ impl PidFile {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(err)?;
+        // Created 0666 minus the umask (0644 under the usual 022, the master's --umask when given),
+        // like any file the master creates; a bare temporary file would be 0600 whatever the umask.
+        let mut tmp = tempfile::Builder::new()
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(&dir)
+            .map_err(err)?;
         writeln!(tmp, "{pid}").map_err(err)?;
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(path).map_err(|e| err(e.error))?;

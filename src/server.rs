@@ -258,6 +258,13 @@ impl Server {
         let log_level = settings.log_level;
         let log_file = settings.log_file.clone();
         let accept = settings.accept;
+        let umask = settings.umask;
+        // gunicorn's --umask: set before the master creates any file (the log file just below, the
+        // pid file, and the sockets' mode when --socket-mode is not given), and inherited by the
+        // workers. The master is single-threaded here. Without it the inherited umask stays.
+        if let Some(mask) = umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+        }
         if let Err(e) = logging::init(log_level, log_file.as_deref()) {
             return fail(EXIT_RUNTIME, &e);
         }
@@ -285,7 +292,12 @@ impl Server {
                 let listeners = if i.activated {
                     i.listeners
                 } else {
-                    match listener::reuse_or_bind(&specs, i.listeners, settings.backlog) {
+                    match listener::reuse_or_bind(
+                        &specs,
+                        i.listeners,
+                        settings.backlog,
+                        settings.socket_mode,
+                    ) {
                         Ok(l) => l,
                         Err(e) => return fail(EXIT_RUNTIME, &e),
                     }
@@ -297,10 +309,12 @@ impl Server {
                     tracing::info!("using {} socket(s) passed by systemd", l.len());
                     (l, true, None)
                 }
-                Ok(None) => match listener::bind_all(&specs, settings.backlog) {
-                    Ok(l) => (l, false, None),
-                    Err(e) => return fail(EXIT_RUNTIME, &e),
-                },
+                Ok(None) => {
+                    match listener::bind_all(&specs, settings.backlog, settings.socket_mode) {
+                        Ok(l) => (l, false, None),
+                        Err(e) => return fail(EXIT_RUNTIME, &e),
+                    }
+                }
                 Err(e) => return fail(EXIT_RUNTIME, &e),
             },
         };
@@ -333,6 +347,12 @@ impl Server {
                      keeping the current one"
                 );
             }
+            if settings.umask != umask {
+                tracing::warn!(
+                    "reload: a umask change needs a restart (or a binary upgrade); keeping the \
+                     current one"
+                );
+            }
             if settings.log_file != log_file {
                 tracing::warn!(
                     "reload: a log file change needs a restart (or a binary upgrade); keeping the \
@@ -356,6 +376,7 @@ impl Server {
             health: settings.health(),
             binds: specs,
             backlog: settings.backlog,
+            socket_mode: settings.socket_mode,
             listeners,
             app: &app,
             jobs,

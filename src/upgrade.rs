@@ -6,7 +6,9 @@
 //! 1. The old master runs the executable path it recorded at start (the file on disk, so a binary
 //!    replaced since then is the one that runs — not `/proc/self/exe`, which is the old inode) with
 //!    its original arguments. The child inherits the listening sockets and one end of a socket pair,
-//!    named by [`LISTENERS_VAR`] and [`CHANNEL_VAR`]; the new master removes both variables at once.
+//!    named by [`LISTENERS_VAR`] and [`CHANNEL_VAR`], and the identity of each unix socket file the
+//!    old master would remove on exit ([`SOCKET_FILES_VAR`]); the new master removes the variables at
+//!    once.
 //! 2. The new master reads its configuration as any master does, reuses each inherited socket that
 //!    still matches an address it should listen on (binding the others), and boots its pool. Its
 //!    workers accept from the same sockets as the old ones, so requests keep being answered.
@@ -36,7 +38,7 @@ use nix::unistd::Pid;
 
 use crate::control::Order;
 use crate::error::StartError;
-use crate::listener::Listener;
+use crate::listener::{FileId, Listener};
 
 /// Names the inherited listening descriptors, comma-separated.
 pub const LISTENERS_VAR: &str = "HYPERFORK_UPGRADE_LISTENERS";
@@ -44,6 +46,16 @@ pub const LISTENERS_VAR: &str = "HYPERFORK_UPGRADE_LISTENERS";
 pub const CHANNEL_VAR: &str = "HYPERFORK_UPGRADE_CHANNEL";
 /// `1` when the inherited sockets came from systemd socket activation.
 pub const ACTIVATED_VAR: &str = "HYPERFORK_UPGRADE_ACTIVATED";
+/// For each descriptor of [`LISTENERS_VAR`], in the same order and comma-separated: `DEV:INO`, the
+/// identity of the unix socket file the old master bound (see [`crate::listener::FileId`]), or `-`
+/// (a TCP socket, or a file that is not ours to remove, such as systemd's).
+///
+/// The identity travels from the old master rather than being read again by the new one: a `stat` of
+/// the path at adoption would record whatever is at the path by then, and if another server had
+/// replaced the file in the meantime, the new master would later delete that server's socket. Passing
+/// the identity recorded right after `bind` keeps the rule "remove only the file we created" across
+/// any number of upgrades.
+pub const SOCKET_FILES_VAR: &str = "HYPERFORK_UPGRADE_SOCKET_FILES";
 /// How long the old master waits for the new master's workers to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -189,6 +201,14 @@ pub fn spawn(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    let files = listeners
+        .iter()
+        .map(|l| {
+            l.file_id()
+                .map_or_else(|| "-".to_string(), |id| id.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     inherit.push(theirs.as_raw_fd());
     let mut cmd = std::process::Command::new(&program.exe);
     if let Some((arg0, rest)) = program.args.split_first() {
@@ -197,6 +217,7 @@ pub fn spawn(
     cmd.env(LISTENERS_VAR, fds)
         .env(CHANNEL_VAR, theirs.as_raw_fd().to_string())
         .env(ACTIVATED_VAR, if activated { "1" } else { "0" })
+        .env(SOCKET_FILES_VAR, files)
         // The watchdog belongs to whichever master is main; without WATCHDOG_PID it applies to the
         // new master's own pid.
         .env_remove("WATCHDOG_PID");
@@ -315,9 +336,10 @@ pub fn inherited() -> Result<Option<Inherited>, StartError> {
     let listeners = std::env::var(LISTENERS_VAR).ok();
     let channel = std::env::var(CHANNEL_VAR).ok();
     let activated = std::env::var(ACTIVATED_VAR).is_ok_and(|v| v == "1");
+    let files = std::env::var(SOCKET_FILES_VAR).ok();
     // SAFETY: the master is single-threaded here; nothing reads the environment concurrently.
     unsafe {
-        for v in [LISTENERS_VAR, CHANNEL_VAR, ACTIVATED_VAR] {
+        for v in [LISTENERS_VAR, CHANNEL_VAR, ACTIVATED_VAR, SOCKET_FILES_VAR] {
             std::env::remove_var(v);
         }
     }
@@ -343,11 +365,19 @@ pub fn inherited() -> Result<Option<Inherited>, StartError> {
     if fds.contains(&channel_fd) || fds.iter().any(|&fd| fd < 3) || channel_fd < 3 {
         return Err(bad(LISTENERS_VAR, &listeners));
     }
+    // A previous master of an older version does not send the identities: then no inherited socket
+    // file is removed by this master (a stale socket left behind is replaced by the next start).
+    let ids = match &files {
+        Some(v) => parse_socket_files(v, fds.len()).ok_or_else(|| bad(SOCKET_FILES_VAR, v))?,
+        None => vec![None; fds.len()],
+    };
     let mut out = Vec::new();
-    for fd in fds {
+    for (fd, id) in fds.into_iter().zip(ids) {
         // SAFETY: the previous master cleared close-on-exec on exactly these descriptors for us;
         // nothing else in this process knows them.
-        out.push(unsafe { Listener::adopt(fd, &format!("inherited socket (fd {fd})"))? });
+        let mut l = unsafe { Listener::adopt(fd, &format!("inherited socket (fd {fd})"))? };
+        l.set_file_id(id);
+        out.push(l);
     }
     // SAFETY: as above, for the channel's descriptor.
     if unsafe { libc::fcntl(channel_fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
@@ -369,9 +399,37 @@ pub fn inherited() -> Result<Option<Inherited>, StartError> {
     }))
 }
 
+/// Parses [`SOCKET_FILES_VAR`]: exactly `n` entries, each `DEV:INO` or `-`.
+fn parse_socket_files(value: &str, n: usize) -> Option<Vec<Option<FileId>>> {
+    let ids = value
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.trim() {
+            "-" => Some(None),
+            id => FileId::parse(id).map(Some),
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (ids.len() == n).then_some(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_file_identities_parse() {
+        let id = FileId {
+            dev: 64769,
+            ino: 12,
+        };
+        assert_eq!(
+            parse_socket_files("-,64769:12", 2),
+            Some(vec![None, Some(id)])
+        );
+        assert_eq!(parse_socket_files("", 0), Some(vec![]));
+        assert_eq!(parse_socket_files("-", 2), None);
+        assert_eq!(parse_socket_files("-,x:1", 2), None);
+    }
 
     #[test]
     fn the_channel_carries_the_protocol_both_ways() {

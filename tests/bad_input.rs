@@ -181,6 +181,32 @@ fn unix_socket_in_a_missing_directory() {
 }
 
 #[test]
+fn bad_socket_mode_and_umask() {
+    let out = run(&["--socket-mode", "9x9"], &[]);
+    assert_one_line_error(&out, 2, &["--socket-mode", "9x9", "octal", "0660"]);
+    let out = run(&["--umask", "1000"], &[]);
+    assert_one_line_error(&out, 2, &["--umask", "1000", "at most 0777"]);
+    let out = run(&["--port", "0"], &[("HYPERFORK_SOCKET_MODE", "u+rw")]);
+    assert_one_line_error(&out, 2, &["HYPERFORK_SOCKET_MODE", "u+rw", "octal"]);
+    let out = run(&["--port", "0"], &[("HYPERFORK_UMASK", "0x1f")]);
+    assert_one_line_error(&out, 2, &["HYPERFORK_UMASK", "0x1f", "octal"]);
+}
+
+#[test]
+fn toml_socket_mode_must_be_a_quoted_octal_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let p = path.to_str().unwrap();
+    // TOML reads an unquoted 660 as decimal 660 (0o1224): refused, with the fix.
+    std::fs::write(&path, "workers = 1\nsocket_mode = 660\n").unwrap();
+    let out = run(&["--config", p], &[]);
+    assert_one_line_error(&out, 2, &[p, ":2:", "socket_mode", "660", "quote"]);
+    std::fs::write(&path, "umask = \"9x9\"\n").unwrap();
+    let out = run(&["--config", p], &[]);
+    assert_one_line_error(&out, 2, &[p, ":1:", "umask", "\"9x9\"", "0660"]);
+}
+
+#[test]
 fn malformed_bind_address() {
     let out = run(&["--bind", "localhost"], &[]);
     assert_one_line_error(&out, 2, &["\"localhost\"", "--bind", "HOST:PORT"]);

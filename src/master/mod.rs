@@ -69,6 +69,8 @@ pub(crate) struct MasterArgs<'a> {
     pub health: crate::health::Health,
     pub binds: Vec<crate::listener::BindSpec>,
     pub backlog: u32,
+    /// The mode of unix socket files bound from now on (a reload may bind new addresses).
+    pub socket_mode: u32,
     pub listeners: Vec<Listener>,
     pub app: &'a AppFactory,
     pub jobs: Vec<Job>,

@@ -64,7 +64,11 @@ impl Master<'_> {
                 .filter(|s| !self.args.binds.contains(s))
                 .cloned()
                 .collect();
-            let fresh = match crate::listener::bind_all(&added, new.settings.backlog) {
+            let fresh = match crate::listener::bind_all(
+                &added,
+                new.settings.backlog,
+                new.settings.socket_mode,
+            ) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!("reload rejected, the current workers keep serving: {e}");
@@ -96,6 +100,13 @@ impl Master<'_> {
         if new.settings.backlog != self.args.backlog {
             changes.push("backlog changes apply to new sockets only".to_string());
             self.args.backlog = new.settings.backlog;
+        }
+        if new.settings.socket_mode != self.args.socket_mode {
+            changes.push(format!(
+                "socket mode {:04o} -> {:04o}, for new unix sockets only",
+                self.args.socket_mode, new.settings.socket_mode
+            ));
+            self.args.socket_mode = new.settings.socket_mode;
         }
         if new.plan.workers != self.pool.size() {
             changes.push(format!(

@@ -54,6 +54,8 @@ pub fn command(bin: &PathBuf) -> Command {
         "HYPERFORK_THREADS",
         "HYPERFORK_GRACEFUL_TIMEOUT",
         "HYPERFORK_FAULT",
+        "HYPERFORK_SOCKET_MODE",
+        "HYPERFORK_UMASK",
         "RUST_LOG",
     ] {
         c.env_remove(var);
