@@ -418,11 +418,23 @@ fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, StartErro
                 reason: "the path exists and is not a socket",
             });
         }
-        if UnixStream::connect(path).is_ok() {
-            return Err(StartError::UnixPathTaken {
-                path: path.to_path_buf(),
-                reason: "another server is listening on it",
-            });
+        // Only a refused connection proves nobody listens: a live server of another user answers
+        // EACCES, and one with a full backlog EAGAIN; neither socket may be deleted.
+        match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(StartError::UnixPathTaken {
+                    path: path.to_path_buf(),
+                    reason: "another server is listening on it",
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(_) => {
+                return Err(StartError::UnixPathTaken {
+                    path: path.to_path_buf(),
+                    reason: "a socket is there, and connecting to it to see whether a server listens \
+                             failed with an error other than 'connection refused'",
+                });
+            }
         }
         // A socket nobody listens on: left behind by a previous run.
         std::fs::remove_file(path).map_err(|source| StartError::Bind {
