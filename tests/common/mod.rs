@@ -124,11 +124,20 @@ impl Proc {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Waits (bounded) until `GET /` answers 200.
+    /// Waits (bounded) until `GET /` answers 200, then until the master logs its first full pool (the
+    /// first worker may answer before the master has forked the last), unless a worker fails to boot
+    /// or the log goes elsewhere than stderr.
     pub fn wait_serving(&mut self) {
         let port = self.port;
         let ok = wait_until(Duration::from_secs(20), || {
             get(port, "/").map(|r| r.status == 200).unwrap_or(false)
+        });
+        wait_until(Duration::from_secs(20), || {
+            let log = self.stderr();
+            log.contains(" workers ready")
+                || log.contains("has every worker ready")
+                || log.contains("failed to boot")
+                || !log.contains("[master pid")
         });
         if !ok {
             panic!(
