@@ -34,8 +34,8 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::service::Service;
 use hyper::{Request, Response};
+use hyperfork::BuiltinApp;
 use hyperfork::Worker;
-use hyperfork::app::BuiltinApp;
 
 /// Memory `/alloc` keeps.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());

@@ -4,6 +4,6 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     hyperfork::Server::from_env_and_args()
-        .hyper_app(hyperfork::app::BuiltinApp::new)
+        .hyper_app(hyperfork::BuiltinApp::new)
         .run()
 }

@@ -4,10 +4,8 @@
 //! as the `hyperfork` binary. The app factory runs in each worker, after `fork`, inside the worker's
 //! tokio runtime; it receives the worker's [`Worker`] identity (slot, pid).
 
-use std::error::Error as StdError;
 use std::ffi::OsString;
 use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -15,18 +13,18 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::service::TowerToHyperService;
 
-use crate::cli::{Cli, Command};
+use crate::app::{AppFactory, BoxError, Runner, Worker};
+use crate::config::cli::{Cli, Command};
+use crate::config::cores;
+use crate::config::sizing::Plan;
 use crate::config::{ProcessEnv, Settings};
-use crate::cores;
 use crate::error::ConfigError;
+use crate::jobs::schedule::Schedule;
 use crate::jobs::{Job, JobContext, JobResult};
-use crate::listener::{self, Listener};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome, Reloaded};
-use crate::schedule::Schedule;
-use crate::serve::{self, BoxError, HttpService, ResponseBody, ServeControl};
-use crate::sizing::Plan;
-use crate::worker::Worker;
+use crate::shared::listener::{self, Listener};
+use crate::worker::serve::{self, HttpService, ResponseBody};
 
 /// Exit status for a clean shutdown.
 pub const EXIT_OK: u8 = 0;
@@ -36,10 +34,6 @@ pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when every worker failed to boot.
 pub const EXIT_BOOT: u8 = 3;
-
-pub(crate) type ServeFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>>>>;
-pub(crate) type Runner = Box<dyn FnOnce(Vec<Listener>, ServeControl) -> ServeFuture>;
-pub(crate) type AppFactory = Box<dyn Fn(&Worker) -> Result<Runner, BoxError>>;
 
 /// A pre-fork server: settings plus an app factory.
 ///
@@ -214,11 +208,11 @@ impl Server {
     /// 3 when every worker failed to boot.
     pub fn run(self) -> ExitCode {
         // Recorded first: a binary upgrade runs the executable from this path.
-        let exe = crate::upgrade::Program::current();
+        let exe = crate::master::upgrade::Program::current();
         // Titles rewrite the arguments' memory; only safe while this is the only thread.
         let threads = thread_count();
         if threads == 1 {
-            crate::proctitle::init();
+            crate::shared::proctitle::init();
         }
         let program = self.program.clone();
         let fail = |code: u8, msg: &dyn std::fmt::Display| {
@@ -279,7 +273,7 @@ impl Server {
             );
         }
         let specs: Vec<_> = settings.binds.iter().map(|b| b.value.clone()).collect();
-        let inherited = match crate::upgrade::inherited() {
+        let inherited = match crate::master::upgrade::inherited() {
             Ok(i) => i,
             Err(e) => return fail(EXIT_RUNTIME, &e),
         };
@@ -304,7 +298,7 @@ impl Server {
                 };
                 (listeners, i.activated, Some(i.channel))
             }
-            None => match crate::systemd::activated_listeners() {
+            None => match crate::master::systemd::activated_listeners() {
                 Ok(Some(l)) => {
                     tracing::info!("using {} socket(s) passed by systemd", l.len());
                     (l, true, None)
@@ -455,9 +449,6 @@ fn thread_count() -> usize {
         })
         .unwrap_or(1)
 }
-
-/// An error a boxed app factory can return; public for signatures in user code.
-pub type AppError = Box<dyn StdError + Send + Sync>;
 
 #[cfg(test)]
 mod tests {

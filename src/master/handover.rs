@@ -1,12 +1,12 @@
 //! The master's side of a binary upgrade (`SIGUSR2`), in both roles: the old master starting its
-//! successor and handing over, and the new master taking over. The protocol is in [`crate::upgrade`].
+//! successor and handing over, and the new master taking over. The protocol is in [`crate::master::upgrade`].
 
 use std::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 
 use super::{Master, State};
-use crate::upgrade::{self, Said, Step};
+use crate::master::upgrade::{self, Said, Step};
 
 impl Master<'_> {
     /// Whether a binary upgrade is under way, in either role.
@@ -182,7 +182,7 @@ impl Master<'_> {
         self.notifier.set_muted(false);
         self.owns_files = !self.args.activated;
         if let Some(path) = self.args.pid_file.as_deref() {
-            match crate::pidfile::PidFile::create(path) {
+            match crate::master::pidfile::PidFile::create(path) {
                 Ok(f) => self.pid_file = Some(f),
                 Err(e) => tracing::error!("{e}"),
             }

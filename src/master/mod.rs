@@ -10,11 +10,17 @@
 //! not validate, or a socket that cannot be bound, leaves the old pool serving. `SIGTTIN` / `SIGTTOU`
 //! add or gracefully remove the highest slot. Stopped workers drain for at most the graceful timeout.
 //! `SIGUSR2` starts a new master from the executable on disk and hands everything over to it once its
-//! workers are ready (see [`crate::upgrade`]).
+//! workers are ready (see [`crate::master::upgrade`]).
 
+mod checks;
 mod handover;
-mod health;
+pub(crate) mod lease;
+pub(crate) mod pidfile;
+pub(crate) mod pool;
 mod reload;
+pub(crate) mod signals;
+pub(crate) mod systemd;
+pub(crate) mod upgrade;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -25,15 +31,15 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::control::{self, ControlPipe, Message};
+use self::upgrade::{Predecessor, Step, Successor};
+use crate::app::AppFactory;
 use crate::error::StartError;
 use crate::jobs::Job;
-use crate::lease::Lease;
-use crate::listener::Listener;
-use crate::pool::{GIVE_UP_AFTER, Pool};
-use crate::server::AppFactory;
-use crate::signals::SignalQueue;
-use crate::upgrade::{self, Predecessor, Step, Successor};
+use crate::master::lease::Lease;
+use crate::master::pool::{GIVE_UP_AFTER, Pool};
+use crate::master::signals::SignalQueue;
+use crate::shared::control::{self, ControlPipe, Message};
+use crate::shared::listener::Listener;
 use crate::worker::{self, ChildArgs};
 
 /// How long a fast shutdown (SIGINT, SIGQUIT) waits before killing workers.
@@ -53,7 +59,7 @@ pub enum Outcome {
 /// A re-read configuration, for a reload.
 pub(crate) struct Reloaded {
     pub settings: crate::config::Settings,
-    pub plan: crate::sizing::Plan,
+    pub plan: crate::config::sizing::Plan,
     pub jobs: Vec<Job>,
 }
 
@@ -65,9 +71,9 @@ pub(crate) struct MasterArgs<'a> {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
-    pub limits: crate::serve::Limits,
-    pub health: crate::health::Health,
-    pub binds: Vec<crate::listener::BindSpec>,
+    pub limits: crate::worker::serve::Limits,
+    pub health: crate::config::health::Health,
+    pub binds: Vec<crate::shared::listener::BindSpec>,
     pub backlog: u32,
     /// The mode of unix socket files bound from now on (a reload may bind new addresses).
     pub socket_mode: u32,
@@ -84,7 +90,7 @@ pub(crate) struct MasterArgs<'a> {
     /// Where to write the pid file.
     pub pid_file: Option<std::path::PathBuf>,
     /// How workers share new connections.
-    pub accept: crate::cli::Accept,
+    pub accept: crate::config::cli::Accept,
 }
 
 /// A reload in progress: slots below `slot` run new workers.
@@ -124,7 +130,7 @@ struct Master<'a> {
     reload: Option<Reload>,
     reload_pending: bool,
     generation: u64,
-    notifier: crate::systemd::Notifier,
+    notifier: crate::master::systemd::Notifier,
     /// Whether READY=1 went out for the first generation.
     notified_ready: bool,
     /// When EXTEND_TIMEOUT_USEC was last sent during a shutdown.
@@ -135,7 +141,7 @@ struct Master<'a> {
     predecessor: Option<Predecessor>,
     /// Whether this master removes the unix socket files and its pid file on exit.
     owns_files: bool,
-    pid_file: Option<crate::pidfile::PidFile>,
+    pid_file: Option<crate::master::pidfile::PidFile>,
     /// The process title last set.
     title: String,
     /// When each pool worker last proved its event loop runs.
@@ -145,7 +151,7 @@ struct Master<'a> {
     /// Workers waiting for their turn to be recycled, with the reason.
     recycle_queue: std::collections::VecDeque<(Pid, String)>,
     /// The accept-balancing table shared with the workers (balanced accept only).
-    balance: Option<crate::balance::Table>,
+    balance: Option<crate::shared::balance::Table>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -160,24 +166,23 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
     });
     // A new master writes its pid file when it takes over; the old one's is still right until then.
     let pid_file = match (&args.pid_file, &predecessor) {
-        (Some(p), None) => Some(crate::pidfile::PidFile::create(p)?),
+        (Some(p), None) => Some(crate::master::pidfile::PidFile::create(p)?),
         _ => None,
     };
     let anchor_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let mut notifier = crate::systemd::Notifier::from_env();
+    let mut notifier = crate::master::systemd::Notifier::from_env();
     notifier.set_muted(predecessor.is_some());
-    let balance =
-        match args.accept {
-            crate::cli::Accept::Balanced => Some(crate::balance::Table::new().map_err(
-                |source| StartError::Os {
-                    what: "mapping the accept-balancing table",
-                    source,
-                },
-            )?),
-            crate::cli::Accept::Shared => None,
-        };
+    let balance = match args.accept {
+        crate::config::cli::Accept::Balanced => Some(
+            crate::shared::balance::Table::new().map_err(|source| StartError::Os {
+                what: "mapping the accept-balancing table",
+                source,
+            })?,
+        ),
+        crate::config::cli::Accept::Shared => None,
+    };
     let mut master = Master {
         pool: Pool::new(args.workers, now),
         pid: nix::unistd::getpid(),
@@ -212,8 +217,8 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
     };
     let outcome = master.run_loop();
     if master.owns_files {
-        crate::listener::remove_unix_files(&master.args.listeners);
-        crate::listener::remove_unix_files(&master.retired_listeners);
+        crate::shared::listener::remove_unix_files(&master.args.listeners);
+        crate::shared::listener::remove_unix_files(&master.retired_listeners);
     }
     outcome
 }
@@ -240,13 +245,13 @@ impl Master<'_> {
             );
             let status = self.status_line();
             self.notifier.status(&status);
-            let title = crate::proctitle::master(
+            let title = crate::shared::proctitle::master(
                 self.generation,
                 self.pool.size(),
                 self.state != State::Running,
             );
             if title != self.title {
-                crate::proctitle::set(&title);
+                crate::shared::proctitle::set(&title);
                 self.title = title;
             }
             match self.state {
@@ -612,7 +617,7 @@ impl Master<'_> {
                     && !self.retired_listeners.is_empty()
                 {
                     if self.owns_files {
-                        crate::listener::remove_unix_files(&self.retired_listeners);
+                        crate::shared::listener::remove_unix_files(&self.retired_listeners);
                     }
                     self.retired_listeners.clear();
                     tracing::info!("closed the sockets of the previous configuration");

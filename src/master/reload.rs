@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 
 use super::{Master, Reload};
 use crate::jobs::Job;
-use crate::pool::GIVE_UP_AFTER;
+use crate::master::pool::GIVE_UP_AFTER;
 
 impl Master<'_> {
     /// `SIGTTIN` (+1) / `SIGTTOU` (-1).
@@ -64,7 +64,7 @@ impl Master<'_> {
                 .filter(|s| !self.args.binds.contains(s))
                 .cloned()
                 .collect();
-            let fresh = match crate::listener::bind_all(
+            let fresh = match crate::shared::listener::bind_all(
                 &added,
                 new.settings.backlog,
                 new.settings.socket_mode,
@@ -258,7 +258,7 @@ impl Master<'_> {
     }
 }
 
-fn join(specs: &[crate::listener::BindSpec]) -> String {
+fn join(specs: &[crate::shared::listener::BindSpec]) -> String {
     specs
         .iter()
         .map(ToString::to_string)

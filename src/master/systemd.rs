@@ -7,7 +7,7 @@
 //! `EXTEND_TIMEOUT_USEC=` while the drain runs so that a short `TimeoutStopSec` does not cut it; a
 //! `STATUS=` line on every change; and `WATCHDOG=1` at half of `WATCHDOG_USEC` while at least one
 //! worker is ready. A binary upgrade (`SIGUSR2`) moves the main pid with `MAINPID=`: see
-//! [`crate::upgrade`].
+//! [`crate::master::upgrade`].
 
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 
 use crate::error::StartError;
-use crate::listener::Listener;
+use crate::shared::listener::Listener;
 
 /// Sends notifications when `NOTIFY_SOCKET` is set; does nothing otherwise.
 #[derive(Debug)]

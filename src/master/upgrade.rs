@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::control::Order;
 use crate::error::StartError;
-use crate::listener::{FileId, Listener};
+use crate::shared::control::Order;
+use crate::shared::listener::{FileId, Listener};
 
 /// Names the inherited listening descriptors, comma-separated.
 pub const LISTENERS_VAR: &str = "HYPERFORK_UPGRADE_LISTENERS";
@@ -47,7 +47,7 @@ pub const CHANNEL_VAR: &str = "HYPERFORK_UPGRADE_CHANNEL";
 /// `1` when the inherited sockets came from systemd socket activation.
 pub const ACTIVATED_VAR: &str = "HYPERFORK_UPGRADE_ACTIVATED";
 /// For each descriptor of [`LISTENERS_VAR`], in the same order and comma-separated: `DEV:INO`, the
-/// identity of the unix socket file the old master bound (see [`crate::listener::FileId`]), or `-`
+/// identity of the unix socket file the old master bound (see [`crate::shared::listener::FileId`]), or `-`
 /// (a TCP socket, or a file that is not ours to remove, such as systemd's).
 ///
 /// The identity travels from the old master rather than being read again by the new one: a `stat` of

@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep_until};
 
-use crate::header_timeout::ConnRequests;
-use crate::serve::BoxError;
+use crate::app::BoxError;
+use crate::worker::deadlines::ConnRequests;
 
 /// How long an HTTP/2 connection told to close for idleness may take to close with no request in
 /// progress before it is dropped.

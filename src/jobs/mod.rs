@@ -2,7 +2,12 @@
 //!
 //! A job is either an async Rust function (added with [`crate::Server::job`]) or a command (a `[[jobs]]`
 //! table in the TOML file). Only the worker holding the scheduler lease runs jobs; see
-//! [`crate::scheduler`].
+//! [`crate::jobs::scheduler`].
+
+pub(crate) mod command;
+pub(crate) mod run_set;
+pub(crate) mod schedule;
+pub(crate) mod scheduler;
 
 use std::fmt;
 use std::future::Future;
@@ -12,8 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::schedule::Schedule;
-use crate::worker::Worker;
+use crate::app::Worker;
+use crate::jobs::schedule::Schedule;
 
 /// What a job run receives.
 #[derive(Debug, Clone)]

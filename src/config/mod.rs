@@ -4,6 +4,11 @@
 //! `hyperfork plan` and the startup log can say why the pool has the size it has. An empty environment
 //! variable counts as unset.
 
+pub(crate) mod cli;
+pub(crate) mod cores;
+pub(crate) mod health;
+pub(crate) mod sizing;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,11 +16,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{self, Accept, Cli, LogLevel};
+use self::cli::{Accept, Cli, LogLevel};
 use crate::error::ConfigError;
 use crate::jobs::Job;
-use crate::listener::BindSpec;
-use crate::schedule::{Cron, Every, Schedule};
+use crate::jobs::schedule::{Cron, Every, Schedule};
+use crate::shared::listener::BindSpec;
 
 /// Default TCP host.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -139,8 +144,8 @@ pub struct Settings {
 
 impl Settings {
     /// The limits each worker enforces on connections and requests.
-    pub fn limits(&self) -> crate::serve::Limits {
-        crate::serve::Limits {
+    pub fn limits(&self) -> crate::worker::serve::Limits {
+        crate::worker::serve::Limits {
             timeout_keep_alive: self.timeout_keep_alive,
             limit_concurrency: self.limit_concurrency,
             timeout_request_header: self.timeout_request_header,
@@ -151,8 +156,8 @@ impl Settings {
     }
 
     /// The worker-health settings.
-    pub fn health(&self) -> crate::health::Health {
-        crate::health::Health {
+    pub fn health(&self) -> crate::config::health::Health {
+        crate::config::health::Health {
             timeout: self.timeout,
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
@@ -301,7 +306,7 @@ impl<'de> Deserialize<'de> for ModeValue {
                 self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ModeValue, E> {
-                Ok(ModeValue(crate::listener::parse_mode(v)))
+                Ok(ModeValue(crate::shared::listener::parse_mode(v)))
             }
         }
         d.deserialize_any(V)
@@ -323,7 +328,7 @@ fn layered_mode(
         env,
         env_name,
         "an octal mode such as 660, 0660 or 0o660 (at most 0777)",
-        |s| crate::listener::parse_mode(s).ok(),
+        |s| crate::shared::listener::parse_mode(s).ok(),
     )? {
         return Ok(Some(m));
     }
@@ -860,7 +865,7 @@ impl Settings {
                 env,
                 "HYPERFORK_BACKLOG",
                 "an integer from 1 to 4294967295",
-                |s| cli::positive_u32(s).ok(),
+                |s| self::cli::positive_u32(s).ok(),
             )? {
                 Some(n) => n,
                 None => match &file.backlog {
@@ -1233,7 +1238,7 @@ mod tests {
 
     #[test]
     fn the_example_file_is_valid_with_every_key_uncommented() {
-        let example = include_str!("../config/hyperfork.toml");
+        let example = include_str!("../../config/hyperfork.toml");
         let body: String = example
             .lines()
             .filter_map(|l| l.strip_prefix("# "))

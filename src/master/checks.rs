@@ -1,4 +1,4 @@
-//! The master's side of worker health (see [`crate::health`]): replacing workers whose event loop
+//! The master's side of worker health (see [`crate::config::health`]): replacing workers whose event loop
 //! went silent, and recycling workers past their request or memory limit.
 
 use std::time::{Duration, Instant};
@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{Master, Reload, State};
-use crate::health::{KILL_GRACE, MEMORY_SAMPLE, mib, rss_bytes};
+use crate::config::health::{KILL_GRACE, MEMORY_SAMPLE, mib, rss_bytes};
 
 impl Master<'_> {
     /// A heartbeat (or the ready message, the first one) from `pid`.

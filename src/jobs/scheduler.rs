@@ -1,8 +1,8 @@
 //! The scheduler inside a worker: runs jobs while this worker holds the scheduler lease.
 //!
-//! The master grants the lease (see [`crate::lease`] for why no tick ever runs twice) over the worker's
+//! The master grants the lease (see [`crate::master::lease`] for why no tick ever runs twice) over the worker's
 //! order pipe. On a grant the scheduler starts one loop per job: it first applies the catch-up rule to
-//! ticks missed since the last holder's last tick ([`crate::schedule::catch_up`]), then sleeps until
+//! ticks missed since the last holder's last tick ([`crate::jobs::schedule::catch_up`]), then sleeps until
 //! each next tick. Before a run starts, the tick is reported to the master. A run that is still going
 //! when the next tick comes makes that tick skip (unless the job allows overlap). A run that fails —
 //! error, panic, non-zero exit, timeout — is logged with its outcome and duration and changes nothing
@@ -12,69 +12,21 @@
 //! running ones may finish within the graceful timeout, and the worker reports the release.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::run_set::RunSet;
+use crate::app::SchedulerStatus;
+use crate::jobs::run_set::RunSet;
 
-use crate::control::{ControlWriter, Message};
+use crate::app::Worker;
+use crate::jobs::schedule::catch_up;
 use crate::jobs::{Action, Job, JobContext};
-use crate::schedule::catch_up;
-use crate::worker::Worker;
-
-/// What `/health` shows about the scheduler.
-#[derive(Debug, Default)]
-pub struct SchedulerStatus {
-    holder: AtomicBool,
-    jobs: Mutex<BTreeMap<String, JobStatus>>,
-}
-
-/// One job's recent history.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct JobStatus {
-    /// The schedule, e.g. `every 30s`.
-    pub schedule: String,
-    /// Runs started by this worker.
-    pub runs: u64,
-    /// Runs that failed.
-    pub failures: u64,
-    /// Ticks skipped (previous run still going, or missed beyond the grace).
-    pub skipped: u64,
-    /// Runs going on now.
-    pub running: u64,
-    /// The tick of the last run started (RFC 3339).
-    pub last_tick: Option<String>,
-    /// When the last finished run ended (RFC 3339).
-    pub last_finished: Option<String>,
-    /// `ok` or the failure of the last finished run.
-    pub last_outcome: Option<String>,
-    /// How long the last finished run took.
-    pub last_duration_ms: Option<u64>,
-}
-
-impl SchedulerStatus {
-    /// Whether this worker holds the scheduler lease now.
-    pub fn is_holder(&self) -> bool {
-        self.holder.load(Ordering::Relaxed)
-    }
-
-    /// Every job's status, by name.
-    pub fn jobs(&self) -> BTreeMap<String, JobStatus> {
-        self.jobs.lock().map(|j| j.clone()).unwrap_or_default()
-    }
-
-    fn update(&self, job: &str, f: impl FnOnce(&mut JobStatus)) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            f(jobs.entry(job.to_string()).or_default());
-        }
-    }
-}
+use crate::shared::control::{ControlWriter, Message};
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -332,7 +284,7 @@ async fn run_once(job: &Job, tick: DateTime<Utc>, worker: Worker) -> Result<(), 
             }
         }
         Action::Command(argv) => {
-            crate::job_command::run(&job.name, argv, tick, &worker, job.timeout).await
+            crate::jobs::command::run(&job.name, argv, tick, &worker, job.timeout).await
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::worker::Worker;
+use crate::app::Worker;
 
 /// Runs `argv` to completion (or until `timeout`) and describes the outcome.
 pub(crate) async fn run(

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::worker::Worker;
+use crate::app::Worker;
 
 /// The built-in hyper service. Cheap to clone: its bodies are reference-counted.
 #[derive(Debug, Clone)]

@@ -11,7 +11,6 @@
 //! `Connection: close` and waits (up to [`KEEPALIVE_DRAIN`]) for clients to close their connections
 //! after their next response; only the connections still idle after that are closed by the server.
 
-use std::error::Error as StdError;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,12 +22,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
-use crate::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
-use crate::balance::{Balancer, Member};
-use crate::connection::{self, Idle, Registry, Served};
-use crate::guard::Guarded;
-use crate::header_timeout::{ConnRequests, Deadlines};
-use crate::listener::Listener;
+use crate::app::BoxError;
+use crate::shared::balance::{Balancer, Member};
+use crate::shared::listener::Listener;
+use crate::worker::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
+use crate::worker::connection::{self, Idle, Registry, Served};
+use crate::worker::deadlines::{ConnRequests, Deadlines};
+use crate::worker::guard::Guarded;
 
 /// How a worker is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +101,7 @@ pub const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long an HTTP/2 client has to answer a liveness PING.
 pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-pub(crate) use crate::guard::panic_message;
-
-/// Errors a service or body may return.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub(crate) use crate::worker::guard::panic_message;
 
 /// A hyper service hyperfork can serve: cloned for each connection, usable from any runtime thread.
 pub trait HttpService<B>:
@@ -268,7 +265,7 @@ struct Conns<S> {
 
 impl<S> Conns<S> {
     /// Serves one accepted connection on its own task.
-    fn spawn<B, I>(&self, io: I, open: Option<crate::balance::OpenConnection>)
+    fn spawn<B, I>(&self, io: I, open: Option<crate::shared::balance::OpenConnection>)
     where
         S: HttpService<B>,
         B: ResponseBody,

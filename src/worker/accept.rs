@@ -1,5 +1,5 @@
 //! Accepting connections in a worker: one loop per listening socket, with load-aware deferral to a
-//! less loaded peer (see [`crate::balance`]) and a rate-limited report of failing accepts.
+//! less loaded peer (see [`crate::shared::balance`]) and a rate-limited report of failing accepts.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -9,8 +9,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use crate::balance::{self, Balancer, Peer};
-use crate::listener::Listener;
+use crate::shared::balance::{self, Balancer, Peer};
+use crate::shared::listener::Listener;
 
 /// A listening socket registered with the worker's runtime.
 pub(crate) enum AsyncListener {

@@ -11,8 +11,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::config::cores::Cores;
 use crate::config::{Settings, Source, Sourced};
-use crate::cores::Cores;
 
 /// The formula applied when no count is given.
 pub const FORMULA: &str = "min(2 × cores + 1, cap)";

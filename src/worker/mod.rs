@@ -16,6 +16,12 @@
 //!
 //! Exit status 3 means the app failed to boot; the master counts those towards giving up.
 
+mod accept;
+mod connection;
+pub(crate) mod deadlines;
+mod guard;
+pub(crate) mod serve;
+
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -25,62 +31,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use tokio::sync::watch;
 
-use crate::control::{ControlWriter, Message, Order};
-use crate::listener::Listener;
-use crate::scheduler::{Scheduler, SchedulerStatus};
-use crate::serve::{ServeControl, Stop};
-use crate::server::AppFactory;
+use crate::app::AppFactory;
+use crate::app::Worker;
+use crate::jobs::scheduler::Scheduler;
+use crate::shared::control::{ControlWriter, Message, Order};
+use crate::shared::listener::Listener;
+use crate::worker::serve::{ServeControl, Stop};
 
 /// Exit status of a worker whose app failed to boot (gunicorn's and uvicorn's convention).
 pub const EXIT_BOOT_FAILURE: i32 = 3;
 /// Exit status of a worker that failed at runtime.
 pub const EXIT_FAILURE: i32 = 1;
-
-/// The identity of one worker, passed to the app factory.
-#[derive(Debug, Clone)]
-pub struct Worker {
-    slot: usize,
-    pid: u32,
-    pool_size: usize,
-    scheduler: Arc<SchedulerStatus>,
-}
-
-impl Worker {
-    /// Creates a worker identity; the master does this for every fork. Public for tests of app factories.
-    pub fn new(slot: usize, pid: u32, pool_size: usize) -> Worker {
-        Worker {
-            slot,
-            pid,
-            pool_size,
-            scheduler: Arc::default(),
-        }
-    }
-
-    /// The scheduler's state in this worker: whether it holds the lease, and each job's last run.
-    pub fn scheduler_status(&self) -> Arc<SchedulerStatus> {
-        self.scheduler.clone()
-    }
-
-    /// The slot, `0..pool_size`. A replacement worker gets the slot of the one it replaces.
-    pub fn slot(&self) -> usize {
-        self.slot
-    }
-
-    /// The worker's process id.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// How many slots the pool has.
-    pub fn pool_size(&self) -> usize {
-        self.pool_size
-    }
-
-    /// Whether this is slot 0, the primary worker (the one that runs scheduled jobs).
-    pub fn is_primary(&self) -> bool {
-        self.slot == 0
-    }
-}
 
 /// Everything a freshly forked worker needs from the master.
 pub(crate) struct ChildArgs<'a> {
@@ -94,10 +55,10 @@ pub(crate) struct ChildArgs<'a> {
     pub jobs: &'a [crate::jobs::Job],
     pub threads: usize,
     pub graceful_timeout: Duration,
-    pub limits: crate::serve::Limits,
-    pub health: crate::health::Health,
+    pub limits: crate::worker::serve::Limits,
+    pub health: crate::config::health::Health,
     pub app: &'a AppFactory,
-    pub balance: Option<crate::balance::Table>,
+    pub balance: Option<crate::shared::balance::Table>,
 }
 
 /// Runs the worker in the child process. Never returns.
@@ -134,9 +95,9 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             nix::sys::signal::SigHandler::SigIgn,
         );
     }
-    crate::signals::unblock_all();
+    crate::master::signals::unblock_all();
     crate::logging::set_worker(args.slot);
-    crate::proctitle::set(&crate::proctitle::worker(args.slot, false));
+    crate::shared::proctitle::set(&crate::shared::proctitle::worker(args.slot, false));
     let pid = std::process::id();
     // Rule 4: environment.
     // SAFETY: the child of a single-threaded master has exactly one thread, and no runtime or thread
@@ -190,7 +151,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
         Err(panic) => {
             return boot_error(format!(
                 "app factory panicked: {}",
-                crate::serve::panic_message(&panic)
+                crate::worker::serve::panic_message(&panic)
             ));
         }
     };
@@ -203,7 +164,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     let max_requests = health
         .request_limit(u64::from(pid) ^ seed_from_clock())
         .map(|limit| {
-            let ask: crate::serve::OnMaxRequests = Arc::new(move |served| {
+            let ask: crate::worker::serve::OnMaxRequests = Arc::new(move |served| {
                 tracing::info!("served {served} requests, the limit; asking to be replaced");
                 control.send(&Message::Recycle {
                     pid: pid as i32,
@@ -285,7 +246,7 @@ fn spawn_order_loop(
     graceful_timeout: Duration,
     done: watch::Sender<bool>,
 ) -> std::io::Result<()> {
-    crate::control::set_nonblocking(&fd).map_err(std::io::Error::from)?;
+    crate::shared::control::set_nonblocking(&fd).map_err(std::io::Error::from)?;
     let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
     tokio::spawn(async move {
         let mut lines = BufReader::new(pipe).lines();
@@ -297,7 +258,7 @@ fn spawn_order_loop(
                         Some(Order::Grant { anchor_ms, last_ticks }) => match scheduler.as_mut() {
                             Some(s) if !draining => {
                                 s.start(anchor_ms, &last_ticks);
-                                crate::proctitle::set(&crate::proctitle::worker(0, true));
+                                crate::shared::proctitle::set(&crate::shared::proctitle::worker(0, true));
                             }
                             _ => {
                                 // Draining (or not slot 0): give the lease back at once, so the
@@ -307,14 +268,6 @@ fn spawn_order_loop(
                                 control.send(&Message::Released { pid: pid as i32 });
                             }
                         },
-                        Some(Order::Revoke) => {
-                            if let Some(s) = scheduler.as_mut() {
-                                s.stop(graceful_timeout).await;
-                            }
-                            crate::proctitle::set(&crate::proctitle::worker(0, false));
-                            control.send(&Message::Released { pid: pid as i32 });
-                            let _ = done.send(true);
-                        }
                         None => tracing::warn!("unreadable order from the master: {line:?}"),
                     },
                     Ok(None) | Err(_) => {
@@ -328,7 +281,7 @@ fn spawn_order_loop(
                         if let Some(s) = scheduler.as_mut() {
                             if s.stop(graceful_timeout).await {
                                 control.send(&Message::Released { pid: pid as i32 });
-                                crate::proctitle::set(&crate::proctitle::worker(0, false));
+                                crate::shared::proctitle::set(&crate::shared::proctitle::worker(0, false));
                             }
                         }
                     }
@@ -400,13 +353,13 @@ fn watch_signals(tx: watch::Sender<Stop>) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{ControlPipe, send_order};
-    use crate::schedule::Every;
+    use crate::jobs::schedule::Every;
+    use crate::shared::control::{ControlPipe, send_order};
 
     #[test]
     fn a_grant_that_reaches_a_draining_worker_is_given_back_at_once() {
         // Declared before the runtime so they outlive it: the order loop exits the process on EOF.
-        let (orders, order_writer) = crate::control::order_pipe().unwrap();
+        let (orders, order_writer) = crate::shared::control::order_pipe().unwrap();
         let mut control = ControlPipe::new().unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

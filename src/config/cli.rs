@@ -38,12 +38,12 @@ pub struct Cli {
 
     /// Mode of unix socket files, in octal: 660, 0660 or 0o660 (env HYPERFORK_SOCKET_MODE)
     /// [default: 0660, or 0666 minus --umask when that is given]
-    #[arg(long, global = true, value_name = "MODE", value_parser = crate::listener::parse_mode)]
+    #[arg(long, global = true, value_name = "MODE", value_parser = crate::shared::listener::parse_mode)]
     pub socket_mode: Option<u32>,
 
     /// The master's umask, in octal (e.g. 027): governs the pid file, the log file and, without
     /// --socket-mode, the socket mode (env HYPERFORK_UMASK) [default: inherited]
-    #[arg(long, global = true, value_name = "MASK", value_parser = crate::listener::parse_mode)]
+    #[arg(long, global = true, value_name = "MASK", value_parser = crate::shared::listener::parse_mode)]
     pub umask: Option<u32>,
 
     /// Number of workers; overrides the computed size (env UVICORN_WORKERS, WEB_CONCURRENCY)
@@ -163,7 +163,7 @@ pub enum Command {
 #[serde(rename_all = "lowercase")]
 pub enum Accept {
     /// A worker with more open connections than its least loaded peer lets that peer accept first
-    /// (waiting at most 5 ms); see [`crate::balance`].
+    /// (waiting at most 5 ms); see [`crate::shared::balance`].
     #[default]
     Balanced,
     /// Every worker accepts as soon as it is woken: the kernel decides, and bursts pile up unevenly.

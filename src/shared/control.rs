@@ -1,6 +1,6 @@
 //! The control pipe: workers tell the master they are ready, why they failed to boot, which scheduled
 //! tick they start, and that they released the scheduler lease. A second, per-worker pipe carries the
-//! master's orders the other way ([`Order`]: grant or revoke the scheduler lease); a worker that reads
+//! master's orders the other way ([`Order`]: grant the scheduler lease); a worker that reads
 //! end-of-file on it knows the master is gone.
 //!
 //! One control pipe is shared by all workers. Each message is one line shorter than `PIPE_BUF`, written with a
@@ -206,8 +206,6 @@ pub enum Order {
         /// For each job, the last tick a holder started.
         last_ticks: std::collections::BTreeMap<String, i64>,
     },
-    /// Stop scheduling, let running jobs end, then answer [`Message::Released`].
-    Revoke,
 }
 
 impl Order {
@@ -300,15 +298,11 @@ mod tests {
     fn orders_round_trip() {
         let mut last_ticks = std::collections::BTreeMap::new();
         last_ticks.insert("a job".to_string(), 5);
-        for o in [
-            Order::Grant {
-                anchor_ms: 1,
-                last_ticks,
-            },
-            Order::Revoke,
-        ] {
-            assert_eq!(Order::decode(&o.encode()), Some(o));
-        }
+        let o = Order::Grant {
+            anchor_ms: 1,
+            last_ticks,
+        };
+        assert_eq!(Order::decode(&o.encode()), Some(o));
     }
 
     #[test]

@@ -15,8 +15,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Version};
 
-use crate::header_timeout::{ConnRequests, RequestGuard};
-use crate::serve::{BoxError, OnMaxRequests};
+use crate::app::BoxError;
+use crate::worker::deadlines::{ConnRequests, RequestGuard};
+use crate::worker::serve::OnMaxRequests;
 
 /// Wraps a service: answers 400/413/503 on the app's behalf, and once draining, HTTP/1 responses
 /// carry `Connection: close`.

@@ -5,7 +5,7 @@
 //! Exactly one process at a time may schedule: the master grants the lease to the ready worker of
 //! slot 0 over that worker's private order pipe, and grants it again only after the holder is gone —
 //! reaped by `waitpid`, or, when it is being retired while still alive (a reload), after it answered
-//! [`crate::control::Message::Released`], which it sends once it stopped scheduling and every run it
+//! [`crate::shared::control::Message::Released`], which it sends once it stopped scheduling and every run it
 //! started has ended. Command jobs die with their worker (`PR_SET_PDEATHSIG`), so a holder killed with
 //! `SIGKILL` leaves no run behind.
 //!
@@ -19,14 +19,14 @@
 //! master starts with the lease held elsewhere ([`Lease::held_by_predecessor`]) and grants nothing
 //! until the old master's holder is gone and the old master sent its record ([`Lease::adopt`]).
 //!
-//! Ticks that fell due between two holders are handled by [`crate::schedule::catch_up`] in the new
+//! Ticks that fell due between two holders are handled by [`crate::jobs::schedule::catch_up`] in the new
 //! holder: the latest runs once if it is within the job's misfire grace, earlier ones coalesce into it.
 
 use std::collections::BTreeMap;
 
 use nix::unistd::Pid;
 
-use crate::control::Order;
+use crate::shared::control::Order;
 
 /// The master's view of the lease.
 #[derive(Debug, Clone)]
@@ -34,7 +34,6 @@ pub struct Lease {
     anchor_ms: i64,
     last_ticks: BTreeMap<String, i64>,
     holder: Option<Pid>,
-    revoking: bool,
     /// The previous master's worker may still hold the lease (binary upgrade).
     elsewhere: bool,
 }
@@ -46,7 +45,6 @@ impl Lease {
             anchor_ms,
             last_ticks: BTreeMap::new(),
             holder: None,
-            revoking: false,
             elsewhere: false,
         }
     }
@@ -99,7 +97,6 @@ impl Lease {
     pub fn grant(&mut self, pid: Pid) -> Order {
         debug_assert!(self.holder.is_none());
         self.holder = Some(pid);
-        self.revoking = false;
         self.record()
     }
 
@@ -121,21 +118,10 @@ impl Lease {
         true
     }
 
-    /// Marks the lease as being revoked; returns the holder to send [`Order::Revoke`] to, once.
-    pub fn revoke(&mut self) -> Option<Pid> {
-        if self.revoking {
-            return None;
-        }
-        let h = self.holder?;
-        self.revoking = true;
-        Some(h)
-    }
-
     /// The holder released the lease, or died. Frees it if `pid` is the holder.
     pub fn ended(&mut self, pid: Pid) -> bool {
         if self.holder == Some(pid) {
             self.holder = None;
-            self.revoking = false;
             true
         } else {
             false
@@ -143,6 +129,7 @@ impl Lease {
     }
 
     /// The last started tick of `job`.
+    #[cfg(test)]
     pub fn last_tick(&self, job: &str) -> Option<i64> {
         self.last_ticks.get(job).copied()
     }
@@ -173,9 +160,7 @@ mod tests {
         );
         assert!(!l.ended(b));
         assert!(l.ended(a));
-        let Order::Grant { last_ticks, .. } = l.grant(b) else {
-            panic!("expected a grant")
-        };
+        let Order::Grant { last_ticks, .. } = l.grant(b);
         assert_eq!(last_ticks.get("j"), Some(&2000));
     }
 
@@ -199,10 +184,7 @@ mod tests {
         let Order::Grant {
             anchor_ms,
             last_ticks,
-        } = old.record()
-        else {
-            panic!("expected a record")
-        };
+        } = old.record();
         let mut new = Lease::held_by_predecessor(5000);
         assert!(!new.is_free());
         new.adopt(Some((anchor_ms, last_ticks)));
@@ -222,21 +204,17 @@ mod tests {
         let mut l = Lease::held_by_predecessor(5000);
         l.adopt(None);
         assert!(l.is_free());
-        let Order::Grant { anchor_ms, .. } = l.grant(Pid::from_raw(1)) else {
-            panic!("expected a grant")
-        };
+        let Order::Grant { anchor_ms, .. } = l.grant(Pid::from_raw(1));
         assert_eq!(anchor_ms, 5000);
     }
 
     #[test]
-    fn revoke_is_sent_once_and_release_frees() {
+    fn release_frees() {
         let mut l = Lease::new(0);
         let a = Pid::from_raw(10);
-        assert_eq!(l.revoke(), None);
         l.grant(a);
-        assert_eq!(l.revoke(), Some(a));
-        assert_eq!(l.revoke(), None);
         assert!(!l.is_free());
+        assert!(!l.ended(Pid::from_raw(11)), "not the holder");
         assert!(l.ended(a));
         assert!(l.is_free());
     }

@@ -1,0 +1,7 @@
+//! What crosses the fork: the control pipe between master and workers, the shared-memory accept
+//! table, the listening sockets, and process titles.
+
+pub(crate) mod balance;
+pub(crate) mod control;
+pub(crate) mod listener;
+pub(crate) mod proctitle;
