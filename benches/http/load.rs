@@ -1,5 +1,8 @@
-//! The load generator: keep-alive HTTP/1.1 connections, one request in flight on each (as wrk does),
-//! for a fixed time. It records every request's latency, and counts responses per `x-worker` value.
+//! The closed-loop load generator: a fixed number of client loops, each with one request in flight (as
+//! wrk does), for a fixed time. In the keep-alive shape each loop keeps its connection; in the
+//! connection-per-request shape each loop opens a connection, sends one request with `Connection:
+//! close`, reads the whole response, closes, and starts over. It records every request's latency, and
+//! counts responses per `x-worker` value.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -53,6 +56,21 @@ impl Outcome {
     }
 }
 
+/// How the client loops use their connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One connection per loop, requests one after another on it; latency from write to the end of
+    /// the response.
+    KeepAlive,
+    /// A new connection for every request (`Connection: close`), closed by the client once the
+    /// response is complete; latency from the start of `connect` to the end of the response.
+    ConnectionPerRequest,
+}
+
+/// The longest a request may take (connect included) before it counts as an error: a server that
+/// stops answering ends the run instead of hanging it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A run in progress on its own threads.
 pub struct Running(JoinHandle<Outcome>);
 
@@ -63,17 +81,27 @@ impl Running {
     }
 }
 
-/// Starts `connections` keep-alive connections to `addr` sending `GET path` for `duration`, on a
+/// The request line and headers of `GET path`, with `Connection: close` when `close`.
+pub fn request(addr: SocketAddr, path: &str, close: bool) -> &'static [u8] {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let text = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: hyperfork-bench\r\n{connection}\r\n"
+    );
+    // One per run, a few dozen bytes: leaked so that every task can borrow it.
+    Box::leak(text.into_bytes().into_boxed_slice())
+}
+
+/// Starts `connections` client loops to `addr` sending `GET path` in `shape` for `duration`, on a
 /// runtime of `threads` threads.
 pub fn start(
     addr: SocketAddr,
     path: &str,
+    shape: Shape,
     connections: usize,
     duration: Duration,
     threads: usize,
 ) -> Running {
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: hyperfork-bench\r\n\r\n");
+    let request = request(addr, path, shape == Shape::ConnectionPerRequest);
     Running(std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -81,11 +109,10 @@ pub fn start(
             .build()
             .expect("build the load generator's runtime");
         runtime.block_on(async move {
-            let request: &'static [u8] = Box::leak(request.into_bytes().into_boxed_slice());
             let start = Instant::now();
             let end = start + duration;
             let tasks: Vec<_> = (0..connections)
-                .map(|_| tokio::spawn(connection(addr, request, end)))
+                .map(|_| tokio::spawn(client_loop(addr, request, shape, end)))
                 .collect();
             let mut total = Outcome::default();
             for t in tasks {
@@ -99,9 +126,14 @@ pub fn start(
     }))
 }
 
-/// One client connection: request, response, repeat until `end`; reconnects after `Connection:
-/// close` or an error.
-async fn connection(addr: SocketAddr, request: &'static [u8], end: Instant) -> Outcome {
+/// One client loop: connect, then request and response until `end`. It reconnects after `Connection:
+/// close`, an error, or (connection per request) every response.
+async fn client_loop(
+    addr: SocketAddr,
+    request: &'static [u8],
+    shape: Shape,
+    end: Instant,
+) -> Outcome {
     let mut out = Outcome {
         latencies_us: Vec::with_capacity(1 << 14),
         ..Outcome::default()
@@ -109,9 +141,11 @@ async fn connection(addr: SocketAddr, request: &'static [u8], end: Instant) -> O
     let mut buf = vec![0u8; 16 * 1024];
     let mut worker = String::new();
     'connect: while Instant::now() < end {
-        let mut stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(_) => {
+        let connecting = Instant::now();
+        let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
                 out.errors += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -123,45 +157,50 @@ async fn connection(addr: SocketAddr, request: &'static [u8], end: Instant) -> O
             if sent >= end {
                 break 'connect;
             }
-            if stream.write_all(request).await.is_err() {
+            let started = match shape {
+                Shape::KeepAlive => sent,
+                Shape::ConnectionPerRequest => connecting,
+            };
+            let exchange = async {
+                stream.write_all(request).await.ok()?;
+                read_response(&mut stream, &mut buf, &mut worker).await
+            };
+            let Ok(Some(resp)) = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await else {
                 out.errors += 1;
                 continue 'connect;
+            };
+            if resp.status == 200 {
+                let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                out.latencies_us.push(us);
+                out.ok += 1;
+                if let Some(n) = out.per_worker.get_mut(worker.as_str()) {
+                    *n += 1;
+                } else {
+                    out.per_worker.insert(worker.clone(), 1);
+                }
+            } else {
+                out.non_200 += 1;
             }
-            match read_response(&mut stream, &mut buf, &mut worker).await {
-                Some(resp) => {
-                    if resp.status == 200 {
-                        let us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                        out.latencies_us.push(us);
-                        out.ok += 1;
-                        if let Some(n) = out.per_worker.get_mut(worker.as_str()) {
-                            *n += 1;
-                        } else {
-                            out.per_worker.insert(worker.clone(), 1);
-                        }
-                    } else {
-                        out.non_200 += 1;
-                    }
-                    if resp.close {
-                        continue 'connect;
-                    }
-                }
-                None => {
-                    out.errors += 1;
-                    continue 'connect;
-                }
+            if resp.close || shape == Shape::ConnectionPerRequest {
+                // Dropping the stream closes it: the response is complete, so the client closes
+                // whether or not the server's FIN has arrived yet.
+                continue 'connect;
             }
         }
     }
     out
 }
 
-struct Response {
-    status: u16,
-    close: bool,
+/// A parsed response head.
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Whether the server said `Connection: close`.
+    pub close: bool,
 }
 
 /// Reads one response with a `Content-Length` body; `None` on EOF, error or a body it cannot frame.
-async fn read_response(
+pub async fn read_response(
     stream: &mut TcpStream,
     buf: &mut [u8],
     worker: &mut String,

@@ -1,24 +1,30 @@
 //! The comparative HTTP benchmark.
 //!
-//! `cargo bench --bench http` starts each server on loopback, warms it, and drives `GET /` from 64
-//! keep-alive connections, interleaving the servers round by round (their order rotates each round).
-//! Figures are medians over the rounds; throughput and p99 are also given as ratios to the baseline of
-//! the same round. It then times hyperfork's start-up and worker replacement, and writes the report to
-//! `target/bench-report.md`.
+//! `cargo bench --bench http` starts each server on loopback, warms it, and drives `GET /` in three
+//! shapes: 64 keep-alive connections; 32 client loops opening a new connection per request
+//! (`Connection: close`); and new connections at a steady 2,000 per second (open loop). The servers
+//! are interleaved round by round (their order rotates each round), each running the three shapes in
+//! turn. Figures are medians over the rounds; throughput and p99 are also given as ratios to the
+//! baseline (and nginx) of the same round. It then times hyperfork's start-up and worker
+//! replacement, and writes the report to `target/bench-report.md`.
 //!
 //! `cargo test` runs this same program without `--bench`: one short round, written to
 //! `target/bench-smoke-report.md`, with no thresholds. It keeps the harness from rotting.
 //!
-//! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server and round),
-//! `--connections N`, `--only NAME[,NAME]` (baseline, hyperfork, nginx, uvicorn), `--accept
-//! STRATEGY` (hyperfork's accept strategy), `--workers N[,N]`
-//! (hyperfork pool sizes), `--report FILE`.
+//! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server, shape and round),
+//! `--connections N` (keep-alive), `--short-connections N` (client loops of the
+//! connection-per-request shape), `--steady-rate R` (new connections per second of the steady shape),
+//! `--only NAME[,NAME]` (baseline, hyperfork, nginx, uvicorn), `--accept STRATEGY` (hyperfork's
+//! accept strategy), `--workers N[,N]` (hyperfork pool sizes), `--report FILE`. Besides the pools
+//! asked for, hyperfork runs at the default pool size with `--accept shared`, the reference of the
+//! short-connection target.
 
 mod baseline;
 mod load;
 mod procs;
 mod report;
 mod servers;
+mod steady;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +46,10 @@ pub struct Options {
     pub warm: Duration,
     /// Keep-alive connections of the load generator.
     pub connections: usize,
+    /// Client loops of the connection-per-request shape.
+    pub short_connections: usize,
+    /// New connections per second of the steady-rate shape.
+    pub steady_rate: f64,
     /// Threads of the load generator.
     pub client_threads: usize,
     /// Repeats of each start-up / replacement timing.
@@ -64,6 +74,8 @@ fn parse_options() -> Result<Options, String> {
         measure: Duration::from_millis(if full { 5000 } else { 500 }),
         warm: Duration::from_millis(if full { 1000 } else { 200 }),
         connections: 64,
+        short_connections: 32,
+        steady_rate: 2000.0,
         client_threads: 2,
         repeats: if full { 15 } else { 2 },
         only: Vec::new(),
@@ -93,6 +105,8 @@ fn parse_options() -> Result<Options, String> {
             "--rounds" => o.rounds = number(a, value(a)?)? as usize,
             "--seconds" => o.measure = Duration::from_secs_f64(number(a, value(a)?)?),
             "--connections" => o.connections = number(a, value(a)?)? as usize,
+            "--short-connections" => o.short_connections = number(a, value(a)?)? as usize,
+            "--steady-rate" => o.steady_rate = number(a, value(a)?)?,
             "--client-threads" => o.client_threads = number(a, value(a)?)? as usize,
             "--repeats" => o.repeats = number(a, value(a)?)? as usize,
             "--only" => o.only = value(a)?.split(',').map(str::to_string).collect(),
@@ -107,7 +121,8 @@ fn parse_options() -> Result<Options, String> {
             other => {
                 return Err(format!(
                     "unknown option {other:?} (expected --rounds, --seconds, --connections, \
-                     --client-threads, --repeats, --only, --accept, --workers, --report)"
+                     --short-connections, --steady-rate, --client-threads, --repeats, --only, \
+                     --accept, --workers, --report)"
                 ));
             }
         }
@@ -115,10 +130,49 @@ fn parse_options() -> Result<Options, String> {
     Ok(o)
 }
 
+/// Throughput, latency and failures of one short-connection shape in one round.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// 200 responses per second.
+    pub rate: f64,
+    /// Median latency, ms.
+    pub p50: f64,
+    /// 99th percentile, ms.
+    pub p99: f64,
+    /// Slowest request, ms.
+    pub max: f64,
+    /// Non-200 responses plus connection errors.
+    pub failures: u64,
+}
+
+impl Figures {
+    /// The figures of `out`; an error when no request got a 200: figures over no answered request
+    /// would be meaningless, so a broken server or generator stops the run (this is what the smoke
+    /// round under `cargo test` checks).
+    fn of(kind: &Kind, shape: &str, out: &mut load::Outcome) -> Result<Figures, String> {
+        if out.ok == 0 {
+            return Err(format!(
+                "{}: no request got a 200 in the measured {shape} run ({} other statuses, {} \
+                 connection errors)",
+                kind.label(),
+                out.non_200,
+                out.errors
+            ));
+        }
+        Ok(Figures {
+            rate: out.rate(),
+            p50: out.latency_ms(0.50),
+            p99: out.latency_ms(0.99),
+            max: out.latency_ms(1.0),
+            failures: out.non_200 + out.errors,
+        })
+    }
+}
+
 /// One server's figures in one round.
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
-    /// Requests per second.
+    /// Keep-alive requests per second.
     pub rate: f64,
     /// Latency quantiles, ms.
     pub p50: f64,
@@ -138,31 +192,56 @@ pub struct Sample {
     pub spread: Option<f64>,
     /// Requests per worker.
     pub per_worker: BTreeMap<String, u64>,
+    /// Connection per request, closed loop.
+    pub short: Figures,
+    /// New connections at a steady rate (open loop); `rate` is the 200s per second achieved.
+    pub steady: Figures,
+    /// Steady-rate connections the generator started late (its own lag, not the server's).
+    pub steady_late: u64,
 }
 
 fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample, String> {
     let server = servers::start(kind, benches)?;
     std::thread::sleep(Duration::from_millis(300));
     let idle = procs::tree_memory(server.pid());
-    load::start(server.addr, "/", o.connections, o.warm, o.client_threads).finish();
+    let keep_alive = |duration| {
+        load::start(
+            server.addr,
+            "/",
+            load::Shape::KeepAlive,
+            o.connections,
+            duration,
+            o.client_threads,
+        )
+    };
+    keep_alive(o.warm).finish();
     let pids = procs::tree(server.pid());
     let cpu_before = procs::cpu_time(&pids);
-    let run = load::start(server.addr, "/", o.connections, o.measure, o.client_threads);
+    let run = keep_alive(o.measure);
     std::thread::sleep(o.measure / 2);
     let loaded = procs::tree_memory(server.pid());
     let mut out = run.finish();
     let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
+    let keep = Figures::of(kind, "keep-alive", &mut out)?;
+
+    let per_request = |duration| {
+        load::start(
+            server.addr,
+            "/",
+            load::Shape::ConnectionPerRequest,
+            o.short_connections,
+            duration,
+            o.client_threads,
+        )
+        .finish()
+    };
+    per_request(o.warm);
+    let short = Figures::of(kind, "connection-per-request", &mut per_request(o.measure))?;
+    let mut steady =
+        steady::start(server.addr, "/", o.steady_rate, o.measure, o.client_threads).finish();
+    let steady_late = steady.late;
+    let steady = Figures::of(kind, "steady-rate", &mut steady.load)?;
     server.stop();
-    // Figures over no answered request would be meaningless: a broken server or generator stops the
-    // run (this is what the smoke round under `cargo test` checks).
-    if out.ok == 0 {
-        return Err(format!(
-            "{}: no request got a 200 in the measured run ({} other statuses, {} connection errors)",
-            kind.label(),
-            out.non_200,
-            out.errors
-        ));
-    }
     let spread = match kind {
         Kind::Hyperfork { workers, .. } => {
             let counts: Vec<u64> = out.per_worker.values().copied().collect();
@@ -177,16 +256,19 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
         _ => None,
     };
     Ok(Sample {
-        rate: out.rate(),
-        p50: out.latency_ms(0.50),
-        p99: out.latency_ms(0.99),
-        max: out.latency_ms(1.0),
-        failures: out.non_200 + out.errors,
+        rate: keep.rate,
+        p50: keep.p50,
+        p99: keep.p99,
+        max: keep.max,
+        failures: keep.failures,
         idle,
         loaded,
         cpu_per_100k: cpu.as_secs_f64() / (out.ok.max(1) as f64) * 100_000.0,
         spread,
         per_worker: std::mem::take(&mut out.per_worker),
+        short,
+        steady,
+        steady_late,
     })
 }
 
@@ -289,10 +371,18 @@ fn main() -> ExitCode {
             o.workers.clone()
         };
         counts.dedup();
+        // The reference of the short-connection target: the default pool with a plain shared accept.
+        let shared = (counts.contains(&machine.default_workers)
+            && o.accept.as_deref() != Some("shared"))
+        .then(|| Kind::Hyperfork {
+            workers: machine.default_workers,
+            accept: Some("shared".to_string()),
+        });
         kinds.extend(counts.into_iter().map(|workers| Kind::Hyperfork {
             workers,
             accept: o.accept.clone(),
         }));
+        kinds.extend(shared);
     }
     if wanted("nginx") {
         match servers::find_nginx() {
@@ -338,8 +428,20 @@ fn main() -> ExitCode {
             match measure(&kinds[i], &o, &benches) {
                 Ok(s) => {
                     eprintln!(
-                        "bench:   {:.0} req/s, p99 {:.2} ms, {} failures",
-                        s.rate, s.p99, s.failures
+                        "bench:   keep-alive {:.0} req/s, p99 {:.2} ms, {} failures; \
+                         connection per request {:.0} req/s, p99 {:.2} ms, {} failures; \
+                         steady {:.0}/s p50 {:.2} ms, p99 {:.2} ms, {} failures, {} late",
+                        s.rate,
+                        s.p99,
+                        s.failures,
+                        s.short.rate,
+                        s.short.p99,
+                        s.short.failures,
+                        o.steady_rate,
+                        s.steady.p50,
+                        s.steady.p99,
+                        s.steady.failures,
+                        s.steady_late
                     );
                     round_samples[i] = Some(s);
                 }
