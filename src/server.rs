@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::service::TowerToHyperService;
 
-use crate::app::{AppFactory, BoxError, Runner, Worker};
+use crate::app::{BoxError, Worker};
 use crate::config::cli::{Cli, Command};
 use crate::config::cores;
 use crate::config::sizing::Plan;
@@ -24,6 +24,7 @@ use crate::jobs::{Job, JobContext, JobResult};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome, Reloaded};
 use crate::shared::listener::{self, Listener};
+use crate::worker::runner::{AppFactory, Runner};
 use crate::worker::serve::{self, HttpService, ResponseBody};
 
 /// Exit status for a clean shutdown.

@@ -240,10 +240,6 @@ fn the_checker_sees_cycles() {
     let paths = crate_paths("use crate::a::{b, c::d};\nlet x = crate::e::f(1);");
     assert_eq!(
         paths,
-        vec![
-            vec!["a", "b"],
-            vec!["a", "c", "d"],
-            vec!["e", "f"]
-        ]
+        vec![vec!["a", "b"], vec!["a", "c", "d"], vec!["e", "f"]]
     );
 }

@@ -1,5 +1,6 @@
-//! Worker health: the heartbeat that proves a worker's event loop runs, and the limits past which a
-//! worker is recycled (replaced the zero-downtime way: its successor is ready before it stops).
+//! What the settings ask of workers: health (the heartbeat that proves a worker's event loop runs, and
+//! the limits past which a worker is recycled, replaced the zero-downtime way: its successor is ready
+//! before it stops), and the connection and request [`Limits`] each worker enforces.
 //!
 //! - **Heartbeat.** Every worker sends an `alive` message to the master from a task on its own
 //!   runtime, every [`Health::beat_interval`]; a blocked runtime stops it. The master sends `SIGTERM`
@@ -72,6 +73,23 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
 /// A size in MiB with one decimal, for log lines.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Connection and request limits a worker enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Idle keep-alive connections (no complete request header within it) are closed.
+    pub timeout_keep_alive: Duration,
+    /// Most requests served at once; beyond it, 503 at once.
+    pub limit_concurrency: Option<usize>,
+    /// A request header not complete this long after its first byte closes the connection.
+    pub timeout_request_header: Duration,
+    /// Requests declaring a larger body (`Content-Length`, bytes) get 413; zero: no limit.
+    pub limit_request_body: u64,
+    /// Requests with more header fields get 431.
+    pub limit_request_fields: usize,
+    /// Requests whose request line and headers are larger (bytes) get 431.
+    pub limit_request_header_size: u64,
 }
 
 #[cfg(test)]

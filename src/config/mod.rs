@@ -144,8 +144,8 @@ pub struct Settings {
 
 impl Settings {
     /// The limits each worker enforces on connections and requests.
-    pub fn limits(&self) -> crate::worker::serve::Limits {
-        crate::worker::serve::Limits {
+    pub fn limits(&self) -> crate::config::health::Limits {
+        crate::config::health::Limits {
             timeout_keep_alive: self.timeout_keep_alive,
             limit_concurrency: self.limit_concurrency,
             timeout_request_header: self.timeout_request_header,

@@ -32,7 +32,6 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use self::upgrade::{Predecessor, Step, Successor};
-use crate::app::AppFactory;
 use crate::error::StartError;
 use crate::jobs::Job;
 use crate::master::lease::Lease;
@@ -40,6 +39,7 @@ use crate::master::pool::{GIVE_UP_AFTER, Pool};
 use crate::master::signals::SignalQueue;
 use crate::shared::control::{self, ControlPipe, Message};
 use crate::shared::listener::Listener;
+use crate::worker::runner::AppFactory;
 use crate::worker::{self, ChildArgs};
 
 /// How long a fast shutdown (SIGINT, SIGQUIT) waits before killing workers.
@@ -71,7 +71,7 @@ pub(crate) struct MasterArgs<'a> {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
-    pub limits: crate::worker::serve::Limits,
+    pub limits: crate::config::health::Limits,
     pub health: crate::config::health::Health,
     pub binds: Vec<crate::shared::listener::BindSpec>,
     pub backlog: u32,

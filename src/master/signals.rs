@@ -15,7 +15,7 @@
 //! | `SIGUSR2` | binary upgrade: start a new master, hand over |
 //!
 //! A forked worker inherits the blocked mask (and so would any program it runs: `std::process::Command`
-//! keeps it), so [`unblock_all`] runs first thing in every worker.
+//! keeps it), so `shared::sigmask::unblock_all` runs first thing in every worker.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
@@ -77,9 +77,4 @@ impl SignalQueue {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
-}
-
-/// Unblocks every signal in the calling thread; a forked worker calls this before anything else.
-pub fn unblock_all() {
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }

@@ -475,7 +475,9 @@ fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, StartErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_SOCKET_MODE;
+
+    /// The default socket mode (`config` declares it; this layer does not import `config`).
+    const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
     #[test]
     fn parses_bind_forms() {

@@ -17,7 +17,9 @@ use hyper::{Request, Response, StatusCode, Version};
 
 use crate::app::BoxError;
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
-use crate::worker::serve::OnMaxRequests;
+
+/// Called with the request count when a worker reaches its request limit.
+pub(crate) type OnMaxRequests = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// Wraps a service: answers 400/413/503 on the app's behalf, and once draining, HTTP/1 responses
 /// carry `Connection: close`.

@@ -20,6 +20,7 @@ mod accept;
 mod connection;
 pub(crate) mod deadlines;
 mod guard;
+pub(crate) mod runner;
 pub(crate) mod serve;
 
 use std::os::fd::OwnedFd;
@@ -31,11 +32,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use tokio::sync::watch;
 
-use crate::app::AppFactory;
 use crate::app::Worker;
 use crate::jobs::scheduler::Scheduler;
 use crate::shared::control::{ControlWriter, Message, Order};
 use crate::shared::listener::Listener;
+use crate::worker::runner::AppFactory;
 use crate::worker::serve::{ServeControl, Stop};
 
 /// Exit status of a worker whose app failed to boot (gunicorn's and uvicorn's convention).
@@ -55,7 +56,7 @@ pub(crate) struct ChildArgs<'a> {
     pub jobs: &'a [crate::jobs::Job],
     pub threads: usize,
     pub graceful_timeout: Duration,
-    pub limits: crate::worker::serve::Limits,
+    pub limits: crate::config::health::Limits,
     pub health: crate::config::health::Health,
     pub app: &'a AppFactory,
     pub balance: Option<crate::shared::balance::Table>,
@@ -95,7 +96,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             nix::sys::signal::SigHandler::SigIgn,
         );
     }
-    crate::master::signals::unblock_all();
+    crate::shared::sigmask::unblock_all();
     crate::logging::set_worker(args.slot);
     crate::shared::proctitle::set(&crate::shared::proctitle::worker(args.slot, false));
     let pid = std::process::id();

@@ -23,12 +23,14 @@ use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
 use crate::app::BoxError;
+use crate::config::health::Limits;
 use crate::shared::balance::{Balancer, Member};
 use crate::shared::listener::Listener;
 use crate::worker::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
 use crate::worker::connection::{self, Idle, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
+pub(crate) use crate::worker::guard::OnMaxRequests;
 
 /// How a worker is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,26 +55,6 @@ pub struct ServeControl {
     pub max_requests: Option<(u64, OnMaxRequests)>,
     /// This worker's entry in the accept-balancing table; `None`: plain shared accept.
     pub balance: Option<Member>,
-}
-
-/// Called with the request count when a worker reaches its request limit.
-pub type OnMaxRequests = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// Connection and request limits a worker enforces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Idle keep-alive connections (no complete request header within it) are closed.
-    pub timeout_keep_alive: Duration,
-    /// Most requests served at once; beyond it, 503 at once.
-    pub limit_concurrency: Option<usize>,
-    /// A request header not complete this long after its first byte closes the connection.
-    pub timeout_request_header: Duration,
-    /// Requests declaring a larger body (`Content-Length`, bytes) get 413; zero: no limit.
-    pub limit_request_body: u64,
-    /// Requests with more header fields get 431.
-    pub limit_request_fields: usize,
-    /// Requests whose request line and headers are larger (bytes) get 431.
-    pub limit_request_header_size: u64,
 }
 
 impl std::fmt::Debug for ServeControl {
