@@ -50,24 +50,7 @@ pub(crate) async fn run(
         .spawn()
         .map_err(|e| format!("cannot start {program:?}: {e}"))?;
     let pid = child.id();
-    if let Some(out) = child.stdout.take() {
-        let job = name.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!("job {job:?} stdout: {line}");
-            }
-        });
-    }
-    if let Some(err) = child.stderr.take() {
-        let job = name.to_string();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::warn!("job {job:?} stderr: {line}");
-            }
-        });
-    }
+    forward_output(name, &mut child);
     let status = match timeout {
         None => child.wait().await,
         Some(t) => match tokio::time::timeout(t, child.wait()).await {
@@ -89,6 +72,33 @@ pub(crate) async fn run(
         },
     }
     .map_err(|e| format!("cannot wait for {program:?}: {e}"))?;
+    outcome(status)
+}
+
+/// Logs the command's output, a line at a time: stdout at info, stderr at warn.
+fn forward_output(name: &str, child: &mut tokio::process::Child) {
+    if let Some(out) = child.stdout.take() {
+        let job = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!("job {job:?} stdout: {line}");
+            }
+        });
+    }
+    if let Some(err) = child.stderr.take() {
+        let job = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::warn!("job {job:?} stderr: {line}");
+            }
+        });
+    }
+}
+
+/// The run's outcome from the command's exit status.
+fn outcome(status: std::process::ExitStatus) -> Result<(), String> {
     if status.success() {
         Ok(())
     } else if let Some(code) = status.code() {

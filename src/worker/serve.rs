@@ -156,30 +156,7 @@ where
         header: limits.timeout_request_header,
     };
     let registry = Registry::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No `header_read_timeout`: it would bound idle and header time together. The stream's deadlines
-    // bound each on its own (see `header_timeout`).
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(
-            usize::try_from(limits.limit_request_header_size)
-                .unwrap_or(usize::MAX)
-                .max(8192),
-        );
-    // hyper's own limit is the same 100 fields; setting it, even to 100, moves the header table of
-    // every request from the stack to a heap buffer filled per request (measured: 1.5 % of a
-    // worker's CPU under load).
-    if limits.limit_request_fields != HYPER_MAX_HEADERS {
-        builder.http1().max_headers(limits.limit_request_fields);
-    }
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let builder = http_builder(&limits);
     let mut accept_loops = tokio::task::JoinSet::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let listener = AsyncListener::adopt(l)?;
@@ -209,7 +186,43 @@ where
         tracing::info!("accepted {accepted} connection(s); left {deferred} to less loaded workers");
     }
 
-    // One deadline bounds the whole drain: the keep-alive linger and the final shutdown.
+    drain(&registry, graceful_timeout).await;
+    Ok(())
+}
+
+/// hyper's connection builder, HTTP/1 and HTTP/2, with the worker's limits.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No `header_read_timeout`: it would bound idle and header time together. The stream's deadlines
+    // bound each on its own (see `deadlines`).
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(
+            usize::try_from(limits.limit_request_header_size)
+                .unwrap_or(usize::MAX)
+                .max(8192),
+        );
+    // hyper's own limit is the same 100 fields; setting it, even to 100, moves the header table of
+    // every request from the stack to a heap buffer filled per request (measured: 1.5 % of a
+    // worker's CPU under load).
+    if limits.limit_request_fields != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.limit_request_fields);
+    }
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
+}
+
+/// Lets the open connections finish once accepting has stopped. One deadline, `graceful_timeout`,
+/// bounds the whole drain: the keep-alive linger (clients close after their next response, which
+/// carries `Connection: close`) and then the graceful close of whatever is left.
+async fn drain(registry: &Registry, graceful_timeout: Duration) {
     let deadline = tokio::time::Instant::now() + graceful_timeout;
     let open = registry.count();
     if open > 0 {
@@ -227,7 +240,6 @@ where
             humantime::format_duration(graceful_timeout)
         );
     }
-    Ok(())
 }
 
 /// The connection deadlines.
