@@ -252,24 +252,8 @@ fn serves_through_a_socket_passed_by_systemd_socket_activate() {
         "it bound --port instead"
     );
     // A binary upgrade passes systemd's socket on to the new master.
-    p.signal(libc::SIGUSR2);
-    assert!(
-        p.wait_log(
-            "took over from the previous master",
-            Duration::from_secs(30)
-        ),
-        "{}",
-        p.stderr()
-    );
-    let new: i32 = p
-        .stderr()
-        .split("starting a new master from ")
-        .nth(1)
-        .and_then(|rest| rest.split("(pid ").nth(1))
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|pid| pid.parse().ok())
-        .expect("the new master's pid in the log");
-    let _guard = PidGuard(new);
+    let guard = p.upgrade_from_log();
+    let new = guard.0;
     assert!(
         p.wait_exit(Duration::from_secs(30))
             .is_some_and(|s| s.success())

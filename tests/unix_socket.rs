@@ -438,15 +438,8 @@ fn after_a_binary_upgrade_the_new_master_removes_the_socket_file_it_took_over() 
     );
     let old = p.pid();
     assert!(wait_until(Duration::from_secs(10), || read_pid(&pid_file) == Some(old)));
-    p.signal(libc::SIGUSR2);
-    assert!(
-        wait_until(Duration::from_secs(30), || read_pid(&pid_file)
-            .is_some_and(|pid| pid != old)),
-        "the pid file never named a new master:\n{}",
-        p.stderr()
-    );
-    let new = read_pid(&pid_file).unwrap();
-    let _guard = PidGuard(new);
+    let guard = p.upgrade_from_pid_file(&pid_file);
+    let new = guard.0;
     // The old master leaves the file to the new one.
     stop(&mut p);
     assert!(
@@ -492,24 +485,8 @@ fn a_socket_file_passed_by_systemd_is_never_removed_even_after_a_binary_upgrade(
         "{}",
         p.stderr()
     );
-    p.signal(libc::SIGUSR2);
-    assert!(
-        p.wait_log(
-            "took over from the previous master",
-            Duration::from_secs(30)
-        ),
-        "{}",
-        p.stderr()
-    );
-    let new: i32 = p
-        .stderr()
-        .split("starting a new master from ")
-        .nth(1)
-        .and_then(|rest| rest.split("(pid ").nth(1))
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|pid| pid.parse().ok())
-        .expect("the new master's pid in the log");
-    let _guard = PidGuard(new);
+    let guard = p.upgrade_from_log();
+    let new = guard.0;
     stop(&mut p);
     assert!(
         path.exists(),

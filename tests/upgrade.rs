@@ -90,15 +90,8 @@ fn usr2_under_load_hands_over_to_a_new_master_from_the_binary_on_disk() {
             .count()
             > before
     }));
-    p.signal(libc::SIGUSR2);
-    assert!(
-        wait_until(Duration::from_secs(30), || read_pid(&pid_file)
-            .is_some_and(|pid| pid != old)),
-        "the pid file never named a new master:\n{}",
-        p.stderr()
-    );
-    let new = read_pid(&pid_file).unwrap();
-    let _guard = PidGuard(new);
+    let guard = p.upgrade_from_pid_file(&pid_file);
+    let new = guard.0;
     let status = p.wait_exit(Duration::from_secs(30));
     assert!(
         status.is_some_and(|s| s.success()),

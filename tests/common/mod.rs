@@ -183,6 +183,43 @@ impl Proc {
         }
     }
 
+    /// Sends SIGUSR2 and waits (bounded) for the hand-over; returns a guard that kills the new
+    /// master, found by its pid in the log.
+    pub fn upgrade_from_log(&self) -> PidGuard {
+        self.signal(libc::SIGUSR2);
+        assert!(
+            self.wait_log(
+                "took over from the previous master",
+                Duration::from_secs(30)
+            ),
+            "{}",
+            self.stderr()
+        );
+        let new: i32 = self
+            .stderr()
+            .split("starting a new master from ")
+            .nth(1)
+            .and_then(|rest| rest.split("(pid ").nth(1))
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|pid| pid.parse().ok())
+            .expect("the new master's pid in the log");
+        PidGuard(new)
+    }
+
+    /// Sends SIGUSR2 and waits (bounded) until `pid_file` names a new master; returns a guard that
+    /// kills it.
+    pub fn upgrade_from_pid_file(&self, pid_file: &std::path::Path) -> PidGuard {
+        let old = self.pid();
+        self.signal(libc::SIGUSR2);
+        assert!(
+            wait_until(Duration::from_secs(30), || read_pid(pid_file)
+                .is_some_and(|pid| pid != old)),
+            "the pid file never named a new master:\n{}",
+            self.stderr()
+        );
+        PidGuard(read_pid(pid_file).expect("a pid in the pid file"))
+    }
+
     /// The master's live child processes.
     pub fn worker_pids(&self) -> Vec<i32> {
         children_of(self.pid())
