@@ -37,7 +37,7 @@ use crate::error::StartError;
 use crate::jobs::Job;
 use crate::master::lease::Lease;
 use crate::master::pool::{GIVE_UP_AFTER, Pool};
-use crate::master::signals::SignalQueue;
+use crate::master::signals::{Intent, SignalQueue};
 use crate::shared::control::{self, ControlPipe, Message};
 use crate::shared::listener::Listener;
 use crate::worker::{self, ChildArgs};
@@ -228,9 +228,7 @@ impl Master<'_> {
         loop {
             let now = Instant::now();
             self.wait(now);
-            for sig in self.signals.drain() {
-                self.on_signal(sig);
-            }
+            self.handle_signals();
             for msg in self.control.drain() {
                 self.on_message(msg);
             }
@@ -342,23 +340,32 @@ impl Master<'_> {
         let _ = poll(&mut fds, PollTimeout::from(ms));
     }
 
-    fn on_signal(&mut self, sig: Signal) {
-        match sig {
-            Signal::SIGCHLD => {}
-            Signal::SIGTERM => self.stop(true),
-            Signal::SIGINT | Signal::SIGQUIT => self.stop(false),
-            _ if self.state != State::Running => {
-                tracing::info!("{sig} ignored: shutting down");
+    /// Acts on every pending signal, as the intent it stands for.
+    fn handle_signals(&mut self) {
+        for sig in self.signals.drain() {
+            match signals::intent(sig) {
+                None => tracing::info!("{sig} received; not supported yet, ignoring"),
+                Some(i) if self.state != State::Running && !i.applies_while_stopping() => {
+                    tracing::info!("{sig} ignored: shutting down");
+                }
+                Some(i) => self.dispatch(i),
             }
-            Signal::SIGHUP if self.upgrading() => {
+        }
+    }
+
+    fn dispatch(&mut self, intent: Intent) {
+        match intent {
+            // The loop reaps after every wait: several SIGCHLD may have merged into one.
+            Intent::ReapChildren => {}
+            Intent::Shutdown { graceful } => self.stop(graceful),
+            Intent::Reload if self.upgrading() => {
                 tracing::warn!("SIGHUP ignored: a binary upgrade is in progress");
             }
-            Signal::SIGHUP => self.begin_reload(),
-            Signal::SIGUSR2 => self.begin_upgrade(),
-            Signal::SIGUSR1 => self.reopen_logs(),
-            Signal::SIGTTIN => self.resize(1),
-            Signal::SIGTTOU => self.resize(-1),
-            other => tracing::info!("{other} received; not supported yet, ignoring"),
+            Intent::Reload => self.begin_reload(),
+            Intent::Upgrade => self.begin_upgrade(),
+            Intent::ReopenLogs => self.reopen_logs(),
+            Intent::AddWorker => self.resize(1),
+            Intent::RemoveWorker => self.resize(-1),
         }
     }
 
