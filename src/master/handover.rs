@@ -6,12 +6,12 @@ use std::time::Instant;
 use nix::sys::signal::{Signal, kill};
 
 use super::{Master, State};
-use crate::master::upgrade::{self, Said, Step};
+use crate::master::upgrade::{self, Said, Stage, Step};
 
 impl Master<'_> {
     /// Whether a binary upgrade is under way, in either role.
     pub(super) fn upgrading(&self) -> bool {
-        self.successor.as_ref().is_some_and(|s| !s.took_over) || self.predecessor.is_some()
+        self.successor.as_ref().is_some_and(|s| !s.took_over()) || self.predecessor.is_some()
     }
 
     /// `SIGUSR2`: start a new master from the executable on disk.
@@ -56,25 +56,27 @@ impl Master<'_> {
         let Some(s) = self.successor.as_mut() else {
             return;
         };
-        if !s.took_over && !s.abandoned {
-            // A master that is shutting down stops its successor too; it hands nothing over.
-            if s.poll_ready() && self.state == State::Running {
-                self.hand_over();
-            } else if now >= s.deadline {
-                s.abandoned = true;
-                let pid = s.pid;
-                tracing::error!(
-                    "binary upgrade failed: the new master (pid {pid}) was not ready within {}; \
-                     stopping it, this master keeps serving",
-                    humantime::format_duration(upgrade::READY_TIMEOUT)
-                );
-                let _ = kill(pid, Signal::SIGTERM);
+        match s.stage {
+            Stage::Booting { deadline } => {
+                // A master that is shutting down stops its successor too; it hands nothing over.
+                if s.poll_ready() && self.state == State::Running {
+                    self.hand_over();
+                } else if now >= deadline {
+                    s.stage = Stage::Abandoned;
+                    let pid = s.pid;
+                    tracing::error!(
+                        "binary upgrade failed: the new master (pid {pid}) was not ready within {}; \
+                         stopping it, this master keeps serving",
+                        humantime::format_duration(upgrade::READY_TIMEOUT)
+                    );
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
             }
-            return;
-        }
-        if s.took_over && s.channel.is_some() && self.lease.is_free() {
-            s.send_lease(&self.lease.record());
-            tracing::info!("handed the scheduler lease record to the new master");
+            Stage::TookOver if s.channel.is_some() && self.lease.is_free() => {
+                s.send_lease(&self.lease.record());
+                tracing::info!("handed the scheduler lease record to the new master");
+            }
+            Stage::TookOver | Stage::Abandoned => {}
         }
     }
 
@@ -84,7 +86,7 @@ impl Master<'_> {
             return;
         };
         let new = s.pid;
-        s.took_over = true;
+        s.stage = Stage::TookOver;
         self.notifier.main_pid(
             new.as_raw() as u32,
             &format!("handed over to the new master, pid {new}"),
@@ -116,7 +118,7 @@ impl Master<'_> {
         let Some(s) = self.successor.take() else {
             return;
         };
-        if s.took_over {
+        if s.took_over() {
             tracing::warn!("the new master (pid {}) {how}", s.pid);
             return;
         }

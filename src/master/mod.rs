@@ -303,11 +303,7 @@ impl Master<'_> {
             State::Running => self.pool.next_refill(),
             State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
         };
-        let upgrade = self
-            .successor
-            .as_ref()
-            .filter(|s| !s.took_over && !s.abandoned)
-            .map(|s| s.deadline);
+        let upgrade = self.successor.as_ref().and_then(|s| s.deadline());
         let health = match self.state {
             State::Running => self.health_deadline(),
             State::Stopping { .. } => None,
@@ -397,7 +393,7 @@ impl Master<'_> {
             v.push(old);
         }
         // A new master that has not taken over yet stops with this one.
-        if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over) {
+        if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over()) {
             v.push(s.pid);
         }
         v
