@@ -3,25 +3,32 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{Master, Reload, State};
 use crate::config::health::{KILL_GRACE, MEMORY_SAMPLE, mib, rss_bytes};
 
 impl Master<'_> {
-    /// A heartbeat (or the ready message, the first one) from `pid`.
+    /// A heartbeat from `pid`.
     pub(super) fn beat(&mut self, pid: Pid) {
-        if self.pool.slot_of(pid).is_some() {
-            self.beats.insert(pid, Instant::now());
+        if let Some(c) = self.children.get_mut(&pid) {
+            c.last_beat = Some(Instant::now());
         }
     }
 
-    /// When the next health check is due: the first heartbeat deadline or memory sample.
+    /// When the next health check is due: the first heartbeat deadline of a ready worker, or the
+    /// next memory sample.
     pub(super) fn health_deadline(&self) -> Option<Instant> {
         let timeout = self.args.health.timeout;
         let beat = (!timeout.is_zero())
-            .then(|| self.beats.values().min().map(|t| *t + timeout))
+            .then(|| {
+                self.children
+                    .values()
+                    .filter(|c| c.is_ready())
+                    .filter_map(|c| c.last_beat)
+                    .min()
+                    .map(|t| t + timeout)
+            })
             .flatten();
         let memory = (self.args.health.max_worker_memory > 0).then_some(self.next_memory_sample);
         beat.into_iter().chain(memory).min()
@@ -33,25 +40,13 @@ impl Master<'_> {
         if self.state != State::Running {
             return;
         }
-        while self.reload.is_none() && !self.upgrading() {
-            let Some((pid, why)) = self.recycle_queue.pop_front() else {
-                break;
-            };
-            if let Some(slot) = self.pool.slot_of(pid).filter(|s| self.pool.slot(*s).ready) {
-                self.recycle(slot, pid, &why);
-            }
-        }
+        self.start_queued_recycle();
         let timeout = self.args.health.timeout;
         if !timeout.is_zero() {
-            for slot in 0..self.pool.size() {
-                let s = self.pool.slot(slot);
-                let (Some(pid), true) = (s.pid, s.ready) else {
-                    continue;
-                };
-                let silent = self
-                    .beats
-                    .get(&pid)
-                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t));
+            for (slot, pid) in self.serving() {
+                let silent = self.children[&pid]
+                    .last_beat
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
                 if silent > timeout {
                     self.replace_silent(slot, pid, silent);
                 }
@@ -60,11 +55,7 @@ impl Master<'_> {
         let limit = self.args.health.max_worker_memory;
         if limit > 0 && now >= self.next_memory_sample {
             self.next_memory_sample = now + MEMORY_SAMPLE;
-            for slot in 0..self.pool.size() {
-                let s = self.pool.slot(slot);
-                let (Some(pid), true) = (s.pid, s.ready) else {
-                    continue;
-                };
+            for (slot, pid) in self.serving() {
                 if let Some(rss) = rss_bytes(pid.as_raw()).filter(|rss| *rss > limit) {
                     self.recycle(
                         slot,
@@ -80,6 +71,25 @@ impl Master<'_> {
         }
     }
 
+    /// Starts the recycle that waited longest, once no reload, recycle or upgrade runs.
+    fn start_queued_recycle(&mut self) {
+        if self.reload.is_some() || self.upgrading() {
+            return;
+        }
+        let next = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.is_ready())
+            .filter_map(|(pid, c)| c.recycle.as_ref().map(|(since, _)| (*since, c.slot, *pid)))
+            .min();
+        let Some((_, slot, pid)) = next else {
+            return;
+        };
+        if let Some((_, why)) = self.children.get_mut(&pid).and_then(|c| c.recycle.take()) {
+            self.recycle(slot, pid, &why);
+        }
+    }
+
     /// A worker whose event loop stopped: `SIGTERM` now, `SIGKILL` after [`KILL_GRACE`], and a
     /// replacement at once (it is not serving anyway).
     fn replace_silent(&mut self, slot: usize, pid: Pid, silent: Duration) {
@@ -90,11 +100,7 @@ impl Master<'_> {
             humantime::format_duration(self.args.health.timeout),
             humantime::format_duration(KILL_GRACE)
         );
-        self.beats.remove(&pid);
-        if let Some(pid) = self.pool.detach(slot) {
-            let _ = kill(pid, Signal::SIGTERM);
-            self.draining.insert(pid, Some(Instant::now() + KILL_GRACE));
-        }
+        self.retire(pid, KILL_GRACE);
         if self.reload.as_ref().is_some_and(|r| r.slot == slot) {
             // The slot's new worker of a reload or recycle was the silent one: let the reload
             // carry on with the next attempt.
@@ -112,8 +118,8 @@ impl Master<'_> {
             return;
         }
         if self.reload.is_some() || self.upgrading() {
-            if !self.recycle_queue.iter().any(|(p, _)| *p == pid) {
-                self.recycle_queue.push_back((pid, why.to_string()));
+            if let Some(c) = self.children.get_mut(&pid).filter(|c| c.recycle.is_none()) {
+                c.recycle = Some((Instant::now(), why.to_string()));
             }
             return;
         }
@@ -122,7 +128,6 @@ impl Master<'_> {
             slot,
             end: slot + 1,
             new_size: self.pool.size(),
-            old: None,
             recycle: true,
         });
         self.step_reload();

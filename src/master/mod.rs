@@ -13,6 +13,7 @@
 //! workers are ready (see [`crate::master::upgrade`]).
 
 mod checks;
+mod children;
 mod handover;
 pub(crate) mod lease;
 pub(crate) mod pidfile;
@@ -23,14 +24,14 @@ pub(crate) mod systemd;
 pub(crate) mod upgrade;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 
+use self::children::{Child, ChildPhase};
 use self::upgrade::{Predecessor, Step, Successor};
 use crate::app::AppFactory;
 use crate::error::StartError;
@@ -40,7 +41,6 @@ use crate::master::pool::{GIVE_UP_AFTER, Pool};
 use crate::master::signals::{Intent, SignalQueue};
 use crate::shared::control::{self, ControlPipe, Message};
 use crate::shared::listener::Listener;
-use crate::worker::{self, ChildArgs};
 
 /// How long a fast shutdown (SIGINT, SIGQUIT) waits before killing workers.
 const FAST_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -100,8 +100,6 @@ struct Reload {
     /// Slots `slot..end` are replaced.
     end: usize,
     new_size: usize,
-    /// The old worker of `slot`, still serving until its replacement is ready.
-    old: Option<Pid>,
     /// A recycle of one worker (past a limit), not a `SIGHUP` reload.
     recycle: bool,
 }
@@ -120,11 +118,9 @@ struct Master<'a> {
     pool: Pool,
     state: State,
     announced_ready: bool,
-    /// The write end of each live worker's order pipe.
-    orders: HashMap<Pid, OwnedFd>,
+    /// Every live worker, from its fork to its reaping.
+    children: HashMap<Pid, Child>,
     lease: Lease,
-    /// Stopped workers still draining, with the moment they get `SIGKILL` (`None`: already sent).
-    draining: HashMap<Pid, Option<Instant>>,
     /// Sockets of an earlier configuration, closed once no old worker is left.
     retired_listeners: Vec<Listener>,
     reload: Option<Reload>,
@@ -144,12 +140,8 @@ struct Master<'a> {
     pid_file: Option<crate::master::pidfile::PidFile>,
     /// The process title last set.
     title: String,
-    /// When each pool worker last proved its event loop runs.
-    beats: HashMap<Pid, Instant>,
     /// When the workers' memory is sampled next.
     next_memory_sample: Instant,
-    /// Workers waiting for their turn to be recycled, with the reason.
-    recycle_queue: std::collections::VecDeque<(Pid, String)>,
     /// The accept-balancing table shared with the workers (balanced accept only).
     balance: Option<crate::shared::balance::Table>,
 }
@@ -190,8 +182,7 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         control,
         state: State::Running,
         announced_ready: false,
-        orders: HashMap::new(),
-        draining: HashMap::new(),
+        children: HashMap::new(),
         retired_listeners: Vec::new(),
         reload: None,
         reload_pending: false,
@@ -210,9 +201,7 @@ pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
         pid_file,
         args,
         title: String::new(),
-        beats: HashMap::new(),
         next_memory_sample: now,
-        recycle_queue: std::collections::VecDeque::new(),
         balance,
     };
     let outcome = master.run_loop();
@@ -229,18 +218,14 @@ impl Master<'_> {
             let now = Instant::now();
             self.wait(now);
             self.handle_signals();
-            for msg in self.control.drain() {
-                self.on_message(msg);
-            }
+            self.handle_messages();
             self.reap();
             let now = Instant::now();
             self.drive_successor(now);
             self.drive_predecessor();
             self.kill_overdue_drains(now);
-            self.notifier.watchdog(
-                now,
-                self.state == State::Running && self.pool.ready_count() > 0,
-            );
+            self.notifier
+                .watchdog(now, self.state == State::Running && self.ready_count() > 0);
             let status = self.status_line();
             self.notifier.status(&status);
             let title = crate::shared::proctitle::master(
@@ -298,7 +283,14 @@ impl Master<'_> {
 
     /// Sleeps until a signal or message arrives, or the next deadline, at most [`TICK`].
     fn wait(&mut self, now: Instant) {
-        let drain = self.draining.values().flatten().min().copied();
+        let drain = self
+            .children
+            .values()
+            .filter_map(|c| match c.phase {
+                ChildPhase::Draining { kill_at } => kill_at,
+                _ => None,
+            })
+            .min();
         let deadline = match self.state {
             State::Running => self.pool.next_refill(),
             State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
@@ -371,7 +363,7 @@ impl Master<'_> {
             State::Stopping { .. } => format!("stopping, {} workers left", self.live().len()),
             State::Running => format!(
                 "{}/{} workers ready, generation {}{}",
-                self.pool.ready_count(),
+                self.ready_count(),
                 self.pool.size(),
                 self.generation,
                 if self.reload.is_some() {
@@ -385,13 +377,9 @@ impl Master<'_> {
         }
     }
 
-    /// Every live worker: the pool's, a reload's old one, and draining ones.
+    /// Every live child: the workers, and a new master that has not taken over.
     fn live(&self) -> Vec<Pid> {
-        let mut v = self.pool.live();
-        v.extend(self.draining.keys().copied());
-        if let Some(old) = self.reload.as_ref().and_then(|r| r.old) {
-            v.push(old);
-        }
+        let mut v: Vec<Pid> = self.children.keys().copied().collect();
         // A new master that has not taken over yet stops with this one.
         if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over()) {
             v.push(s.pid);
@@ -399,35 +387,13 @@ impl Master<'_> {
         v
     }
 
-    /// Gracefully stops a worker that left the pool.
-    fn retire(&mut self, pid: Pid) {
-        let _ = kill(pid, Signal::SIGTERM);
-        self.draining
-            .insert(pid, Some(Instant::now() + self.args.graceful_timeout));
-    }
-
-    fn kill_overdue_drains(&mut self, now: Instant) {
-        for (pid, at) in self.draining.iter_mut() {
-            if at.is_some_and(|t| t <= now) {
-                tracing::warn!(
-                    "stopped worker (pid {pid}) still running at its deadline; sending SIGKILL"
-                );
-                let _ = kill(*pid, Signal::SIGKILL);
-                *at = None;
-            }
-        }
-    }
-
     /// `SIGUSR1`: reopen the log file here and in every worker.
     fn reopen_logs(&mut self) {
         match crate::logging::reopen() {
             Ok(Some(path)) => {
                 tracing::info!("SIGUSR1: reopened the log file {}", path.display());
-                let successor = self.successor.as_ref().map(|s| s.pid);
-                for pid in self.live() {
-                    if Some(pid) != successor {
-                        let _ = kill(pid, Signal::SIGUSR1);
-                    }
+                for pid in self.children.keys() {
+                    let _ = kill(*pid, Signal::SIGUSR1);
                 }
             }
             Ok(None) => tracing::info!("SIGUSR1: logging to stderr, no log file to reopen"),
@@ -472,12 +438,24 @@ impl Master<'_> {
         }
     }
 
+    /// Acts on every message the workers sent.
+    fn handle_messages(&mut self) {
+        for msg in self.control.drain() {
+            self.on_message(msg);
+        }
+    }
+
     fn on_message(&mut self, msg: Message) {
+        let pid = sender(&msg);
         match msg {
-            Message::Alive { pid } => self.beat(Pid::from_raw(pid)),
-            Message::Recycle { pid, served } => {
-                let pid = Pid::from_raw(pid);
-                if let Some(slot) = self.pool.slot_of(pid) {
+            Message::Alive { .. } => self.beat(pid),
+            Message::Recycle { served, .. } => {
+                if let Some(slot) = self
+                    .children
+                    .get(&pid)
+                    .filter(|c| c.in_pool())
+                    .map(|c| c.slot)
+                {
                     self.recycle(
                         slot,
                         pid,
@@ -485,59 +463,63 @@ impl Master<'_> {
                     );
                 }
             }
-            Message::Ready { pid } => {
-                let pid = Pid::from_raw(pid);
-                if let Some(slot) = self.pool.ready(pid) {
-                    self.beat(pid);
-                    tracing::debug!("worker {slot} (pid {pid}) is ready");
-                    if let Some(r) = self.reload.as_mut() {
-                        if r.slot == slot {
-                            if let Some(old) = r.old.take() {
-                                tracing::info!(
-                                    "worker {slot}: new pid {pid} ready, stopping old pid {old}"
-                                );
-                                self.retire(old);
-                            }
-                            if let Some(r) = self.reload.as_mut() {
-                                r.slot += 1;
-                            }
-                            self.step_reload();
-                        }
-                    }
-                    if !self.announced_ready && self.reload.is_none() && self.pool.all_ready() {
-                        self.announced_ready = true;
-                        tracing::info!("all {} workers ready", self.pool.size());
-                        if !self.notified_ready {
-                            self.notified_ready = true;
-                            match self.predecessor.as_mut() {
-                                Some(p) if p.step == Step::Booting => {
-                                    tracing::info!(
-                                        "telling the previous master that this one is ready to take over"
-                                    );
-                                    p.send_ready();
-                                }
-                                _ => {
-                                    let status = self.status_line();
-                                    self.notifier.ready(&status);
-                                }
-                            }
-                        }
-                    }
+            Message::Ready { .. } => self.worker_ready(pid),
+            Message::BootError { text, .. } => {
+                if let Some(c) = self.children.get(&pid).filter(|c| c.in_pool()) {
+                    self.pool.boot_error(c.slot, text);
                 }
             }
-            Message::BootError { pid, text } => {
-                self.pool.boot_error(Pid::from_raw(pid), text);
-            }
-            Message::JobStart { pid, tick_ms, job } => {
-                if !self.lease.job_started(Pid::from_raw(pid), &job, tick_ms) {
+            Message::JobStart { tick_ms, job, .. } => {
+                if !self.lease.job_started(pid, &job, tick_ms) {
                     tracing::error!(
                         "pid {pid} reported a run of job {job:?} without holding the scheduler lease"
                     );
                 }
             }
-            Message::Released { pid } => {
-                if self.lease.ended(Pid::from_raw(pid)) {
+            Message::Released { .. } => {
+                if self.lease.ended(pid) {
                     tracing::info!("pid {pid} released the scheduler lease");
+                }
+            }
+        }
+    }
+
+    /// A worker reported ready: the slot's replacement moves on, and the pool may be complete.
+    fn worker_ready(&mut self, pid: Pid) {
+        let Some(child) = self.children.get_mut(&pid).filter(|c| c.in_pool()) else {
+            return;
+        };
+        child.phase = ChildPhase::Ready;
+        child.last_beat = Some(Instant::now());
+        let slot = child.slot;
+        self.pool.ready(slot);
+        tracing::debug!("worker {slot} (pid {pid}) is ready");
+        if self.reload.as_ref().is_some_and(|r| r.slot == slot) {
+            if let Some(old) = self.replaced_in(slot) {
+                tracing::info!("worker {slot}: new pid {pid} ready, stopping old pid {old}");
+                self.retire(old, self.args.graceful_timeout);
+            }
+            if let Some(r) = self.reload.as_mut() {
+                r.slot += 1;
+            }
+            self.step_reload();
+        }
+        if !self.announced_ready && self.reload.is_none() && self.all_ready() {
+            self.announced_ready = true;
+            tracing::info!("all {} workers ready", self.pool.size());
+            if !self.notified_ready {
+                self.notified_ready = true;
+                match self.predecessor.as_mut() {
+                    Some(p) if p.step == Step::Booting => {
+                        tracing::info!(
+                            "telling the previous master that this one is ready to take over"
+                        );
+                        p.send_ready();
+                    }
+                    _ => {
+                        let status = self.status_line();
+                        self.notifier.ready(&status);
+                    }
                 }
             }
         }
@@ -548,11 +530,12 @@ impl Master<'_> {
         if !self.lease.is_free() || self.args.jobs.is_empty() || self.pool.size() == 0 {
             return;
         }
-        let slot0 = self.pool.slot(0);
-        let (Some(pid), true) = (slot0.pid, slot0.ready) else {
-            return;
-        };
-        let Some(fd) = self.orders.get(&pid) else {
+        let Some((pid, fd)) = self
+            .children
+            .iter()
+            .find(|(_, c)| c.slot == 0 && c.is_ready())
+            .map(|(pid, c)| (*pid, &c.orders))
+        else {
             return;
         };
         let order = self.lease.grant(pid);
@@ -574,138 +557,6 @@ impl Master<'_> {
         }
     }
 
-    /// Reaps every exited child and schedules refills.
-    fn reap(&mut self) {
-        loop {
-            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(s) => s,
-            };
-            let (pid, how) = match status {
-                WaitStatus::Exited(pid, code) => (pid, format!("exited with status {code}")),
-                WaitStatus::Signaled(pid, sig, core) => (
-                    pid,
-                    format!(
-                        "was killed by {sig}{}",
-                        if core { " (core dumped)" } else { "" }
-                    ),
-                ),
-                _ => continue,
-            };
-            if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
-                self.successor_exited(&how);
-                continue;
-            }
-            self.orders.remove(&pid);
-            self.beats.remove(&pid);
-            if let Some(table) = &self.balance {
-                table.release(pid.as_raw() as u32);
-            }
-            if self.lease.holder() == Some(pid) {
-                self.holder_died(pid);
-            }
-            let running = self.state == State::Running;
-            let now = Instant::now();
-            let Some(death) = self.pool.died(pid, now, running) else {
-                if self.draining.remove(&pid).is_some() {
-                    tracing::debug!("old worker (pid {pid}) {how}");
-                } else if let Some(r) = self.reload.as_mut().filter(|r| r.old == Some(pid)) {
-                    r.old = None;
-                    tracing::warn!(
-                        "old worker (pid {pid}) {how} while waiting for its replacement"
-                    );
-                }
-                if self.draining.is_empty()
-                    && self.reload.is_none()
-                    && !self.retired_listeners.is_empty()
-                {
-                    if self.owns_files {
-                        crate::shared::listener::remove_unix_files(&self.retired_listeners);
-                    }
-                    self.retired_listeners.clear();
-                    tracing::info!("closed the sockets of the previous configuration");
-                }
-                continue;
-            };
-            let lived =
-                humantime::format_duration(Duration::from_millis(death.lived.as_millis() as u64));
-            if !running {
-                tracing::debug!("worker {} (pid {pid}) {how}", death.slot);
-            } else if self.pool.gave_up() {
-                tracing::warn!(
-                    "worker {} (pid {pid}) {how} after {lived} before it was ready",
-                    death.slot
-                );
-            } else if death.delay.is_zero() {
-                tracing::warn!(
-                    "worker {} (pid {pid}) {how} after {lived}; restarting it",
-                    death.slot
-                );
-            } else {
-                tracing::warn!(
-                    "worker {} (pid {pid}) {how} after {lived}{}; restarting in {}",
-                    death.slot,
-                    if death.was_ready {
-                        ""
-                    } else {
-                        " before it was ready"
-                    },
-                    humantime::format_duration(death.delay)
-                );
-            }
-        }
-    }
-
-    fn spawn(&mut self, slot: usize) {
-        let now = Instant::now();
-        let (order_read, order_write) = match control::order_pipe() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("cannot fork worker {slot}: {e}; retrying");
-                self.pool.fork_failed(slot, now);
-                return;
-            }
-        };
-        let mut close_fds = vec![
-            self.signals.raw_fd(),
-            self.control.read_raw_fd(),
-            order_write.as_raw_fd(),
-        ];
-        close_fds.extend(self.orders.values().map(|fd| fd.as_raw_fd()));
-        // SAFETY: the master is single-threaded (it never spawns threads or builds a runtime; `run`
-        // documents the requirement and `Server::run` checks it), so the child gets a consistent copy
-        // of memory with no lock held by another thread. The child never returns: `run_child` ends in
-        // `exit`.
-        match unsafe { fork() } {
-            Ok(ForkResult::Child) => worker::run_child(ChildArgs {
-                slot,
-                pool_size: self.pool.size(),
-                master_pid: self.pid,
-                listeners: &self.args.listeners,
-                close_fds,
-                orders: order_read,
-                control: self.control.writer(),
-                jobs: &self.args.jobs,
-                threads: self.args.threads,
-                graceful_timeout: self.args.graceful_timeout,
-                limits: self.args.limits.clone(),
-                health: self.args.health,
-                app: self.args.app,
-                balance: self.balance,
-            }),
-            Ok(ForkResult::Parent { child }) => {
-                drop(order_read);
-                self.orders.insert(child, order_write);
-                tracing::info!("booting worker {slot} (pid {child})");
-                self.pool.spawned(slot, child, now);
-            }
-            Err(e) => {
-                tracing::error!("cannot fork worker {slot}: {e}; retrying");
-                self.pool.fork_failed(slot, now);
-            }
-        }
-    }
-
     /// Builds the give-up message and kills whatever is left.
     fn give_up(&mut self) -> String {
         self.signal_all(Signal::SIGKILL);
@@ -718,4 +569,16 @@ impl Master<'_> {
         };
         format!("every worker failed to boot {GIVE_UP_AFTER} times in a row; giving up. {cause}")
     }
+}
+
+/// The sender of a worker's message, as the master names processes: the one place the wire's `i32`
+/// becomes a [`Pid`].
+fn sender(msg: &Message) -> Pid {
+    let (Message::Ready { pid }
+    | Message::BootError { pid, .. }
+    | Message::JobStart { pid, .. }
+    | Message::Released { pid }
+    | Message::Alive { pid }
+    | Message::Recycle { pid, .. }) = msg;
+    Pid::from_raw(*pid)
 }

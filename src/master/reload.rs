@@ -3,8 +3,6 @@
 
 use std::time::Instant;
 
-use nix::sys::signal::{Signal, kill};
-
 use super::{Master, Reload};
 use crate::jobs::Job;
 use crate::master::pool::GIVE_UP_AFTER;
@@ -25,9 +23,7 @@ impl Master<'_> {
         } else if size <= 1 {
             tracing::warn!("SIGTTOU ignored: the pool keeps at least 1 worker");
         } else {
-            for pid in self.pool.truncate(size - 1) {
-                self.retire(pid);
-            }
+            self.shrink_pool(size - 1);
             tracing::info!(
                 "SIGTTOU: workers {size} -> {}, stopping slot {}",
                 size - 1,
@@ -168,7 +164,6 @@ impl Master<'_> {
             slot: 0,
             end: new.plan.workers,
             new_size: new.plan.workers,
-            old: None,
             recycle: false,
         });
         self.step_reload();
@@ -190,13 +185,12 @@ impl Master<'_> {
             .clone()
             .unwrap_or_else(|| "no error reported".into());
         let recycle = r.recycle;
-        let old = self.reload.take().and_then(|r| r.old);
-        if let Some(pid) = self.pool.detach(slot) {
-            let _ = kill(pid, Signal::SIGKILL);
-            self.draining.insert(pid, None);
+        self.reload = None;
+        if let Some(pid) = self.holder_of(slot) {
+            self.kill_now(pid);
         }
-        match old {
-            Some(pid) => self.pool.reattach(slot, pid),
+        match self.replaced_in(slot) {
+            Some(old) => self.reattach(slot, old),
             None => self.pool.fork_failed(slot, Instant::now()),
         }
         if recycle {
@@ -222,9 +216,7 @@ impl Master<'_> {
         };
         if r.slot >= r.end {
             let (new_size, recycle, recycled) = (r.new_size, r.recycle, r.end.saturating_sub(1));
-            for pid in self.pool.truncate(new_size) {
-                self.retire(pid);
-            }
+            self.shrink_pool(new_size);
             self.reload = None;
             if recycle {
                 tracing::info!("worker {recycled} recycled");
@@ -250,10 +242,7 @@ impl Master<'_> {
         if slot >= self.pool.size() {
             self.pool.grow(slot + 1 - self.pool.size(), Instant::now());
         }
-        let old = self.pool.detach(slot);
-        if let Some(r) = self.reload.as_mut() {
-            r.old = old;
-        }
+        self.replace_holder(slot);
         self.spawn(slot);
     }
 }
