@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::{Master, Reload, State};
+use super::reload::Replacement;
+use super::{Master, Phase};
 use crate::config::health::{KILL_GRACE, MEMORY_SAMPLE, mib, rss_bytes};
 
 impl Master<'_> {
@@ -37,7 +38,7 @@ impl Master<'_> {
     /// Replaces silent workers, recycles workers past the memory limit, and starts the next queued
     /// recycle.
     pub(super) fn check_health(&mut self, now: Instant) {
-        if self.state != State::Running {
+        if self.is_stopping() {
             return;
         }
         self.start_queued_recycle();
@@ -73,7 +74,7 @@ impl Master<'_> {
 
     /// Starts the recycle that waited longest, once no reload, recycle or upgrade runs.
     fn start_queued_recycle(&mut self) {
-        if self.reload.is_some() || self.upgrading() {
+        if !matches!(self.phase, Phase::Starting | Phase::Running) || self.upgrading() {
             return;
         }
         let next = self
@@ -101,7 +102,7 @@ impl Master<'_> {
             humantime::format_duration(KILL_GRACE)
         );
         self.retire(pid, KILL_GRACE);
-        if self.reload.as_ref().is_some_and(|r| r.slot == slot) {
+        if self.replacement().is_some_and(|r| r.slot == slot) {
             // The slot's new worker of a reload or recycle was the silent one: let the reload
             // carry on with the next attempt.
             self.pool.fork_failed(slot, Instant::now());
@@ -114,22 +115,21 @@ impl Master<'_> {
     /// slot at a time: while another replacement, a reload or an upgrade runs, the request waits its
     /// turn.
     pub(super) fn recycle(&mut self, slot: usize, pid: Pid, why: &str) {
-        if self.state != State::Running {
-            return;
-        }
-        if self.reload.is_some() || self.upgrading() {
-            if let Some(c) = self.children.get_mut(&pid).filter(|c| c.recycle.is_none()) {
-                c.recycle = Some((Instant::now(), why.to_string()));
+        let during_start = match self.phase {
+            Phase::Stopping { .. } => return,
+            Phase::Starting | Phase::Running if !self.upgrading() => {
+                matches!(self.phase, Phase::Starting)
             }
-            return;
-        }
+            _ => {
+                if let Some(c) = self.children.get_mut(&pid).filter(|c| c.recycle.is_none()) {
+                    c.recycle = Some((Instant::now(), why.to_string()));
+                }
+                return;
+            }
+        };
         tracing::info!("worker {slot} (pid {pid}) {why}; replacing it");
-        self.reload = Some(Reload {
-            slot,
-            end: slot + 1,
-            new_size: self.pool.size(),
-            recycle: true,
-        });
-        self.step_reload();
+        let r = Replacement::recycle(slot, self.pool.size(), during_start);
+        self.phase = Phase::Replacing(r);
+        self.step_replacement();
     }
 }

@@ -14,7 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use super::{Master, State};
+use super::Master;
 use crate::shared::control;
 use crate::worker::{self, ChildArgs};
 
@@ -251,7 +251,7 @@ impl Master<'_> {
             }
         }
         let old_left = self.children.values().any(|c| !c.in_pool());
-        if !old_left && self.reload.is_none() && !self.retired_listeners.is_empty() {
+        if !old_left && self.replacement().is_none() && !self.retired_listeners.is_empty() {
             if self.owns_files {
                 crate::shared::listener::remove_unix_files(&self.retired_listeners);
             }
@@ -262,7 +262,7 @@ impl Master<'_> {
 
     /// The holder of a slot died: schedule the refill (unless stopping) and say why.
     fn slot_lost(&mut self, pid: Pid, child: &Child, how: &str) {
-        let running = self.state == State::Running;
+        let running = !self.is_stopping();
         let now = Instant::now();
         let lived = now.saturating_duration_since(child.started);
         let was_ready = child.is_ready();

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 
-use super::{Master, State};
+use super::{Master, Phase};
 use crate::master::upgrade::{self, Said, Stage, Step};
 
 impl Master<'_> {
@@ -20,7 +20,7 @@ impl Master<'_> {
             tracing::warn!("SIGUSR2 ignored: a binary upgrade is already in progress");
             return;
         }
-        if self.reload.is_some() {
+        if self.replacement().is_some() {
             tracing::warn!("SIGUSR2 ignored: a reload is in progress; send it again after it");
             return;
         }
@@ -53,13 +53,14 @@ impl Master<'_> {
     /// The old master's side of an upgrade: hand over when the new master is ready, give up on it
     /// when it is late, and send the lease record once this master's holder is gone.
     pub(super) fn drive_successor(&mut self, now: Instant) {
+        let stopping = self.is_stopping();
         let Some(s) = self.successor.as_mut() else {
             return;
         };
         match s.stage {
             Stage::Booting { deadline } => {
                 // A master that is shutting down stops its successor too; it hands nothing over.
-                if s.poll_ready() && self.state == State::Running {
+                if s.poll_ready() && !stopping {
                     self.hand_over();
                 } else if now >= deadline {
                     s.stage = Stage::Abandoned;
@@ -105,10 +106,9 @@ impl Master<'_> {
              master's workers (up to {}), then exiting",
             humantime::format_duration(self.args.graceful_timeout)
         );
-        self.reload_pending = false;
-        self.state = State::Stopping {
-            kill_at: Instant::now() + self.args.graceful_timeout,
-            killed: false,
+        self.phase = Phase::Stopping {
+            kill_at: Some(Instant::now() + self.args.graceful_timeout),
+            extended: None,
         };
         self.signal_all(Signal::SIGTERM);
     }
@@ -122,7 +122,7 @@ impl Master<'_> {
             tracing::warn!("the new master (pid {}) {how}", s.pid);
             return;
         }
-        if self.state == State::Running {
+        if !self.is_stopping() {
             tracing::error!(
                 "binary upgrade failed: the new master (pid {}) {how} before its workers were ready; \
                  this master keeps serving",
@@ -193,12 +193,10 @@ impl Master<'_> {
             tracing::info!("took over from the previous master");
             let status = self.status_line();
             self.notifier.main_pid(self.pid.as_raw() as u32, &status);
-        } else if self.announced_ready {
+        } else if self.declared() {
             let status = self.status_line();
             self.notifier.ready(&status);
-        } else {
-            // READY=1 goes out with the usual message once every worker is ready.
-            self.notified_ready = false;
         }
+        // Otherwise READY=1 goes out with the usual message once every worker is ready.
     }
 }

@@ -1,16 +1,21 @@
 //! The master's loop: a small synchronous state machine, readable top to bottom.
 //!
-//! Each turn: wait (at most 1 s, or until the next refill or kill deadline) for a signal or a control
-//! message; handle the signals; read the workers' messages; reap every dead worker; then either refill
-//! empty slots (running) or count down the shutdown (stopping). The master never starts a thread or a
-//! tokio runtime, so `fork` stays safe for its whole life.
+//! Each turn ([`Master::run_loop`]): wait (at most 1 s, or until the next refill or kill deadline) for
+//! a signal or a control message; handle the signals, each turned into an [`Intent`] first; handle the
+//! workers' messages; reap every dead worker; drive a binary upgrade; then either maintain the pool
+//! (refill empty slots, check the workers' health, grant the scheduler lease) or, when stopping, wind
+//! down. The master never starts a thread or a tokio runtime, so `fork` stays safe for its whole life.
+//!
+//! Where the master is in its life is one [`Phase`]; what it knows of each worker is one record per
+//! child (see [`children`]), added when it is forked and removed when it is reaped.
 //!
 //! A reload (`SIGHUP`) re-reads the configuration and replaces the workers slot by slot: fork the new
 //! worker, wait for its ready message, then gracefully stop the old one; a new configuration that does
-//! not validate, or a socket that cannot be bound, leaves the old pool serving. `SIGTTIN` / `SIGTTOU`
-//! add or gracefully remove the highest slot. Stopped workers drain for at most the graceful timeout.
-//! `SIGUSR2` starts a new master from the executable on disk and hands everything over to it once its
-//! workers are ready (see [`crate::master::upgrade`]).
+//! not validate, or a socket that cannot be bound, leaves the old pool serving. A worker past its
+//! request or memory limit is recycled the same way, alone. `SIGTTIN` / `SIGTTOU` add or gracefully
+//! remove the highest slot. Stopped workers drain for at most the graceful timeout. `SIGUSR2` starts a
+//! new master from the executable on disk and hands everything over to it once its workers are ready
+//! (see [`crate::master::upgrade`]).
 
 mod checks;
 mod children;
@@ -32,6 +37,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use self::children::{Child, ChildPhase};
+use self::reload::Replacement;
 use self::upgrade::{Predecessor, Step, Successor};
 use crate::app::AppFactory;
 use crate::error::StartError;
@@ -93,44 +99,47 @@ pub(crate) struct MasterArgs<'a> {
     pub accept: crate::config::cli::Accept,
 }
 
-/// A reload in progress: slots below `slot` run new workers.
+/// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
+/// in either role (`successor`, `predecessor`: it starts while serving and outlives the hand-over
+/// into the shutdown), `owns_files` (who removes the socket and pid files follows the hand-over, not
+/// the phase) and `pool_announced` (a resize re-arms it in any phase).
 #[derive(Debug)]
-struct Reload {
-    slot: usize,
-    /// Slots `slot..end` are replaced.
-    end: usize,
-    new_size: usize,
-    /// A recycle of one worker (past a limit), not a `SIGHUP` reload.
-    recycle: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Phase {
+    /// Forking the first pool. The service is declared ready (`READY=1`, or `ready` to the previous
+    /// master) once every slot is ready.
+    Starting,
+    /// Serving.
     Running,
-    Stopping { kill_at: Instant, killed: bool },
+    /// Replacing workers one slot at a time: a reload or a recycle. Ends in the phase it
+    /// interrupted.
+    Replacing(Replacement),
+    /// Shutting down: every worker was told to stop.
+    Stopping {
+        /// When the workers left get `SIGKILL` (`None`: sent already).
+        kill_at: Option<Instant>,
+        /// When `EXTEND_TIMEOUT_USEC` was last sent.
+        extended: Option<Instant>,
+    },
 }
 
+/// The master: its phase, one record per worker, the pool's slots, the lease, and the upgrade in
+/// either role.
 struct Master<'a> {
     args: MasterArgs<'a>,
     pid: Pid,
     signals: SignalQueue,
     control: ControlPipe,
     pool: Pool,
-    state: State,
-    announced_ready: bool,
+    phase: Phase,
+    /// Whether "all N workers ready" was logged for the pool's current size (a resize re-arms it).
+    pool_announced: bool,
     /// Every live worker, from its fork to its reaping.
     children: HashMap<Pid, Child>,
     lease: Lease,
     /// Sockets of an earlier configuration, closed once no old worker is left.
     retired_listeners: Vec<Listener>,
-    reload: Option<Reload>,
-    reload_pending: bool,
     generation: u64,
     notifier: crate::master::systemd::Notifier,
-    /// Whether READY=1 went out for the first generation.
-    notified_ready: bool,
-    /// When EXTEND_TIMEOUT_USEC was last sent during a shutdown.
-    last_extend: Option<Instant>,
     /// The new master of a binary upgrade this master started.
     successor: Option<Successor>,
     /// The master that started this one, until the hand-over completes.
@@ -148,169 +157,123 @@ struct Master<'a> {
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
 /// tokio.
-pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
-    let signals = SignalQueue::install()?;
-    let control = ControlPipe::new()?;
-    let now = Instant::now();
-    let predecessor = args.predecessor.take().map(|channel| Predecessor {
-        channel,
-        step: Step::Booting,
-    });
-    // A new master writes its pid file when it takes over; the old one's is still right until then.
-    let pid_file = match (&args.pid_file, &predecessor) {
-        (Some(p), None) => Some(crate::master::pidfile::PidFile::create(p)?),
-        _ => None,
-    };
-    let anchor_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let mut notifier = crate::master::systemd::Notifier::from_env();
-    notifier.set_muted(predecessor.is_some());
-    let balance = match args.accept {
-        crate::config::cli::Accept::Balanced => Some(
-            crate::shared::balance::Table::new().map_err(|source| StartError::Os {
-                what: "mapping the accept-balancing table",
-                source,
-            })?,
-        ),
-        crate::config::cli::Accept::Shared => None,
-    };
-    let mut master = Master {
-        pool: Pool::new(args.workers, now),
-        pid: nix::unistd::getpid(),
-        signals,
-        control,
-        state: State::Running,
-        announced_ready: false,
-        children: HashMap::new(),
-        retired_listeners: Vec::new(),
-        reload: None,
-        reload_pending: false,
-        generation: 1,
-        notifier,
-        notified_ready: false,
-        last_extend: None,
-        lease: if predecessor.is_some() {
-            Lease::held_by_predecessor(anchor_ms)
-        } else {
-            Lease::new(anchor_ms)
-        },
-        successor: None,
-        owns_files: predecessor.is_none() && !args.activated,
-        predecessor,
-        pid_file,
-        args,
-        title: String::new(),
-        next_memory_sample: now,
-        balance,
-    };
+pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
+    let mut master = Master::new(args)?;
     let outcome = master.run_loop();
     if master.owns_files {
         crate::shared::listener::remove_unix_files(&master.args.listeners);
         crate::shared::listener::remove_unix_files(&master.retired_listeners);
     }
-    outcome
+    Ok(outcome)
+}
+
+impl<'a> Master<'a> {
+    /// Opens the signalfd and the control pipe and sets up the bookkeeping; forks nothing yet.
+    fn new(mut args: MasterArgs<'a>) -> Result<Master<'a>, StartError> {
+        let signals = SignalQueue::install()?;
+        let control = ControlPipe::new()?;
+        let now = Instant::now();
+        let predecessor = args.predecessor.take().map(|channel| Predecessor {
+            channel,
+            step: Step::Booting,
+        });
+        // A new master writes its pid file when it takes over; the old one's is still right until then.
+        let pid_file = match (&args.pid_file, &predecessor) {
+            (Some(p), None) => Some(crate::master::pidfile::PidFile::create(p)?),
+            _ => None,
+        };
+        let anchor_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut notifier = crate::master::systemd::Notifier::from_env();
+        notifier.set_muted(predecessor.is_some());
+        let balance = match args.accept {
+            crate::config::cli::Accept::Balanced => Some(
+                crate::shared::balance::Table::new().map_err(|source| StartError::Os {
+                    what: "mapping the accept-balancing table",
+                    source,
+                })?,
+            ),
+            crate::config::cli::Accept::Shared => None,
+        };
+        Ok(Master {
+            pool: Pool::new(args.workers, now),
+            pid: nix::unistd::getpid(),
+            signals,
+            control,
+            phase: Phase::Starting,
+            pool_announced: false,
+            children: HashMap::new(),
+            retired_listeners: Vec::new(),
+            generation: 1,
+            notifier,
+            lease: if predecessor.is_some() {
+                Lease::held_by_predecessor(anchor_ms)
+            } else {
+                Lease::new(anchor_ms)
+            },
+            successor: None,
+            owns_files: predecessor.is_none() && !args.activated,
+            predecessor,
+            pid_file,
+            args,
+            title: String::new(),
+            next_memory_sample: now,
+            balance,
+        })
+    }
 }
 
 impl Master<'_> {
-    fn run_loop(&mut self) -> Result<Outcome, StartError> {
+    /// The loop: a few verbs, each turn.
+    fn run_loop(&mut self) -> Outcome {
         loop {
-            let now = Instant::now();
-            self.wait(now);
+            self.wait();
             self.handle_signals();
             self.handle_messages();
             self.reap();
             let now = Instant::now();
-            self.drive_successor(now);
-            self.drive_predecessor();
+            self.drive_upgrade(now);
             self.kill_overdue_drains(now);
-            self.notifier
-                .watchdog(now, self.state == State::Running && self.ready_count() > 0);
-            let status = self.status_line();
-            self.notifier.status(&status);
-            let title = crate::shared::proctitle::master(
-                self.generation,
-                self.pool.size(),
-                self.state != State::Running,
-            );
-            if title != self.title {
-                crate::shared::proctitle::set(&title);
-                self.title = title;
-            }
-            match self.state {
-                State::Running => {
-                    self.abort_failed_reload();
-                    if self.pool.gave_up() {
-                        return Ok(Outcome::GaveUp(self.give_up()));
-                    }
-                    for slot in self.pool.due(now) {
-                        self.spawn(slot);
-                    }
-                    self.check_health(now);
-                    self.maybe_grant_lease();
-                }
-                State::Stopping { kill_at, killed } => {
-                    if self
-                        .last_extend
-                        .is_none_or(|t| now >= t + Duration::from_secs(1))
-                    {
-                        // Ask systemd to wait for the drain (plus a margin), however short
-                        // TimeoutStopSec is.
-                        let left = kill_at.saturating_duration_since(now) + Duration::from_secs(5);
-                        self.notifier.extend_timeout(left);
-                        self.last_extend = Some(now);
-                    }
-                    if self.live().is_empty() {
-                        tracing::info!("all workers exited; shutting down");
-                        return Ok(Outcome::Stopped);
-                    }
-                    if !killed && now >= kill_at {
-                        let live = self.live();
-                        tracing::warn!(
-                            "{} worker(s) still running at the shutdown deadline; sending SIGKILL",
-                            live.len()
-                        );
-                        self.signal_all(Signal::SIGKILL);
-                        self.state = State::Stopping {
-                            kill_at,
-                            killed: true,
-                        };
-                    }
-                }
+            self.report(now);
+            let ended = if self.is_stopping() {
+                self.wind_down(now)
+            } else {
+                self.maintain_pool(now)
+            };
+            if let Some(outcome) = ended {
+                return outcome;
             }
         }
     }
 
-    /// Sleeps until a signal or message arrives, or the next deadline, at most [`TICK`].
-    fn wait(&mut self, now: Instant) {
-        let drain = self
-            .children
-            .values()
-            .filter_map(|c| match c.phase {
-                ChildPhase::Draining { kill_at } => kill_at,
-                _ => None,
-            })
-            .min();
-        let deadline = match self.state {
-            State::Running => self.pool.next_refill(),
-            State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
-        };
-        let upgrade = self.successor.as_ref().and_then(|s| s.deadline());
-        let health = match self.state {
-            State::Running => self.health_deadline(),
-            State::Stopping { .. } => None,
-        };
-        let deadline = [
-            deadline,
-            drain,
-            upgrade,
-            health,
-            self.notifier.watchdog_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let timeout = deadline
+    /// Whether the master is shutting down.
+    fn is_stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// Whether the service was declared ready (it is, once the first pool was complete).
+    fn declared(&self) -> bool {
+        match &self.phase {
+            Phase::Starting => false,
+            Phase::Replacing(r) => !r.during_start,
+            Phase::Running | Phase::Stopping { .. } => true,
+        }
+    }
+
+    /// The replacement in progress, if any.
+    fn replacement(&self) -> Option<&Replacement> {
+        match &self.phase {
+            Phase::Replacing(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Sleeps until a signal, a message or the next deadline, at most [`TICK`].
+    fn wait(&mut self) {
+        let now = Instant::now();
+        let timeout = self
+            .next_deadline()
             .map_or(TICK, |d| d.saturating_duration_since(now))
             .min(TICK);
         // Round up so the loop does not spin on a sub-millisecond remainder.
@@ -328,12 +291,39 @@ impl Master<'_> {
         let _ = poll(&mut fds, PollTimeout::from(ms));
     }
 
+    /// The earliest moment the loop has something to do without being woken.
+    fn next_deadline(&self) -> Option<Instant> {
+        let drains = self
+            .children
+            .values()
+            .filter_map(|c| match c.phase {
+                ChildPhase::Draining { kill_at } => kill_at,
+                _ => None,
+            })
+            .min();
+        let (phase, health) = match self.phase {
+            Phase::Stopping { kill_at, .. } => (kill_at, None),
+            _ => (self.pool.next_refill(), self.health_deadline()),
+        };
+        let upgrade = self.successor.as_ref().and_then(|s| s.deadline());
+        [
+            phase,
+            drains,
+            upgrade,
+            health,
+            self.notifier.watchdog_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     /// Acts on every pending signal, as the intent it stands for.
     fn handle_signals(&mut self) {
         for sig in self.signals.drain() {
             match signals::intent(sig) {
                 None => tracing::info!("{sig} received; not supported yet, ignoring"),
-                Some(i) if self.state != State::Running && !i.applies_while_stopping() => {
+                Some(i) if self.is_stopping() && !i.applies_while_stopping() => {
                     tracing::info!("{sig} ignored: shutting down");
                 }
                 Some(i) => self.dispatch(i),
@@ -357,87 +347,6 @@ impl Master<'_> {
         }
     }
 
-    /// The one-line status for systemd.
-    fn status_line(&self) -> String {
-        match self.state {
-            State::Stopping { .. } => format!("stopping, {} workers left", self.live().len()),
-            State::Running => format!(
-                "{}/{} workers ready, generation {}{}",
-                self.ready_count(),
-                self.pool.size(),
-                self.generation,
-                if self.reload.is_some() {
-                    ", reloading"
-                } else if self.successor.is_some() {
-                    ", upgrading"
-                } else {
-                    ""
-                }
-            ),
-        }
-    }
-
-    /// Every live child: the workers, and a new master that has not taken over.
-    fn live(&self) -> Vec<Pid> {
-        let mut v: Vec<Pid> = self.children.keys().copied().collect();
-        // A new master that has not taken over yet stops with this one.
-        if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over()) {
-            v.push(s.pid);
-        }
-        v
-    }
-
-    /// `SIGUSR1`: reopen the log file here and in every worker.
-    fn reopen_logs(&mut self) {
-        match crate::logging::reopen() {
-            Ok(Some(path)) => {
-                tracing::info!("SIGUSR1: reopened the log file {}", path.display());
-                for pid in self.children.keys() {
-                    let _ = kill(*pid, Signal::SIGUSR1);
-                }
-            }
-            Ok(None) => tracing::info!("SIGUSR1: logging to stderr, no log file to reopen"),
-            Err(e) => tracing::error!("SIGUSR1: {e}; still writing to the file already open"),
-        }
-    }
-
-    fn stop(&mut self, graceful: bool) {
-        let now = Instant::now();
-        self.reload_pending = false;
-        if self.state == State::Running {
-            self.notifier.stopping();
-        }
-        match (self.state, graceful) {
-            (State::Running, true) => {
-                tracing::info!(
-                    "SIGTERM: graceful shutdown, waiting up to {} for in-flight requests",
-                    humantime::format_duration(self.args.graceful_timeout)
-                );
-                self.state = State::Stopping {
-                    kill_at: now + self.args.graceful_timeout,
-                    killed: false,
-                };
-                self.signal_all(Signal::SIGTERM);
-            }
-            (State::Stopping { .. }, true) => {
-                tracing::info!("SIGTERM again: already shutting down");
-            }
-            (_, false) => {
-                tracing::info!("fast shutdown");
-                let kill_at = now + FAST_SHUTDOWN_GRACE;
-                let killed = matches!(self.state, State::Stopping { killed: true, .. });
-                self.state = State::Stopping { kill_at, killed };
-                self.signal_all(Signal::SIGQUIT);
-            }
-        }
-    }
-
-    fn signal_all(&self, sig: Signal) {
-        for pid in self.live() {
-            let _ = kill(pid, sig);
-        }
-    }
-
     /// Acts on every message the workers sent.
     fn handle_messages(&mut self) {
         for msg in self.control.drain() {
@@ -447,26 +356,23 @@ impl Master<'_> {
 
     fn on_message(&mut self, msg: Message) {
         let pid = sender(&msg);
+        let slot = self
+            .children
+            .get(&pid)
+            .filter(|c| c.in_pool())
+            .map(|c| c.slot);
         match msg {
             Message::Alive { .. } => self.beat(pid),
+            Message::Ready { .. } => self.worker_ready(pid),
             Message::Recycle { served, .. } => {
-                if let Some(slot) = self
-                    .children
-                    .get(&pid)
-                    .filter(|c| c.in_pool())
-                    .map(|c| c.slot)
-                {
-                    self.recycle(
-                        slot,
-                        pid,
-                        &format!("served {served} requests, its --max-requests limit"),
-                    );
+                if let Some(slot) = slot {
+                    let why = format!("served {served} requests, its --max-requests limit");
+                    self.recycle(slot, pid, &why);
                 }
             }
-            Message::Ready { .. } => self.worker_ready(pid),
             Message::BootError { text, .. } => {
-                if let Some(c) = self.children.get(&pid).filter(|c| c.in_pool()) {
-                    self.pool.boot_error(c.slot, text);
+                if let Some(slot) = slot {
+                    self.pool.boot_error(slot, text);
                 }
             }
             Message::JobStart { tick_ms, job, .. } => {
@@ -484,7 +390,7 @@ impl Master<'_> {
         }
     }
 
-    /// A worker reported ready: the slot's replacement moves on, and the pool may be complete.
+    /// A worker reported ready: a replacement moves on, and the pool may be complete.
     fn worker_ready(&mut self, pid: Pid) {
         let Some(child) = self.children.get_mut(&pid).filter(|c| c.in_pool()) else {
             return;
@@ -494,35 +400,177 @@ impl Master<'_> {
         let slot = child.slot;
         self.pool.ready(slot);
         tracing::debug!("worker {slot} (pid {pid}) is ready");
-        if self.reload.as_ref().is_some_and(|r| r.slot == slot) {
-            if let Some(old) = self.replaced_in(slot) {
-                tracing::info!("worker {slot}: new pid {pid} ready, stopping old pid {old}");
-                self.retire(old, self.args.graceful_timeout);
-            }
-            if let Some(r) = self.reload.as_mut() {
-                r.slot += 1;
-            }
-            self.step_reload();
+        self.replacement_ready(slot, pid);
+        self.announce_if_complete();
+    }
+
+    /// Logs "all N workers ready" once per pool size, and declares the service ready the first time.
+    fn announce_if_complete(&mut self) {
+        if self.pool_announced || self.replacement().is_some() || !self.all_ready() {
+            return;
         }
-        if !self.announced_ready && self.reload.is_none() && self.all_ready() {
-            self.announced_ready = true;
-            tracing::info!("all {} workers ready", self.pool.size());
-            if !self.notified_ready {
-                self.notified_ready = true;
-                match self.predecessor.as_mut() {
-                    Some(p) if p.step == Step::Booting => {
-                        tracing::info!(
-                            "telling the previous master that this one is ready to take over"
-                        );
-                        p.send_ready();
-                    }
-                    _ => {
-                        let status = self.status_line();
-                        self.notifier.ready(&status);
-                    }
+        self.pool_announced = true;
+        tracing::info!("all {} workers ready", self.pool.size());
+        if !matches!(self.phase, Phase::Starting) {
+            return;
+        }
+        self.phase = Phase::Running;
+        match self.predecessor.as_mut() {
+            Some(p) if p.step == Step::Booting => {
+                tracing::info!("telling the previous master that this one is ready to take over");
+                p.send_ready();
+            }
+            _ => {
+                let status = self.status_line();
+                self.notifier.ready(&status);
+            }
+        }
+    }
+
+    /// The binary upgrade, in whichever role this master has.
+    fn drive_upgrade(&mut self, now: Instant) {
+        self.drive_successor(now);
+        self.drive_predecessor();
+    }
+
+    /// The watchdog, the status line for systemd, and the process title.
+    fn report(&mut self, now: Instant) {
+        let healthy = !self.is_stopping() && self.ready_count() > 0;
+        self.notifier.watchdog(now, healthy);
+        let status = self.status_line();
+        self.notifier.status(&status);
+        let title =
+            crate::shared::proctitle::master(self.generation, self.pool.size(), self.is_stopping());
+        if title != self.title {
+            crate::shared::proctitle::set(&title);
+            self.title = title;
+        }
+    }
+
+    /// The one-line status for systemd.
+    fn status_line(&self) -> String {
+        if self.is_stopping() {
+            return format!("stopping, {} workers left", self.live().len());
+        }
+        format!(
+            "{}/{} workers ready, generation {}{}",
+            self.ready_count(),
+            self.pool.size(),
+            self.generation,
+            if self.replacement().is_some() {
+                ", reloading"
+            } else if self.successor.is_some() {
+                ", upgrading"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// Keeps the pool whole while serving: gives up a stuck replacement (or the whole master, when
+    /// no slot can boot), refills empty slots, checks the workers' health, and grants the lease.
+    fn maintain_pool(&mut self, now: Instant) -> Option<Outcome> {
+        self.abort_stuck_replacement();
+        if self.pool.gave_up() {
+            return Some(Outcome::GaveUp(self.give_up()));
+        }
+        for slot in self.pool.due(now) {
+            self.spawn(slot);
+        }
+        self.check_health(now);
+        self.maybe_grant_lease();
+        None
+    }
+
+    /// Every live child: the workers, and a new master that has not taken over.
+    fn live(&self) -> Vec<Pid> {
+        let mut v: Vec<Pid> = self.children.keys().copied().collect();
+        // A new master that has not taken over yet stops with this one.
+        if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over()) {
+            v.push(s.pid);
+        }
+        v
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        for pid in self.live() {
+            let _ = kill(pid, sig);
+        }
+    }
+
+    /// `SIGUSR1`: reopen the log file here and in every worker.
+    fn reopen_logs(&mut self) {
+        match crate::logging::reopen() {
+            Ok(Some(path)) => {
+                tracing::info!("SIGUSR1: reopened the log file {}", path.display());
+                for pid in self.children.keys() {
+                    let _ = kill(*pid, Signal::SIGUSR1);
                 }
             }
+            Ok(None) => tracing::info!("SIGUSR1: logging to stderr, no log file to reopen"),
+            Err(e) => tracing::error!("SIGUSR1: {e}; still writing to the file already open"),
         }
+    }
+
+    /// `SIGTERM` (graceful) or `SIGINT` / `SIGQUIT` (fast): tell every worker to stop.
+    fn stop(&mut self, graceful: bool) {
+        let (killed, extended) = match self.phase {
+            Phase::Stopping { .. } if graceful => {
+                tracing::info!("SIGTERM again: already shutting down");
+                return;
+            }
+            Phase::Stopping { kill_at, extended } => (kill_at.is_none(), extended),
+            _ => {
+                self.notifier.stopping();
+                (false, None)
+            }
+        };
+        let (grace, sig) = if graceful {
+            tracing::info!(
+                "SIGTERM: graceful shutdown, waiting up to {} for in-flight requests",
+                humantime::format_duration(self.args.graceful_timeout)
+            );
+            (self.args.graceful_timeout, Signal::SIGTERM)
+        } else {
+            tracing::info!("fast shutdown");
+            (FAST_SHUTDOWN_GRACE, Signal::SIGQUIT)
+        };
+        let kill_at = (!killed).then(|| Instant::now() + grace);
+        self.phase = Phase::Stopping { kill_at, extended };
+        self.signal_all(sig);
+    }
+
+    /// The shutdown's turn: keep systemd waiting, end once every child is gone, `SIGKILL` at the
+    /// deadline.
+    fn wind_down(&mut self, now: Instant) -> Option<Outcome> {
+        let Phase::Stopping {
+            mut kill_at,
+            mut extended,
+        } = self.phase
+        else {
+            return None;
+        };
+        if extended.is_none_or(|t| now >= t + Duration::from_secs(1)) {
+            // Ask systemd to wait for the drain (plus a margin), however short TimeoutStopSec is.
+            let left = kill_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+            self.notifier.extend_timeout(left + Duration::from_secs(5));
+            extended = Some(now);
+        }
+        let live = self.live();
+        if live.is_empty() {
+            tracing::info!("all workers exited; shutting down");
+            return Some(Outcome::Stopped);
+        }
+        if kill_at.is_some_and(|t| now >= t) {
+            tracing::warn!(
+                "{} worker(s) still running at the shutdown deadline; sending SIGKILL",
+                live.len()
+            );
+            self.signal_all(Signal::SIGKILL);
+            kill_at = None;
+        }
+        self.phase = Phase::Stopping { kill_at, extended };
+        None
     }
 
     /// Grants the scheduler lease to slot 0's worker when it is free and that worker is ready.
@@ -549,9 +597,7 @@ impl Master<'_> {
 
     /// Frees the lease of a dead holder, after reading every report it wrote before dying.
     fn holder_died(&mut self, pid: Pid) {
-        for msg in self.control.drain() {
-            self.on_message(msg);
-        }
+        self.handle_messages();
         if self.lease.ended(pid) {
             tracing::info!("the scheduler lease is free again (holder pid {pid} exited)");
         }
