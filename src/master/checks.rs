@@ -45,8 +45,10 @@ impl Master<'_> {
         let timeout = self.args.health.timeout;
         if !timeout.is_zero() {
             for (slot, pid) in self.serving() {
-                let silent = self.children[&pid]
-                    .last_beat
+                let silent = self
+                    .children
+                    .get(&pid)
+                    .and_then(|c| c.last_beat)
                     .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
                 if silent > timeout {
                     self.replace_silent(slot, pid, silent);

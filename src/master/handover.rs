@@ -88,10 +88,8 @@ impl Master<'_> {
         };
         let new = s.pid;
         s.stage = Stage::TookOver;
-        self.notifier.main_pid(
-            new.as_raw() as u32,
-            &format!("handed over to the new master, pid {new}"),
-        );
+        self.notifier
+            .main_pid(new, &format!("handed over to the new master, pid {new}"));
         self.notifier.set_muted(true);
         if !s.send_main() {
             tracing::warn!("cannot tell the new master (pid {new}) it took over");
@@ -192,7 +190,7 @@ impl Master<'_> {
         if was_ready {
             tracing::info!("took over from the previous master");
             let status = self.status_line();
-            self.notifier.main_pid(self.pid.as_raw() as u32, &status);
+            self.notifier.main_pid(self.pid, &status);
         } else if self.declared() {
             let status = self.status_line();
             self.notifier.ready(&status);
