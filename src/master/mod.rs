@@ -628,3 +628,30 @@ fn sender(msg: &Message) -> Pid {
     | Message::Recycle { pid, .. }) = msg;
     Pid::from_raw(*pid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_names_its_sender_as_a_pid() {
+        let msgs = [
+            Message::Ready { pid: 7 },
+            Message::BootError {
+                pid: 7,
+                text: "x".into(),
+            },
+            Message::JobStart {
+                pid: 7,
+                tick_ms: 1,
+                job: "j".into(),
+            },
+            Message::Released { pid: 7 },
+            Message::Alive { pid: 7 },
+            Message::Recycle { pid: 7, served: 1 },
+        ];
+        for m in &msgs {
+            assert_eq!(sender(m), Pid::from_raw(7), "{m:?}");
+        }
+    }
+}

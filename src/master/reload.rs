@@ -352,3 +352,34 @@ fn join(specs: &[crate::shared::listener::BindSpec]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_replaces_every_slot_of_the_new_size() {
+        let r = Replacement::reload(3, false);
+        assert_eq!((r.kind, r.slot, r.end, r.size), (Replace::Reload, 0, 3, 3));
+        assert!(!r.reload_after);
+        assert!(matches!(r.resume(), Phase::Running));
+    }
+
+    #[test]
+    fn a_recycle_replaces_one_slot_and_keeps_the_size() {
+        let r = Replacement::recycle(2, 4, false);
+        assert_eq!((r.kind, r.slot, r.end, r.size), (Replace::Recycle, 2, 3, 4));
+    }
+
+    #[test]
+    fn a_replacement_begun_during_start_resumes_the_start() {
+        assert!(matches!(
+            Replacement::recycle(0, 2, true).resume(),
+            Phase::Starting
+        ));
+        assert!(matches!(
+            Replacement::reload(2, true).resume(),
+            Phase::Starting
+        ));
+    }
+}
