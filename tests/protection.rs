@@ -227,7 +227,12 @@ fn a_panicking_handler_costs_one_500_and_the_worker_lives_on() {
     let r = c.get("/health").unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(health_identity(&r).1, pid, "another worker answered");
-    assert!(p.stderr().contains("handler for GET /panic panicked"));
+    // The line may still be on its way through the stderr pipe.
+    assert!(
+        p.wait_log("handler for GET /panic panicked", Duration::from_secs(10)),
+        "{}",
+        p.stderr()
+    );
 }
 
 #[test]

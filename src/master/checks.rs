@@ -3,25 +3,33 @@
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{Master, Reload, State};
+use super::reload::Replacement;
+use super::{Master, Phase};
 use crate::config::health::{KILL_GRACE, MEMORY_SAMPLE, mib, rss_bytes};
 
 impl Master<'_> {
-    /// A heartbeat (or the ready message, the first one) from `pid`.
+    /// A heartbeat from `pid`.
     pub(super) fn beat(&mut self, pid: Pid) {
-        if self.pool.slot_of(pid).is_some() {
-            self.beats.insert(pid, Instant::now());
+        if let Some(c) = self.children.get_mut(&pid) {
+            c.last_beat = Some(Instant::now());
         }
     }
 
-    /// When the next health check is due: the first heartbeat deadline or memory sample.
+    /// When the next health check is due: the first heartbeat deadline of a ready worker, or the
+    /// next memory sample.
     pub(super) fn health_deadline(&self) -> Option<Instant> {
         let timeout = self.args.health.timeout;
         let beat = (!timeout.is_zero())
-            .then(|| self.beats.values().min().map(|t| *t + timeout))
+            .then(|| {
+                self.children
+                    .values()
+                    .filter(|c| c.is_ready())
+                    .filter_map(|c| c.last_beat)
+                    .min()
+                    .map(|t| t + timeout)
+            })
             .flatten();
         let memory = (self.args.health.max_worker_memory > 0).then_some(self.next_memory_sample);
         beat.into_iter().chain(memory).min()
@@ -30,28 +38,18 @@ impl Master<'_> {
     /// Replaces silent workers, recycles workers past the memory limit, and starts the next queued
     /// recycle.
     pub(super) fn check_health(&mut self, now: Instant) {
-        if self.state != State::Running {
+        if self.is_stopping() {
             return;
         }
-        while self.reload.is_none() && !self.upgrading() {
-            let Some((pid, why)) = self.recycle_queue.pop_front() else {
-                break;
-            };
-            if let Some(slot) = self.pool.slot_of(pid).filter(|s| self.pool.slot(*s).ready) {
-                self.recycle(slot, pid, &why);
-            }
-        }
+        self.start_queued_recycle();
         let timeout = self.args.health.timeout;
         if !timeout.is_zero() {
-            for slot in 0..self.pool.size() {
-                let s = self.pool.slot(slot);
-                let (Some(pid), true) = (s.pid, s.ready) else {
-                    continue;
-                };
+            for (slot, pid) in self.serving() {
                 let silent = self
-                    .beats
+                    .children
                     .get(&pid)
-                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(*t));
+                    .and_then(|c| c.last_beat)
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
                 if silent > timeout {
                     self.replace_silent(slot, pid, silent);
                 }
@@ -60,11 +58,7 @@ impl Master<'_> {
         let limit = self.args.health.max_worker_memory;
         if limit > 0 && now >= self.next_memory_sample {
             self.next_memory_sample = now + MEMORY_SAMPLE;
-            for slot in 0..self.pool.size() {
-                let s = self.pool.slot(slot);
-                let (Some(pid), true) = (s.pid, s.ready) else {
-                    continue;
-                };
+            for (slot, pid) in self.serving() {
                 if let Some(rss) = rss_bytes(pid.as_raw()).filter(|rss| *rss > limit) {
                     self.recycle(
                         slot,
@@ -80,6 +74,25 @@ impl Master<'_> {
         }
     }
 
+    /// Starts the recycle that waited longest, once no reload, recycle or upgrade runs.
+    fn start_queued_recycle(&mut self) {
+        if !matches!(self.phase, Phase::Starting | Phase::Running) || self.upgrading() {
+            return;
+        }
+        let next = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.is_ready())
+            .filter_map(|(pid, c)| c.recycle.as_ref().map(|(since, _)| (*since, c.slot, *pid)))
+            .min();
+        let Some((_, slot, pid)) = next else {
+            return;
+        };
+        if let Some((_, why)) = self.children.get_mut(&pid).and_then(|c| c.recycle.take()) {
+            self.recycle(slot, pid, &why);
+        }
+    }
+
     /// A worker whose event loop stopped: `SIGTERM` now, `SIGKILL` after [`KILL_GRACE`], and a
     /// replacement at once (it is not serving anyway).
     fn replace_silent(&mut self, slot: usize, pid: Pid, silent: Duration) {
@@ -90,12 +103,8 @@ impl Master<'_> {
             humantime::format_duration(self.args.health.timeout),
             humantime::format_duration(KILL_GRACE)
         );
-        self.beats.remove(&pid);
-        if let Some(pid) = self.pool.detach(slot) {
-            let _ = kill(pid, Signal::SIGTERM);
-            self.draining.insert(pid, Some(Instant::now() + KILL_GRACE));
-        }
-        if self.reload.as_ref().is_some_and(|r| r.slot == slot) {
+        self.retire(pid, KILL_GRACE);
+        if self.replacement().is_some_and(|r| r.slot == slot) {
             // The slot's new worker of a reload or recycle was the silent one: let the reload
             // carry on with the next attempt.
             self.pool.fork_failed(slot, Instant::now());
@@ -108,23 +117,21 @@ impl Master<'_> {
     /// slot at a time: while another replacement, a reload or an upgrade runs, the request waits its
     /// turn.
     pub(super) fn recycle(&mut self, slot: usize, pid: Pid, why: &str) {
-        if self.state != State::Running {
-            return;
-        }
-        if self.reload.is_some() || self.upgrading() {
-            if !self.recycle_queue.iter().any(|(p, _)| *p == pid) {
-                self.recycle_queue.push_back((pid, why.to_string()));
+        let during_start = match self.phase {
+            Phase::Stopping { .. } => return,
+            Phase::Starting | Phase::Running if !self.upgrading() => {
+                matches!(self.phase, Phase::Starting)
             }
-            return;
-        }
+            _ => {
+                if let Some(c) = self.children.get_mut(&pid).filter(|c| c.recycle.is_none()) {
+                    c.recycle = Some((Instant::now(), why.to_string()));
+                }
+                return;
+            }
+        };
         tracing::info!("worker {slot} (pid {pid}) {why}; replacing it");
-        self.reload = Some(Reload {
-            slot,
-            end: slot + 1,
-            new_size: self.pool.size(),
-            old: None,
-            recycle: true,
-        });
-        self.step_reload();
+        let r = Replacement::recycle(slot, self.pool.size(), during_start);
+        self.phase = Phase::Replacing(r);
+        self.step_replacement();
     }
 }

@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 
-use super::{Master, State};
-use crate::master::upgrade::{self, Said, Step};
+use super::{Master, Phase};
+use crate::master::upgrade::{self, Said, Stage, Step};
 
 impl Master<'_> {
     /// Whether a binary upgrade is under way, in either role.
     pub(super) fn upgrading(&self) -> bool {
-        self.successor.as_ref().is_some_and(|s| !s.took_over) || self.predecessor.is_some()
+        self.successor.as_ref().is_some_and(|s| !s.took_over()) || self.predecessor.is_some()
     }
 
     /// `SIGUSR2`: start a new master from the executable on disk.
@@ -20,7 +20,7 @@ impl Master<'_> {
             tracing::warn!("SIGUSR2 ignored: a binary upgrade is already in progress");
             return;
         }
-        if self.reload.is_some() {
+        if self.replacement().is_some() {
             tracing::warn!("SIGUSR2 ignored: a reload is in progress; send it again after it");
             return;
         }
@@ -53,28 +53,31 @@ impl Master<'_> {
     /// The old master's side of an upgrade: hand over when the new master is ready, give up on it
     /// when it is late, and send the lease record once this master's holder is gone.
     pub(super) fn drive_successor(&mut self, now: Instant) {
+        let stopping = self.is_stopping();
         let Some(s) = self.successor.as_mut() else {
             return;
         };
-        if !s.took_over && !s.abandoned {
-            // A master that is shutting down stops its successor too; it hands nothing over.
-            if s.poll_ready() && self.state == State::Running {
-                self.hand_over();
-            } else if now >= s.deadline {
-                s.abandoned = true;
-                let pid = s.pid;
-                tracing::error!(
-                    "binary upgrade failed: the new master (pid {pid}) was not ready within {}; \
-                     stopping it, this master keeps serving",
-                    humantime::format_duration(upgrade::READY_TIMEOUT)
-                );
-                let _ = kill(pid, Signal::SIGTERM);
+        match s.stage {
+            Stage::Booting { deadline } => {
+                // A master that is shutting down stops its successor too; it hands nothing over.
+                if s.poll_ready() && !stopping {
+                    self.hand_over();
+                } else if now >= deadline {
+                    s.stage = Stage::Abandoned;
+                    let pid = s.pid;
+                    tracing::error!(
+                        "binary upgrade failed: the new master (pid {pid}) was not ready within {}; \
+                         stopping it, this master keeps serving",
+                        humantime::format_duration(upgrade::READY_TIMEOUT)
+                    );
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
             }
-            return;
-        }
-        if s.took_over && s.channel.is_some() && self.lease.is_free() {
-            s.send_lease(&self.lease.record());
-            tracing::info!("handed the scheduler lease record to the new master");
+            Stage::TookOver if s.channel.is_some() && self.lease.is_free() => {
+                s.send_lease(&self.lease.record());
+                tracing::info!("handed the scheduler lease record to the new master");
+            }
+            Stage::TookOver | Stage::Abandoned => {}
         }
     }
 
@@ -84,11 +87,9 @@ impl Master<'_> {
             return;
         };
         let new = s.pid;
-        s.took_over = true;
-        self.notifier.main_pid(
-            new.as_raw() as u32,
-            &format!("handed over to the new master, pid {new}"),
-        );
+        s.stage = Stage::TookOver;
+        self.notifier
+            .main_pid(new, &format!("handed over to the new master, pid {new}"));
         self.notifier.set_muted(true);
         if !s.send_main() {
             tracing::warn!("cannot tell the new master (pid {new}) it took over");
@@ -103,10 +104,9 @@ impl Master<'_> {
              master's workers (up to {}), then exiting",
             humantime::format_duration(self.args.graceful_timeout)
         );
-        self.reload_pending = false;
-        self.state = State::Stopping {
-            kill_at: Instant::now() + self.args.graceful_timeout,
-            killed: false,
+        self.phase = Phase::Stopping {
+            kill_at: Some(Instant::now() + self.args.graceful_timeout),
+            extended: None,
         };
         self.signal_all(Signal::SIGTERM);
     }
@@ -116,11 +116,11 @@ impl Master<'_> {
         let Some(s) = self.successor.take() else {
             return;
         };
-        if s.took_over {
+        if s.took_over() {
             tracing::warn!("the new master (pid {}) {how}", s.pid);
             return;
         }
-        if self.state == State::Running {
+        if !self.is_stopping() {
             tracing::error!(
                 "binary upgrade failed: the new master (pid {}) {how} before its workers were ready; \
                  this master keeps serving",
@@ -190,13 +190,11 @@ impl Master<'_> {
         if was_ready {
             tracing::info!("took over from the previous master");
             let status = self.status_line();
-            self.notifier.main_pid(self.pid.as_raw() as u32, &status);
-        } else if self.announced_ready {
+            self.notifier.main_pid(self.pid, &status);
+        } else if self.declared() {
             let status = self.status_line();
             self.notifier.ready(&status);
-        } else {
-            // READY=1 goes out with the usual message once every worker is ready.
-            self.notified_ready = false;
         }
+        // Otherwise READY=1 goes out with the usual message once every worker is ready.
     }
 }

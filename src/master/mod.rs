@@ -1,18 +1,24 @@
 //! The master's loop: a small synchronous state machine, readable top to bottom.
 //!
-//! Each turn: wait (at most 1 s, or until the next refill or kill deadline) for a signal or a control
-//! message; handle the signals; read the workers' messages; reap every dead worker; then either refill
-//! empty slots (running) or count down the shutdown (stopping). The master never starts a thread or a
-//! tokio runtime, so `fork` stays safe for its whole life.
+//! Each turn ([`Master::run_loop`]): wait (at most 1 s, or until the next refill or kill deadline) for
+//! a signal or a control message; handle the signals, each turned into an [`Intent`] first; handle the
+//! workers' messages; reap every dead worker; drive a binary upgrade; then either maintain the pool
+//! (refill empty slots, check the workers' health, grant the scheduler lease) or, when stopping, wind
+//! down. The master never starts a thread or a tokio runtime, so `fork` stays safe for its whole life.
+//!
+//! Where the master is in its life is one [`Phase`]; what it knows of each worker is one record per
+//! child (see [`children`]), added when it is forked and removed when it is reaped.
 //!
 //! A reload (`SIGHUP`) re-reads the configuration and replaces the workers slot by slot: fork the new
 //! worker, wait for its ready message, then gracefully stop the old one; a new configuration that does
-//! not validate, or a socket that cannot be bound, leaves the old pool serving. `SIGTTIN` / `SIGTTOU`
-//! add or gracefully remove the highest slot. Stopped workers drain for at most the graceful timeout.
-//! `SIGUSR2` starts a new master from the executable on disk and hands everything over to it once its
-//! workers are ready (see [`crate::master::upgrade`]).
+//! not validate, or a socket that cannot be bound, leaves the old pool serving. A worker past its
+//! request or memory limit is recycled the same way, alone. `SIGTTIN` / `SIGTTOU` add or gracefully
+//! remove the highest slot. Stopped workers drain for at most the graceful timeout. `SIGUSR2` starts a
+//! new master from the executable on disk and hands everything over to it once its workers are ready
+//! (see [`crate::master::upgrade`]).
 
 mod checks;
+mod children;
 mod handover;
 pub(crate) mod lease;
 pub(crate) mod pidfile;
@@ -23,24 +29,24 @@ pub(crate) mod systemd;
 pub(crate) mod upgrade;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 
+use self::children::{Child, ChildPhase};
+use self::reload::Replacement;
 use self::upgrade::{Predecessor, Step, Successor};
 use crate::error::StartError;
 use crate::jobs::Job;
 use crate::master::lease::Lease;
 use crate::master::pool::{GIVE_UP_AFTER, Pool};
-use crate::master::signals::SignalQueue;
+use crate::master::signals::{Intent, SignalQueue};
 use crate::shared::control::{self, ControlPipe, Message};
 use crate::shared::listener::Listener;
 use crate::worker::runner::AppFactory;
-use crate::worker::{self, ChildArgs};
 
 /// How long a fast shutdown (SIGINT, SIGQUIT) waits before killing workers.
 const FAST_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -93,48 +99,47 @@ pub(crate) struct MasterArgs<'a> {
     pub accept: crate::config::cli::Accept,
 }
 
-/// A reload in progress: slots below `slot` run new workers.
+/// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
+/// in either role (`successor`, `predecessor`: it starts while serving and outlives the hand-over
+/// into the shutdown), `owns_files` (who removes the socket and pid files follows the hand-over, not
+/// the phase) and `pool_announced` (a resize re-arms it in any phase).
 #[derive(Debug)]
-struct Reload {
-    slot: usize,
-    /// Slots `slot..end` are replaced.
-    end: usize,
-    new_size: usize,
-    /// The old worker of `slot`, still serving until its replacement is ready.
-    old: Option<Pid>,
-    /// A recycle of one worker (past a limit), not a `SIGHUP` reload.
-    recycle: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Phase {
+    /// Forking the first pool. The service is declared ready (`READY=1`, or `ready` to the previous
+    /// master) once every slot is ready.
+    Starting,
+    /// Serving.
     Running,
-    Stopping { kill_at: Instant, killed: bool },
+    /// Replacing workers one slot at a time: a reload or a recycle. Ends in the phase it
+    /// interrupted.
+    Replacing(Replacement),
+    /// Shutting down: every worker was told to stop.
+    Stopping {
+        /// When the workers left get `SIGKILL` (`None`: sent already).
+        kill_at: Option<Instant>,
+        /// When `EXTEND_TIMEOUT_USEC` was last sent.
+        extended: Option<Instant>,
+    },
 }
 
+/// The master: its phase, one record per worker, the pool's slots, the lease, and the upgrade in
+/// either role.
 struct Master<'a> {
     args: MasterArgs<'a>,
     pid: Pid,
     signals: SignalQueue,
     control: ControlPipe,
     pool: Pool,
-    state: State,
-    announced_ready: bool,
-    /// The write end of each live worker's order pipe.
-    orders: HashMap<Pid, OwnedFd>,
+    phase: Phase,
+    /// Whether "all N workers ready" was logged for the pool's current size (a resize re-arms it).
+    pool_announced: bool,
+    /// Every live worker, from its fork to its reaping.
+    children: HashMap<Pid, Child>,
     lease: Lease,
-    /// Stopped workers still draining, with the moment they get `SIGKILL` (`None`: already sent).
-    draining: HashMap<Pid, Option<Instant>>,
     /// Sockets of an earlier configuration, closed once no old worker is left.
     retired_listeners: Vec<Listener>,
-    reload: Option<Reload>,
-    reload_pending: bool,
     generation: u64,
     notifier: crate::master::systemd::Notifier,
-    /// Whether READY=1 went out for the first generation.
-    notified_ready: bool,
-    /// When EXTEND_TIMEOUT_USEC was last sent during a shutdown.
-    last_extend: Option<Instant>,
     /// The new master of a binary upgrade this master started.
     successor: Option<Successor>,
     /// The master that started this one, until the hand-over completes.
@@ -144,187 +149,131 @@ struct Master<'a> {
     pid_file: Option<crate::master::pidfile::PidFile>,
     /// The process title last set.
     title: String,
-    /// When each pool worker last proved its event loop runs.
-    beats: HashMap<Pid, Instant>,
     /// When the workers' memory is sampled next.
     next_memory_sample: Instant,
-    /// Workers waiting for their turn to be recycled, with the reason.
-    recycle_queue: std::collections::VecDeque<(Pid, String)>,
     /// The accept-balancing table shared with the workers (balanced accept only).
     balance: Option<crate::shared::balance::Table>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
 /// tokio.
-pub(crate) fn run(mut args: MasterArgs<'_>) -> Result<Outcome, StartError> {
-    let signals = SignalQueue::install()?;
-    let control = ControlPipe::new()?;
-    let now = Instant::now();
-    let predecessor = args.predecessor.take().map(|channel| Predecessor {
-        channel,
-        step: Step::Booting,
-    });
-    // A new master writes its pid file when it takes over; the old one's is still right until then.
-    let pid_file = match (&args.pid_file, &predecessor) {
-        (Some(p), None) => Some(crate::master::pidfile::PidFile::create(p)?),
-        _ => None,
-    };
-    let anchor_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let mut notifier = crate::master::systemd::Notifier::from_env();
-    notifier.set_muted(predecessor.is_some());
-    let balance = match args.accept {
-        crate::config::cli::Accept::Balanced => Some(
-            crate::shared::balance::Table::new().map_err(|source| StartError::Os {
-                what: "mapping the accept-balancing table",
-                source,
-            })?,
-        ),
-        crate::config::cli::Accept::Shared => None,
-    };
-    let mut master = Master {
-        pool: Pool::new(args.workers, now),
-        pid: nix::unistd::getpid(),
-        signals,
-        control,
-        state: State::Running,
-        announced_ready: false,
-        orders: HashMap::new(),
-        draining: HashMap::new(),
-        retired_listeners: Vec::new(),
-        reload: None,
-        reload_pending: false,
-        generation: 1,
-        notifier,
-        notified_ready: false,
-        last_extend: None,
-        lease: if predecessor.is_some() {
-            Lease::held_by_predecessor(anchor_ms)
-        } else {
-            Lease::new(anchor_ms)
-        },
-        successor: None,
-        owns_files: predecessor.is_none() && !args.activated,
-        predecessor,
-        pid_file,
-        args,
-        title: String::new(),
-        beats: HashMap::new(),
-        next_memory_sample: now,
-        recycle_queue: std::collections::VecDeque::new(),
-        balance,
-    };
+pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
+    let mut master = Master::new(args)?;
     let outcome = master.run_loop();
     if master.owns_files {
         crate::shared::listener::remove_unix_files(&master.args.listeners);
         crate::shared::listener::remove_unix_files(&master.retired_listeners);
     }
-    outcome
+    Ok(outcome)
+}
+
+impl<'a> Master<'a> {
+    /// Opens the signalfd and the control pipe and sets up the bookkeeping; forks nothing yet.
+    fn new(mut args: MasterArgs<'a>) -> Result<Master<'a>, StartError> {
+        let signals = SignalQueue::install()?;
+        let control = ControlPipe::new()?;
+        let now = Instant::now();
+        let predecessor = args.predecessor.take().map(|channel| Predecessor {
+            channel,
+            step: Step::Booting,
+        });
+        // A new master writes its pid file when it takes over; the old one's is still right until then.
+        let pid_file = match (&args.pid_file, &predecessor) {
+            (Some(p), None) => Some(crate::master::pidfile::PidFile::create(p)?),
+            _ => None,
+        };
+        let anchor_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut notifier = crate::master::systemd::Notifier::from_env();
+        notifier.set_muted(predecessor.is_some());
+        let balance = match args.accept {
+            crate::config::cli::Accept::Balanced => Some(
+                crate::shared::balance::Table::new().map_err(|source| StartError::Os {
+                    what: "mapping the accept-balancing table",
+                    source,
+                })?,
+            ),
+            crate::config::cli::Accept::Shared => None,
+        };
+        Ok(Master {
+            pool: Pool::new(args.workers, now),
+            pid: nix::unistd::getpid(),
+            signals,
+            control,
+            phase: Phase::Starting,
+            pool_announced: false,
+            children: HashMap::new(),
+            retired_listeners: Vec::new(),
+            generation: 1,
+            notifier,
+            lease: if predecessor.is_some() {
+                Lease::held_by_predecessor(anchor_ms)
+            } else {
+                Lease::new(anchor_ms)
+            },
+            successor: None,
+            owns_files: predecessor.is_none() && !args.activated,
+            predecessor,
+            pid_file,
+            args,
+            title: String::new(),
+            next_memory_sample: now,
+            balance,
+        })
+    }
 }
 
 impl Master<'_> {
-    fn run_loop(&mut self) -> Result<Outcome, StartError> {
+    /// The loop: a few verbs, each turn.
+    fn run_loop(&mut self) -> Outcome {
         loop {
-            let now = Instant::now();
-            self.wait(now);
-            for sig in self.signals.drain() {
-                self.on_signal(sig);
-            }
-            for msg in self.control.drain() {
-                self.on_message(msg);
-            }
+            self.wait();
+            self.handle_signals();
+            self.handle_messages();
             self.reap();
             let now = Instant::now();
-            self.drive_successor(now);
-            self.drive_predecessor();
+            self.drive_upgrade(now);
             self.kill_overdue_drains(now);
-            self.notifier.watchdog(
-                now,
-                self.state == State::Running && self.pool.ready_count() > 0,
-            );
-            let status = self.status_line();
-            self.notifier.status(&status);
-            let title = crate::shared::proctitle::master(
-                self.generation,
-                self.pool.size(),
-                self.state != State::Running,
-            );
-            if title != self.title {
-                crate::shared::proctitle::set(&title);
-                self.title = title;
-            }
-            match self.state {
-                State::Running => {
-                    self.abort_failed_reload();
-                    if self.pool.gave_up() {
-                        return Ok(Outcome::GaveUp(self.give_up()));
-                    }
-                    for slot in self.pool.due(now) {
-                        self.spawn(slot);
-                    }
-                    self.check_health(now);
-                    self.maybe_grant_lease();
-                }
-                State::Stopping { kill_at, killed } => {
-                    if self
-                        .last_extend
-                        .is_none_or(|t| now >= t + Duration::from_secs(1))
-                    {
-                        // Ask systemd to wait for the drain (plus a margin), however short
-                        // TimeoutStopSec is.
-                        let left = kill_at.saturating_duration_since(now) + Duration::from_secs(5);
-                        self.notifier.extend_timeout(left);
-                        self.last_extend = Some(now);
-                    }
-                    if self.live().is_empty() {
-                        tracing::info!("all workers exited; shutting down");
-                        return Ok(Outcome::Stopped);
-                    }
-                    if !killed && now >= kill_at {
-                        let live = self.live();
-                        tracing::warn!(
-                            "{} worker(s) still running at the shutdown deadline; sending SIGKILL",
-                            live.len()
-                        );
-                        self.signal_all(Signal::SIGKILL);
-                        self.state = State::Stopping {
-                            kill_at,
-                            killed: true,
-                        };
-                    }
-                }
+            self.report(now);
+            let ended = if self.is_stopping() {
+                self.wind_down(now)
+            } else {
+                self.maintain_pool(now)
+            };
+            if let Some(outcome) = ended {
+                return outcome;
             }
         }
     }
 
-    /// Sleeps until a signal or message arrives, or the next deadline, at most [`TICK`].
-    fn wait(&mut self, now: Instant) {
-        let drain = self.draining.values().flatten().min().copied();
-        let deadline = match self.state {
-            State::Running => self.pool.next_refill(),
-            State::Stopping { kill_at, killed } => (!killed).then_some(kill_at),
-        };
-        let upgrade = self
-            .successor
-            .as_ref()
-            .filter(|s| !s.took_over && !s.abandoned)
-            .map(|s| s.deadline);
-        let health = match self.state {
-            State::Running => self.health_deadline(),
-            State::Stopping { .. } => None,
-        };
-        let deadline = [
-            deadline,
-            drain,
-            upgrade,
-            health,
-            self.notifier.watchdog_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let timeout = deadline
+    /// Whether the master is shutting down.
+    fn is_stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping { .. })
+    }
+
+    /// Whether the service was declared ready (it is, once the first pool was complete).
+    fn declared(&self) -> bool {
+        match &self.phase {
+            Phase::Starting => false,
+            Phase::Replacing(r) => !r.during_start,
+            Phase::Running | Phase::Stopping { .. } => true,
+        }
+    }
+
+    /// The replacement in progress, if any.
+    fn replacement(&self) -> Option<&Replacement> {
+        match &self.phase {
+            Phase::Replacing(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Sleeps until a signal, a message or the next deadline, at most [`TICK`].
+    fn wait(&mut self) {
+        let now = Instant::now();
+        let timeout = self
+            .next_deadline()
             .map_or(TICK, |d| d.saturating_duration_since(now))
             .min(TICK);
         // Round up so the loop does not spin on a sub-millisecond remainder.
@@ -342,125 +291,205 @@ impl Master<'_> {
         let _ = poll(&mut fds, PollTimeout::from(ms));
     }
 
-    fn on_signal(&mut self, sig: Signal) {
-        match sig {
-            Signal::SIGCHLD => {}
-            Signal::SIGTERM => self.stop(true),
-            Signal::SIGINT | Signal::SIGQUIT => self.stop(false),
-            _ if self.state != State::Running => {
-                tracing::info!("{sig} ignored: shutting down");
+    /// The earliest moment the loop has something to do without being woken.
+    fn next_deadline(&self) -> Option<Instant> {
+        let drains = self
+            .children
+            .values()
+            .filter_map(|c| match c.phase {
+                ChildPhase::Draining { kill_at } => kill_at,
+                _ => None,
+            })
+            .min();
+        let (phase, health) = match self.phase {
+            Phase::Stopping { kill_at, .. } => (kill_at, None),
+            _ => (self.pool.next_refill(), self.health_deadline()),
+        };
+        let upgrade = self.successor.as_ref().and_then(|s| s.deadline());
+        [
+            phase,
+            drains,
+            upgrade,
+            health,
+            self.notifier.watchdog_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Acts on every pending signal, as the intent it stands for.
+    fn handle_signals(&mut self) {
+        for sig in self.signals.drain() {
+            match signals::intent(sig) {
+                None => tracing::info!("{sig} received; not supported yet, ignoring"),
+                Some(i) if self.is_stopping() && !i.applies_while_stopping() => {
+                    tracing::info!("{sig} ignored: shutting down");
+                }
+                Some(i) => self.dispatch(i),
             }
-            Signal::SIGHUP if self.upgrading() => {
+        }
+    }
+
+    fn dispatch(&mut self, intent: Intent) {
+        match intent {
+            // The loop reaps after every wait: several SIGCHLD may have merged into one.
+            Intent::ReapChildren => {}
+            Intent::Shutdown { graceful } => self.stop(graceful),
+            Intent::Reload if self.upgrading() => {
                 tracing::warn!("SIGHUP ignored: a binary upgrade is in progress");
             }
-            Signal::SIGHUP => self.begin_reload(),
-            Signal::SIGUSR2 => self.begin_upgrade(),
-            Signal::SIGUSR1 => self.reopen_logs(),
-            Signal::SIGTTIN => self.resize(1),
-            Signal::SIGTTOU => self.resize(-1),
-            other => tracing::info!("{other} received; not supported yet, ignoring"),
+            Intent::Reload => self.begin_reload(),
+            Intent::Upgrade => self.begin_upgrade(),
+            Intent::ReopenLogs => self.reopen_logs(),
+            Intent::AddWorker => self.resize(1),
+            Intent::RemoveWorker => self.resize(-1),
+        }
+    }
+
+    /// Acts on every message the workers sent.
+    fn handle_messages(&mut self) {
+        for msg in self.control.drain() {
+            self.on_message(msg);
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) {
+        let pid = sender(&msg);
+        let slot = self
+            .children
+            .get(&pid)
+            .filter(|c| c.in_pool())
+            .map(|c| c.slot);
+        match msg {
+            Message::Alive { .. } => self.beat(pid),
+            Message::Ready { .. } => self.worker_ready(pid),
+            Message::Recycle { served, .. } => {
+                if let Some(slot) = slot {
+                    let why = format!("served {served} requests, its --max-requests limit");
+                    self.recycle(slot, pid, &why);
+                }
+            }
+            Message::BootError { text, .. } => {
+                if let Some(slot) = slot {
+                    self.pool.boot_error(slot, text);
+                }
+            }
+            Message::JobStart { tick_ms, job, .. } => {
+                if !self.lease.job_started(pid, &job, tick_ms) {
+                    tracing::error!(
+                        "pid {pid} reported a run of job {job:?} without holding the scheduler lease"
+                    );
+                }
+            }
+            Message::Released { .. } => {
+                if self.lease.ended(pid) {
+                    tracing::info!("pid {pid} released the scheduler lease");
+                }
+            }
+        }
+    }
+
+    /// A worker reported ready: a replacement moves on, and the pool may be complete.
+    fn worker_ready(&mut self, pid: Pid) {
+        let Some(child) = self.children.get_mut(&pid).filter(|c| c.in_pool()) else {
+            return;
+        };
+        child.phase = ChildPhase::Ready;
+        child.last_beat = Some(Instant::now());
+        let slot = child.slot;
+        self.pool.ready(slot);
+        tracing::debug!("worker {slot} (pid {pid}) is ready");
+        self.replacement_ready(slot, pid);
+        self.announce_if_complete();
+    }
+
+    /// Logs "all N workers ready" once per pool size, and declares the service ready the first time.
+    fn announce_if_complete(&mut self) {
+        if self.pool_announced || self.replacement().is_some() || !self.all_ready() {
+            return;
+        }
+        self.pool_announced = true;
+        tracing::info!("all {} workers ready", self.pool.size());
+        if !matches!(self.phase, Phase::Starting) {
+            return;
+        }
+        self.phase = Phase::Running;
+        match self.predecessor.as_mut() {
+            Some(p) if p.step == Step::Booting => {
+                tracing::info!("telling the previous master that this one is ready to take over");
+                p.send_ready();
+            }
+            _ => {
+                let status = self.status_line();
+                self.notifier.ready(&status);
+            }
+        }
+    }
+
+    /// The binary upgrade, in whichever role this master has.
+    fn drive_upgrade(&mut self, now: Instant) {
+        self.drive_successor(now);
+        self.drive_predecessor();
+    }
+
+    /// The watchdog, the status line for systemd, and the process title.
+    fn report(&mut self, now: Instant) {
+        let healthy = !self.is_stopping() && self.ready_count() > 0;
+        self.notifier.watchdog(now, healthy);
+        let status = self.status_line();
+        self.notifier.status(&status);
+        let title =
+            crate::shared::proctitle::master(self.generation, self.pool.size(), self.is_stopping());
+        if title != self.title {
+            crate::shared::proctitle::set(&title);
+            self.title = title;
         }
     }
 
     /// The one-line status for systemd.
     fn status_line(&self) -> String {
-        match self.state {
-            State::Stopping { .. } => format!("stopping, {} workers left", self.live().len()),
-            State::Running => format!(
-                "{}/{} workers ready, generation {}{}",
-                self.pool.ready_count(),
-                self.pool.size(),
-                self.generation,
-                if self.reload.is_some() {
-                    ", reloading"
-                } else if self.successor.is_some() {
-                    ", upgrading"
-                } else {
-                    ""
-                }
-            ),
+        if self.is_stopping() {
+            return format!("stopping, {} workers left", self.live().len());
         }
+        format!(
+            "{}/{} workers ready, generation {}{}",
+            self.ready_count(),
+            self.pool.size(),
+            self.generation,
+            if self.replacement().is_some() {
+                ", reloading"
+            } else if self.successor.is_some() {
+                ", upgrading"
+            } else {
+                ""
+            }
+        )
     }
 
-    /// Every live worker: the pool's, a reload's old one, and draining ones.
-    fn live(&self) -> Vec<Pid> {
-        let mut v = self.pool.live();
-        v.extend(self.draining.keys().copied());
-        if let Some(old) = self.reload.as_ref().and_then(|r| r.old) {
-            v.push(old);
+    /// Keeps the pool whole while serving: gives up a stuck replacement (or the whole master, when
+    /// no slot can boot), refills empty slots, checks the workers' health, and grants the lease.
+    fn maintain_pool(&mut self, now: Instant) -> Option<Outcome> {
+        self.abort_stuck_replacement();
+        if self.pool.gave_up() {
+            return Some(Outcome::GaveUp(self.give_up()));
         }
+        for slot in self.pool.due(now) {
+            self.spawn(slot);
+        }
+        self.check_health(now);
+        self.maybe_grant_lease();
+        None
+    }
+
+    /// Every live child: the workers, and a new master that has not taken over.
+    fn live(&self) -> Vec<Pid> {
+        let mut v: Vec<Pid> = self.children.keys().copied().collect();
         // A new master that has not taken over yet stops with this one.
-        if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over) {
+        if let Some(s) = self.successor.as_ref().filter(|s| !s.took_over()) {
             v.push(s.pid);
         }
         v
-    }
-
-    /// Gracefully stops a worker that left the pool.
-    fn retire(&mut self, pid: Pid) {
-        let _ = kill(pid, Signal::SIGTERM);
-        self.draining
-            .insert(pid, Some(Instant::now() + self.args.graceful_timeout));
-    }
-
-    fn kill_overdue_drains(&mut self, now: Instant) {
-        for (pid, at) in self.draining.iter_mut() {
-            if at.is_some_and(|t| t <= now) {
-                tracing::warn!(
-                    "stopped worker (pid {pid}) still running at its deadline; sending SIGKILL"
-                );
-                let _ = kill(*pid, Signal::SIGKILL);
-                *at = None;
-            }
-        }
-    }
-
-    /// `SIGUSR1`: reopen the log file here and in every worker.
-    fn reopen_logs(&mut self) {
-        match crate::logging::reopen() {
-            Ok(Some(path)) => {
-                tracing::info!("SIGUSR1: reopened the log file {}", path.display());
-                let successor = self.successor.as_ref().map(|s| s.pid);
-                for pid in self.live() {
-                    if Some(pid) != successor {
-                        let _ = kill(pid, Signal::SIGUSR1);
-                    }
-                }
-            }
-            Ok(None) => tracing::info!("SIGUSR1: logging to stderr, no log file to reopen"),
-            Err(e) => tracing::error!("SIGUSR1: {e}; still writing to the file already open"),
-        }
-    }
-
-    fn stop(&mut self, graceful: bool) {
-        let now = Instant::now();
-        self.reload_pending = false;
-        if self.state == State::Running {
-            self.notifier.stopping();
-        }
-        match (self.state, graceful) {
-            (State::Running, true) => {
-                tracing::info!(
-                    "SIGTERM: graceful shutdown, waiting up to {} for in-flight requests",
-                    humantime::format_duration(self.args.graceful_timeout)
-                );
-                self.state = State::Stopping {
-                    kill_at: now + self.args.graceful_timeout,
-                    killed: false,
-                };
-                self.signal_all(Signal::SIGTERM);
-            }
-            (State::Stopping { .. }, true) => {
-                tracing::info!("SIGTERM again: already shutting down");
-            }
-            (_, false) => {
-                tracing::info!("fast shutdown");
-                let kill_at = now + FAST_SHUTDOWN_GRACE;
-                let killed = matches!(self.state, State::Stopping { killed: true, .. });
-                self.state = State::Stopping { kill_at, killed };
-                self.signal_all(Signal::SIGQUIT);
-            }
-        }
     }
 
     fn signal_all(&self, sig: Signal) {
@@ -469,75 +498,79 @@ impl Master<'_> {
         }
     }
 
-    fn on_message(&mut self, msg: Message) {
-        match msg {
-            Message::Alive { pid } => self.beat(Pid::from_raw(pid)),
-            Message::Recycle { pid, served } => {
-                let pid = Pid::from_raw(pid);
-                if let Some(slot) = self.pool.slot_of(pid) {
-                    self.recycle(
-                        slot,
-                        pid,
-                        &format!("served {served} requests, its --max-requests limit"),
-                    );
+    /// `SIGUSR1`: reopen the log file here and in every worker.
+    fn reopen_logs(&mut self) {
+        match crate::logging::reopen() {
+            Ok(Some(path)) => {
+                tracing::info!("SIGUSR1: reopened the log file {}", path.display());
+                for pid in self.children.keys() {
+                    let _ = kill(*pid, Signal::SIGUSR1);
                 }
             }
-            Message::Ready { pid } => {
-                let pid = Pid::from_raw(pid);
-                if let Some(slot) = self.pool.ready(pid) {
-                    self.beat(pid);
-                    tracing::debug!("worker {slot} (pid {pid}) is ready");
-                    if let Some(r) = self.reload.as_mut() {
-                        if r.slot == slot {
-                            if let Some(old) = r.old.take() {
-                                tracing::info!(
-                                    "worker {slot}: new pid {pid} ready, stopping old pid {old}"
-                                );
-                                self.retire(old);
-                            }
-                            if let Some(r) = self.reload.as_mut() {
-                                r.slot += 1;
-                            }
-                            self.step_reload();
-                        }
-                    }
-                    if !self.announced_ready && self.reload.is_none() && self.pool.all_ready() {
-                        self.announced_ready = true;
-                        tracing::info!("all {} workers ready", self.pool.size());
-                        if !self.notified_ready {
-                            self.notified_ready = true;
-                            match self.predecessor.as_mut() {
-                                Some(p) if p.step == Step::Booting => {
-                                    tracing::info!(
-                                        "telling the previous master that this one is ready to take over"
-                                    );
-                                    p.send_ready();
-                                }
-                                _ => {
-                                    let status = self.status_line();
-                                    self.notifier.ready(&status);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Message::BootError { pid, text } => {
-                self.pool.boot_error(Pid::from_raw(pid), text);
-            }
-            Message::JobStart { pid, tick_ms, job } => {
-                if !self.lease.job_started(Pid::from_raw(pid), &job, tick_ms) {
-                    tracing::error!(
-                        "pid {pid} reported a run of job {job:?} without holding the scheduler lease"
-                    );
-                }
-            }
-            Message::Released { pid } => {
-                if self.lease.ended(Pid::from_raw(pid)) {
-                    tracing::info!("pid {pid} released the scheduler lease");
-                }
-            }
+            Ok(None) => tracing::info!("SIGUSR1: logging to stderr, no log file to reopen"),
+            Err(e) => tracing::error!("SIGUSR1: {e}; still writing to the file already open"),
         }
+    }
+
+    /// `SIGTERM` (graceful) or `SIGINT` / `SIGQUIT` (fast): tell every worker to stop.
+    fn stop(&mut self, graceful: bool) {
+        let (killed, extended) = match self.phase {
+            Phase::Stopping { .. } if graceful => {
+                tracing::info!("SIGTERM again: already shutting down");
+                return;
+            }
+            Phase::Stopping { kill_at, extended } => (kill_at.is_none(), extended),
+            _ => {
+                self.notifier.stopping();
+                (false, None)
+            }
+        };
+        let (grace, sig) = if graceful {
+            tracing::info!(
+                "SIGTERM: graceful shutdown, waiting up to {} for in-flight requests",
+                humantime::format_duration(self.args.graceful_timeout)
+            );
+            (self.args.graceful_timeout, Signal::SIGTERM)
+        } else {
+            tracing::info!("fast shutdown");
+            (FAST_SHUTDOWN_GRACE, Signal::SIGQUIT)
+        };
+        let kill_at = (!killed).then(|| Instant::now() + grace);
+        self.phase = Phase::Stopping { kill_at, extended };
+        self.signal_all(sig);
+    }
+
+    /// The shutdown's turn: keep systemd waiting, end once every child is gone, `SIGKILL` at the
+    /// deadline.
+    fn wind_down(&mut self, now: Instant) -> Option<Outcome> {
+        let Phase::Stopping {
+            mut kill_at,
+            mut extended,
+        } = self.phase
+        else {
+            return None;
+        };
+        if extended.is_none_or(|t| now >= t + Duration::from_secs(1)) {
+            // Ask systemd to wait for the drain (plus a margin), however short TimeoutStopSec is.
+            let left = kill_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+            self.notifier.extend_timeout(left + Duration::from_secs(5));
+            extended = Some(now);
+        }
+        let live = self.live();
+        if live.is_empty() {
+            tracing::info!("all workers exited; shutting down");
+            return Some(Outcome::Stopped);
+        }
+        if kill_at.is_some_and(|t| now >= t) {
+            tracing::warn!(
+                "{} worker(s) still running at the shutdown deadline; sending SIGKILL",
+                live.len()
+            );
+            self.signal_all(Signal::SIGKILL);
+            kill_at = None;
+        }
+        self.phase = Phase::Stopping { kill_at, extended };
+        None
     }
 
     /// Grants the scheduler lease to slot 0's worker when it is free and that worker is ready.
@@ -545,11 +578,12 @@ impl Master<'_> {
         if !self.lease.is_free() || self.args.jobs.is_empty() || self.pool.size() == 0 {
             return;
         }
-        let slot0 = self.pool.slot(0);
-        let (Some(pid), true) = (slot0.pid, slot0.ready) else {
-            return;
-        };
-        let Some(fd) = self.orders.get(&pid) else {
+        let Some((pid, fd)) = self
+            .children
+            .iter()
+            .find(|(_, c)| c.slot == 0 && c.is_ready())
+            .map(|(pid, c)| (*pid, &c.orders))
+        else {
             return;
         };
         let order = self.lease.grant(pid);
@@ -563,143 +597,9 @@ impl Master<'_> {
 
     /// Frees the lease of a dead holder, after reading every report it wrote before dying.
     fn holder_died(&mut self, pid: Pid) {
-        for msg in self.control.drain() {
-            self.on_message(msg);
-        }
+        self.handle_messages();
         if self.lease.ended(pid) {
             tracing::info!("the scheduler lease is free again (holder pid {pid} exited)");
-        }
-    }
-
-    /// Reaps every exited child and schedules refills.
-    fn reap(&mut self) {
-        loop {
-            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(s) => s,
-            };
-            let (pid, how) = match status {
-                WaitStatus::Exited(pid, code) => (pid, format!("exited with status {code}")),
-                WaitStatus::Signaled(pid, sig, core) => (
-                    pid,
-                    format!(
-                        "was killed by {sig}{}",
-                        if core { " (core dumped)" } else { "" }
-                    ),
-                ),
-                _ => continue,
-            };
-            if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
-                self.successor_exited(&how);
-                continue;
-            }
-            self.orders.remove(&pid);
-            self.beats.remove(&pid);
-            if let Some(table) = &self.balance {
-                table.release(pid.as_raw() as u32);
-            }
-            if self.lease.holder() == Some(pid) {
-                self.holder_died(pid);
-            }
-            let running = self.state == State::Running;
-            let now = Instant::now();
-            let Some(death) = self.pool.died(pid, now, running) else {
-                if self.draining.remove(&pid).is_some() {
-                    tracing::debug!("old worker (pid {pid}) {how}");
-                } else if let Some(r) = self.reload.as_mut().filter(|r| r.old == Some(pid)) {
-                    r.old = None;
-                    tracing::warn!(
-                        "old worker (pid {pid}) {how} while waiting for its replacement"
-                    );
-                }
-                if self.draining.is_empty()
-                    && self.reload.is_none()
-                    && !self.retired_listeners.is_empty()
-                {
-                    if self.owns_files {
-                        crate::shared::listener::remove_unix_files(&self.retired_listeners);
-                    }
-                    self.retired_listeners.clear();
-                    tracing::info!("closed the sockets of the previous configuration");
-                }
-                continue;
-            };
-            let lived =
-                humantime::format_duration(Duration::from_millis(death.lived.as_millis() as u64));
-            if !running {
-                tracing::debug!("worker {} (pid {pid}) {how}", death.slot);
-            } else if self.pool.gave_up() {
-                tracing::warn!(
-                    "worker {} (pid {pid}) {how} after {lived} before it was ready",
-                    death.slot
-                );
-            } else if death.delay.is_zero() {
-                tracing::warn!(
-                    "worker {} (pid {pid}) {how} after {lived}; restarting it",
-                    death.slot
-                );
-            } else {
-                tracing::warn!(
-                    "worker {} (pid {pid}) {how} after {lived}{}; restarting in {}",
-                    death.slot,
-                    if death.was_ready {
-                        ""
-                    } else {
-                        " before it was ready"
-                    },
-                    humantime::format_duration(death.delay)
-                );
-            }
-        }
-    }
-
-    fn spawn(&mut self, slot: usize) {
-        let now = Instant::now();
-        let (order_read, order_write) = match control::order_pipe() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("cannot fork worker {slot}: {e}; retrying");
-                self.pool.fork_failed(slot, now);
-                return;
-            }
-        };
-        let mut close_fds = vec![
-            self.signals.raw_fd(),
-            self.control.read_raw_fd(),
-            order_write.as_raw_fd(),
-        ];
-        close_fds.extend(self.orders.values().map(|fd| fd.as_raw_fd()));
-        // SAFETY: the master is single-threaded (it never spawns threads or builds a runtime; `run`
-        // documents the requirement and `Server::run` checks it), so the child gets a consistent copy
-        // of memory with no lock held by another thread. The child never returns: `run_child` ends in
-        // `exit`.
-        match unsafe { fork() } {
-            Ok(ForkResult::Child) => worker::run_child(ChildArgs {
-                slot,
-                pool_size: self.pool.size(),
-                master_pid: self.pid,
-                listeners: &self.args.listeners,
-                close_fds,
-                orders: order_read,
-                control: self.control.writer(),
-                jobs: &self.args.jobs,
-                threads: self.args.threads,
-                graceful_timeout: self.args.graceful_timeout,
-                limits: self.args.limits.clone(),
-                health: self.args.health,
-                app: self.args.app,
-                balance: self.balance,
-            }),
-            Ok(ForkResult::Parent { child }) => {
-                drop(order_read);
-                self.orders.insert(child, order_write);
-                tracing::info!("booting worker {slot} (pid {child})");
-                self.pool.spawned(slot, child, now);
-            }
-            Err(e) => {
-                tracing::error!("cannot fork worker {slot}: {e}; retrying");
-                self.pool.fork_failed(slot, now);
-            }
         }
     }
 
@@ -714,5 +614,44 @@ impl Master<'_> {
             None => "the workers died without reporting an error; see the log above".to_string(),
         };
         format!("every worker failed to boot {GIVE_UP_AFTER} times in a row; giving up. {cause}")
+    }
+}
+
+/// The sender of a worker's message, as the master names processes: the one place the wire's `i32`
+/// becomes a [`Pid`].
+fn sender(msg: &Message) -> Pid {
+    let (Message::Ready { pid }
+    | Message::BootError { pid, .. }
+    | Message::JobStart { pid, .. }
+    | Message::Released { pid }
+    | Message::Alive { pid }
+    | Message::Recycle { pid, .. }) = msg;
+    Pid::from_raw(*pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_names_its_sender_as_a_pid() {
+        let msgs = [
+            Message::Ready { pid: 7 },
+            Message::BootError {
+                pid: 7,
+                text: "x".into(),
+            },
+            Message::JobStart {
+                pid: 7,
+                tick_ms: 1,
+                job: "j".into(),
+            },
+            Message::Released { pid: 7 },
+            Message::Alive { pid: 7 },
+            Message::Recycle { pid: 7, served: 1 },
+        ];
+        for m in &msgs {
+            assert_eq!(sender(m), Pid::from_raw(7), "{m:?}");
+        }
     }
 }

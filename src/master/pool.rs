@@ -1,5 +1,5 @@
-//! The pool's bookkeeping: which pid holds which slot, when an empty slot may be refilled, and when to
-//! give up.
+//! The pool's bookkeeping: how many slots, when an empty slot may be refilled, and when to give up.
+//! Which worker holds a slot is in the master's record of that worker, not here.
 //!
 //! A worker that dies within [`QUICK_DEATH`] of starting, or before it reported ready, is refilled after
 //! a back-off that starts at 100 ms and doubles up to 10 s; a worker that lived longer is replaced at
@@ -7,8 +7,6 @@
 //! and none has come up, the master stops instead of looping forever.
 
 use std::time::{Duration, Instant};
-
-use nix::unistd::Pid;
 
 /// A death this soon after the fork counts as a crash for the back-off.
 pub const QUICK_DEATH: Duration = Duration::from_secs(1);
@@ -25,20 +23,16 @@ pub fn backoff(crashes: u32) -> Duration {
     BACKOFF_START.saturating_mul(1 << exp).min(BACKOFF_MAX)
 }
 
-/// One slot of the pool.
+/// One slot of the pool: its restart history. Which worker holds it is the master's record of that
+/// worker (see `Child` in the master).
 #[derive(Debug, Clone)]
 pub struct Slot {
-    /// The live worker, if any.
-    pub pid: Option<Pid>,
-    /// When the live (or last) worker was forked.
-    pub started: Instant,
-    /// Whether the live worker reported ready.
-    pub ready: bool,
     /// Consecutive quick deaths, for the back-off.
     pub crashes: u32,
     /// Consecutive deaths before ready.
     pub boot_failures: u32,
-    /// When an empty slot may be refilled.
+    /// When the (empty) slot may be refilled; `None` while a worker holds it, or while the caller
+    /// forks its replacement itself.
     pub refill_at: Option<Instant>,
     /// The last boot error a worker of this slot reported.
     pub last_error: Option<String>,
@@ -48,28 +42,12 @@ impl Slot {
     /// An empty slot, due for a fork at `now`.
     fn empty(now: Instant) -> Slot {
         Slot {
-            pid: None,
-            started: now,
-            ready: false,
             crashes: 0,
             boot_failures: 0,
             refill_at: Some(now),
             last_error: None,
         }
     }
-}
-
-/// What the pool decided about a dead worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Death {
-    /// Its slot.
-    pub slot: usize,
-    /// How long it lived.
-    pub lived: Duration,
-    /// Whether it had reported ready.
-    pub was_ready: bool,
-    /// The delay before the slot is refilled.
-    pub delay: Duration,
 }
 
 /// All slots.
@@ -96,30 +74,10 @@ impl Pool {
         &self.slots[slot]
     }
 
-    /// The slot a pid holds.
-    pub fn slot_of(&self, pid: Pid) -> Option<usize> {
-        self.slots.iter().position(|s| s.pid == Some(pid))
-    }
-
-    /// Live worker pids.
-    pub fn live(&self) -> Vec<Pid> {
-        self.slots.iter().filter_map(|s| s.pid).collect()
-    }
-
-    /// Detaches the live worker of `slot` (being replaced by a reload) and leaves the slot empty with
-    /// no refill scheduled; the caller forks its replacement. Returns the detached pid.
-    pub fn detach(&mut self, slot: usize) -> Option<Pid> {
+    /// A live, ready worker is back in `slot` (an aborted replacement keeps its old worker): its
+    /// history starts over and no refill is due.
+    pub fn reattach(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        s.ready = false;
-        s.refill_at = None;
-        s.pid.take()
-    }
-
-    /// Puts a live, ready worker back into `slot` (an aborted reload keeps its old worker).
-    pub fn reattach(&mut self, slot: usize, pid: Pid) {
-        let s = &mut self.slots[slot];
-        s.pid = Some(pid);
-        s.ready = true;
         s.refill_at = None;
         s.crashes = 0;
         s.boot_failures = 0;
@@ -130,31 +88,14 @@ impl Pool {
         self.slots.extend(std::iter::repeat_n(Slot::empty(now), n));
     }
 
-    /// Removes the slots from `size` on; returns their live pids (to be stopped by the caller).
-    pub fn truncate(&mut self, size: usize) -> Vec<Pid> {
-        if size >= self.slots.len() {
-            return Vec::new();
-        }
-        self.slots.drain(size..).filter_map(|s| s.pid).collect()
-    }
-
-    /// Whether every slot has a ready worker.
-    pub fn all_ready(&self) -> bool {
-        self.slots.iter().all(|s| s.ready)
-    }
-
-    /// Slots with a ready worker.
-    pub fn ready_count(&self) -> usize {
-        self.slots.iter().filter(|s| s.ready).count()
+    /// Removes the slots from `size` on (the caller stops their workers).
+    pub fn truncate(&mut self, size: usize) {
+        self.slots.truncate(size);
     }
 
     /// Records a fork into `slot`.
-    pub fn spawned(&mut self, slot: usize, pid: Pid, now: Instant) {
-        let s = &mut self.slots[slot];
-        s.pid = Some(pid);
-        s.started = now;
-        s.ready = false;
-        s.refill_at = None;
+    pub fn spawned(&mut self, slot: usize) {
+        self.slots[slot].refill_at = None;
     }
 
     /// Records a failed fork: retry after the back-off.
@@ -164,31 +105,30 @@ impl Pool {
         s.refill_at = Some(now + backoff(s.crashes));
     }
 
-    /// Records a ready message; returns the slot if the pid is ours.
-    pub fn ready(&mut self, pid: Pid) -> Option<usize> {
-        let slot = self.slot_of(pid)?;
+    /// Records that the worker of `slot` reported ready.
+    pub fn ready(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        s.ready = true;
         s.boot_failures = 0;
         s.last_error = None;
-        Some(slot)
     }
 
-    /// Records a boot error text for the pid's slot.
-    pub fn boot_error(&mut self, pid: Pid, text: String) -> Option<usize> {
-        let slot = self.slot_of(pid)?;
+    /// Records a boot error text for `slot`.
+    pub fn boot_error(&mut self, slot: usize, text: String) {
         self.slots[slot].last_error = Some(text);
-        Some(slot)
     }
 
-    /// Records a death; schedules the refill unless `refill` is false (shutting down).
-    pub fn died(&mut self, pid: Pid, now: Instant, refill: bool) -> Option<Death> {
-        let slot = self.slot_of(pid)?;
+    /// Records the death of the worker of `slot`, which lived `lived` and had reported ready or not;
+    /// schedules the refill unless `refill` is false (shutting down). Returns the back-off before
+    /// the refill.
+    pub fn died(
+        &mut self,
+        slot: usize,
+        lived: Duration,
+        was_ready: bool,
+        now: Instant,
+        refill: bool,
+    ) -> Duration {
         let s = &mut self.slots[slot];
-        let lived = now.saturating_duration_since(s.started);
-        let was_ready = s.ready;
-        s.pid = None;
-        s.ready = false;
         if !was_ready {
             s.boot_failures += 1;
         }
@@ -200,31 +140,19 @@ impl Pool {
             Duration::ZERO
         };
         s.refill_at = refill.then_some(now + delay);
-        Some(Death {
-            slot,
-            lived,
-            was_ready,
-            delay,
-        })
+        delay
     }
 
     /// Empty slots whose refill time has come.
     pub fn due(&self, now: Instant) -> Vec<usize> {
         (0..self.slots.len())
-            .filter(|&i| {
-                let s = &self.slots[i];
-                s.pid.is_none() && s.refill_at.is_some_and(|t| t <= now)
-            })
+            .filter(|&i| self.slots[i].refill_at.is_some_and(|t| t <= now))
             .collect()
     }
 
     /// The earliest pending refill.
     pub fn next_refill(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter(|s| s.pid.is_none())
-            .filter_map(|s| s.refill_at)
-            .min()
+        self.slots.iter().filter_map(|s| s.refill_at).min()
     }
 
     /// Whether every slot has failed to boot [`GIVE_UP_AFTER`] times in a row.
@@ -245,6 +173,8 @@ impl Pool {
 mod tests {
     use super::*;
 
+    const LONG: Duration = Duration::from_secs(5);
+
     #[test]
     fn backoff_doubles_and_caps() {
         assert_eq!(backoff(1), Duration::from_millis(100));
@@ -258,14 +188,12 @@ mod tests {
     fn long_lived_worker_is_replaced_at_once_in_its_slot() {
         let t0 = Instant::now();
         let mut pool = Pool::new(2, t0);
-        pool.spawned(0, Pid::from_raw(10), t0);
-        pool.spawned(1, Pid::from_raw(11), t0);
-        assert_eq!(pool.ready(Pid::from_raw(11)), Some(1));
-        let d = pool
-            .died(Pid::from_raw(11), t0 + Duration::from_secs(5), true)
-            .unwrap();
-        assert_eq!((d.slot, d.delay), (1, Duration::ZERO));
-        assert_eq!(pool.due(t0 + Duration::from_secs(5)), vec![1]);
+        pool.spawned(0);
+        pool.spawned(1);
+        pool.ready(1);
+        let delay = pool.died(1, LONG, true, t0 + LONG, true);
+        assert_eq!(delay, Duration::ZERO);
+        assert_eq!(pool.due(t0 + LONG), vec![1]);
     }
 
     #[test]
@@ -273,14 +201,12 @@ mod tests {
         let t0 = Instant::now();
         let mut pool = Pool::new(2, t0);
         let mut now = t0;
-        let mut pid = 100;
         for round in 1..=GIVE_UP_AFTER {
             for slot in pool.due(now) {
-                pool.spawned(slot, Pid::from_raw(pid), now);
-                pool.boot_error(Pid::from_raw(pid), "boom".into());
-                let d = pool.died(Pid::from_raw(pid), now, true).unwrap();
-                assert_eq!(d.delay, backoff(round));
-                pid += 1;
+                pool.spawned(slot);
+                pool.boot_error(slot, "boom".into());
+                let delay = pool.died(slot, Duration::ZERO, false, now, true);
+                assert_eq!(delay, backoff(round));
             }
             assert_eq!(pool.gave_up(), round == GIVE_UP_AFTER);
             now = pool.next_refill().unwrap();
@@ -289,32 +215,47 @@ mod tests {
     }
 
     #[test]
-    fn detach_grow_truncate() {
+    fn occupied_grow_truncate() {
         let t0 = Instant::now();
         let mut pool = Pool::new(2, t0);
-        pool.spawned(0, Pid::from_raw(1), t0);
-        pool.spawned(1, Pid::from_raw(2), t0);
-        assert_eq!(pool.detach(0), Some(Pid::from_raw(1)));
+        pool.spawned(0);
+        pool.spawned(1);
         assert!(
             pool.due(t0).is_empty(),
-            "a detached slot is refilled by the caller"
+            "a held slot (or one whose replacement the caller forks) is not refilled"
         );
         pool.grow(1, t0);
         assert_eq!(pool.due(t0), vec![2]);
-        assert_eq!(pool.truncate(1), vec![Pid::from_raw(2)]);
+        pool.truncate(1);
         assert_eq!(pool.size(), 1);
+        assert!(pool.due(t0).is_empty());
     }
 
     #[test]
     fn one_healthy_slot_prevents_giving_up() {
         let t0 = Instant::now();
         let mut pool = Pool::new(2, t0);
-        pool.spawned(1, Pid::from_raw(1), t0);
-        pool.ready(Pid::from_raw(1));
-        for i in 0..10 {
-            pool.spawned(0, Pid::from_raw(100 + i), t0);
-            pool.died(Pid::from_raw(100 + i), t0, true);
+        pool.spawned(1);
+        pool.ready(1);
+        for _ in 0..10 {
+            pool.spawned(0);
+            pool.died(0, Duration::ZERO, false, t0, true);
         }
         assert!(!pool.gave_up());
+    }
+
+    #[test]
+    fn a_reattached_slot_starts_its_history_over() {
+        let t0 = Instant::now();
+        let mut pool = Pool::new(1, t0);
+        for _ in 0..GIVE_UP_AFTER {
+            pool.spawned(0);
+            pool.died(0, Duration::ZERO, false, t0, true);
+        }
+        assert!(pool.gave_up());
+        pool.reattach(0);
+        assert!(!pool.gave_up());
+        assert!(pool.due(t0).is_empty());
+        assert_eq!(pool.died(0, LONG, true, t0, true), Duration::ZERO);
     }
 }

@@ -14,6 +14,9 @@
 //! | `SIGUSR1` | reopen the log file |
 //! | `SIGUSR2` | binary upgrade: start a new master, hand over |
 //!
+//! The loop never acts on a raw signal: [`intent`] turns each one into an [`Intent`] (what is asked of
+//! the master, whatever signal asked it), and the loop dispatches intents.
+//!
 //! A forked worker inherits the blocked mask (and so would any program it runs: `std::process::Command`
 //! keeps it), so `shared::sigmask::unblock_all` runs first thing in every worker.
 
@@ -36,6 +39,52 @@ pub const MASTER_SIGNALS: [Signal; 9] = [
     Signal::SIGUSR1,
     Signal::SIGUSR2,
 ];
+
+/// What a signal asks of the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Stop every worker and exit: gracefully (`SIGTERM`: finish in-flight requests within the
+    /// graceful timeout) or fast (`SIGINT`, `SIGQUIT`).
+    Shutdown {
+        /// Whether in-flight requests may finish.
+        graceful: bool,
+    },
+    /// Re-read the configuration and replace the workers slot by slot (`SIGHUP`).
+    Reload,
+    /// Start a new master from the executable on disk and hand over to it (`SIGUSR2`).
+    Upgrade,
+    /// Reopen the log file here and in every worker (`SIGUSR1`).
+    ReopenLogs,
+    /// One more worker (`SIGTTIN`).
+    AddWorker,
+    /// One fewer worker, never below one (`SIGTTOU`).
+    RemoveWorker,
+    /// A child exited (`SIGCHLD`).
+    ReapChildren,
+}
+
+impl Intent {
+    /// Whether the intent is still acted on once the master is shutting down: only a (faster)
+    /// shutdown and reaping are.
+    pub fn applies_while_stopping(self) -> bool {
+        matches!(self, Intent::Shutdown { .. } | Intent::ReapChildren)
+    }
+}
+
+/// What `sig` asks of the master; `None` for a signal the master does not handle.
+pub fn intent(sig: Signal) -> Option<Intent> {
+    Some(match sig {
+        Signal::SIGTERM => Intent::Shutdown { graceful: true },
+        Signal::SIGINT | Signal::SIGQUIT => Intent::Shutdown { graceful: false },
+        Signal::SIGHUP => Intent::Reload,
+        Signal::SIGUSR2 => Intent::Upgrade,
+        Signal::SIGUSR1 => Intent::ReopenLogs,
+        Signal::SIGTTIN => Intent::AddWorker,
+        Signal::SIGTTOU => Intent::RemoveWorker,
+        Signal::SIGCHLD => Intent::ReapChildren,
+        _ => return None,
+    })
+}
 
 /// Pending signals of the master, readable as a file descriptor.
 #[derive(Debug)]
@@ -76,5 +125,57 @@ impl SignalQueue {
     /// The raw descriptor, for a forked worker to close.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_master_signal_has_an_intent() {
+        for sig in MASTER_SIGNALS {
+            assert!(intent(sig).is_some(), "{sig} has no intent");
+        }
+        assert_eq!(intent(Signal::SIGPIPE), None);
+        assert_eq!(intent(Signal::SIGUSR1), Some(Intent::ReopenLogs));
+    }
+
+    #[test]
+    fn term_is_graceful_int_and_quit_are_fast() {
+        assert_eq!(
+            intent(Signal::SIGTERM),
+            Some(Intent::Shutdown { graceful: true })
+        );
+        for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+            assert_eq!(intent(sig), Some(Intent::Shutdown { graceful: false }));
+        }
+    }
+
+    #[test]
+    fn live_operations_map_to_their_intents() {
+        assert_eq!(intent(Signal::SIGHUP), Some(Intent::Reload));
+        assert_eq!(intent(Signal::SIGUSR2), Some(Intent::Upgrade));
+        assert_eq!(intent(Signal::SIGTTIN), Some(Intent::AddWorker));
+        assert_eq!(intent(Signal::SIGTTOU), Some(Intent::RemoveWorker));
+        assert_eq!(intent(Signal::SIGCHLD), Some(Intent::ReapChildren));
+    }
+
+    #[test]
+    fn only_shutdown_and_reaping_apply_while_stopping() {
+        let applies: Vec<Intent> = MASTER_SIGNALS
+            .into_iter()
+            .filter_map(intent)
+            .filter(|i| i.applies_while_stopping())
+            .collect();
+        assert_eq!(
+            applies,
+            vec![
+                Intent::ReapChildren,
+                Intent::Shutdown { graceful: true },
+                Intent::Shutdown { graceful: false },
+                Intent::Shutdown { graceful: false },
+            ]
+        );
     }
 }

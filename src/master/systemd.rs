@@ -12,6 +12,7 @@
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use nix::unistd::Pid;
 use sd_notify::NotifyState;
 
 use crate::error::StartError;
@@ -67,10 +68,10 @@ impl Notifier {
     }
 
     /// `MAINPID=` with `READY=1` and a status line: `pid` is now the service's main process.
-    pub fn main_pid(&mut self, pid: u32, status: &str) {
+    pub fn main_pid(&mut self, pid: Pid, status: &str) {
         self.last_status = status.to_string();
         self.send(&[
-            NotifyState::MainPid(pid),
+            NotifyState::MainPid(pid.as_raw().unsigned_abs()),
             NotifyState::Ready,
             NotifyState::Status(status),
         ]);

@@ -149,6 +149,20 @@ impl Channel {
     }
 }
 
+/// Where the new master is, as the old master sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Booting its workers; it must say `ready` by `deadline`.
+    Booting {
+        /// When the new master must be ready by.
+        deadline: Instant,
+    },
+    /// It said `ready` and was told `main`: it is the service's main process now.
+    TookOver,
+    /// It was not ready in time; the old master asked it to stop and keeps serving.
+    Abandoned,
+}
+
 /// What the old master knows of the new master it started.
 #[derive(Debug)]
 pub struct Successor {
@@ -156,15 +170,24 @@ pub struct Successor {
     pub pid: Pid,
     /// The channel to it; `None` once the lease record was sent.
     pub channel: Option<Channel>,
-    /// When the new master must be ready by.
-    pub deadline: Instant,
-    /// Whether the new master took over (it said `ready` and was told `main`).
-    pub took_over: bool,
-    /// Whether the old master gave up on it and asked it to stop.
-    pub abandoned: bool,
+    /// Where it is in the hand-over.
+    pub stage: Stage,
 }
 
 impl Successor {
+    /// When the new master must be ready by, while it boots.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.stage {
+            Stage::Booting { deadline } => Some(deadline),
+            Stage::TookOver | Stage::Abandoned => None,
+        }
+    }
+
+    /// Whether it took over.
+    pub fn took_over(&self) -> bool {
+        self.stage == Stage::TookOver
+    }
+
     /// Reads the channel; `true` when the new master reported its workers ready.
     pub fn poll_ready(&mut self) -> bool {
         let Some(ch) = self.channel.as_mut() else {
@@ -246,9 +269,9 @@ pub fn spawn(
     Ok(Successor {
         pid: Pid::from_raw(child.id() as i32),
         channel: Some(channel),
-        deadline: Instant::now() + READY_TIMEOUT,
-        took_over: false,
-        abandoned: false,
+        stage: Stage::Booting {
+            deadline: Instant::now() + READY_TIMEOUT,
+        },
     })
 }
 
@@ -437,9 +460,9 @@ mod tests {
         let mut old = Successor {
             pid: Pid::from_raw(1),
             channel: Some(Channel::new(a).unwrap()),
-            deadline: Instant::now(),
-            took_over: false,
-            abandoned: false,
+            stage: Stage::Booting {
+                deadline: Instant::now(),
+            },
         };
         let mut new = Predecessor {
             channel: Channel::new(b).unwrap(),

@@ -36,7 +36,7 @@ use crate::app::Worker;
 use crate::jobs::scheduler::Scheduler;
 use crate::shared::control::{ControlWriter, Message, Order};
 use crate::shared::listener::Listener;
-use crate::worker::runner::AppFactory;
+use crate::worker::runner::{AppFactory, Runner};
 use crate::worker::serve::{ServeControl, Stop};
 
 /// Exit status of a worker whose app failed to boot (gunicorn's and uvicorn's convention).
@@ -71,14 +71,47 @@ pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
     std::process::exit(code)
 }
 
+/// The worker's life after the fork: the fork rules (1–4), then its own runtime and app (5), then
+/// serving until the drain ends.
 fn child_main(args: ChildArgs<'_>) -> i32 {
+    if !follow_fork_rules(&args) {
+        return EXIT_FAILURE;
+    }
+    let pid = std::process::id();
+    let worker = Worker::new(args.slot, pid, args.pool_size);
+    let booted = match boot(&args, &worker) {
+        Ok(b) => b,
+        Err(text) => {
+            tracing::error!("app failed to boot: {text}");
+            args.control.send(&Message::BootError {
+                pid: pid as i32,
+                text,
+            });
+            return EXIT_BOOT_FAILURE;
+        }
+    };
+    match serve(args, &worker, booted) {
+        Ok(()) => {
+            tracing::debug!("exiting");
+            0
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Rules 1 to 4 of the module: die with the master, close its descriptors, reset the signals, and
+/// clean the environment. `false` if the master is already gone.
+fn follow_fork_rules(args: &ChildArgs<'_>) -> bool {
     // Rule 1: die with the master.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     if nix::unistd::getppid() != args.master_pid {
-        return EXIT_FAILURE;
+        return false;
     }
     // Rule 2: close the master's private descriptors.
-    for fd in args.close_fds {
+    for &fd in &args.close_fds {
         // SAFETY: these descriptors belong to the master's signalfd and control-pipe read end. This
         // child never returns into the master's code (it ends in `exit`), so nothing will use or close
         // them again here.
@@ -99,7 +132,6 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     crate::shared::sigmask::unblock_all();
     crate::logging::set_worker(args.slot);
     crate::shared::proctitle::set(&crate::shared::proctitle::worker(args.slot, false));
-    let pid = std::process::id();
     // Rule 4: environment.
     // SAFETY: the child of a single-threaded master has exactly one thread, and no runtime or thread
     // exists yet, so nothing can read the environment concurrently.
@@ -114,18 +146,22 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             std::env::remove_var(var);
         }
     }
+    true
+}
 
-    let worker = Worker::new(args.slot, pid, args.pool_size);
-    let boot_error = |text: String| {
-        tracing::error!("app failed to boot: {text}");
-        args.control.send(&Message::BootError {
-            pid: pid as i32,
-            text,
-        });
-        EXIT_BOOT_FAILURE
-    };
+/// What a booted worker serves with.
+struct Booted {
+    /// The worker's own tokio runtime.
+    runtime: tokio::runtime::Runtime,
+    /// Its copies of the listening sockets.
+    listeners: Vec<Listener>,
+    /// The app, ready to serve.
+    runner: Runner,
+}
 
-    // Rule 5: own runtime.
+/// Rule 5, first half: build the worker's own runtime, duplicate the listening sockets, and call the
+/// app factory inside the runtime. An error is the boot error to report.
+fn boot(args: &ChildArgs<'_>, worker: &Worker) -> Result<Booted, String> {
     let runtime = if args.threads > 1 {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.threads)
@@ -135,62 +171,54 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(e) => return boot_error(format!("cannot build the tokio runtime: {e}")),
-    };
-    let listeners: Vec<Listener> = match args.listeners.iter().map(Listener::try_clone).collect() {
-        Ok(v) => v,
-        Err(e) => return boot_error(format!("cannot duplicate the listening socket: {e}")),
-    };
-
+    }
+    .map_err(|e| format!("cannot build the tokio runtime: {e}"))?;
+    let listeners = args
+        .listeners
+        .iter()
+        .map(Listener::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot duplicate the listening socket: {e}"))?;
     let guard = runtime.enter();
-    let runner = match catch_unwind(AssertUnwindSafe(|| (args.app)(&worker))) {
+    let runner = match catch_unwind(AssertUnwindSafe(|| (args.app)(worker))) {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return boot_error(format!("app factory failed: {e}")),
+        Ok(Err(e)) => return Err(format!("app factory failed: {e}")),
         Err(panic) => {
-            return boot_error(format!(
+            return Err(format!(
                 "app factory panicked: {}",
                 crate::worker::serve::panic_message(&panic)
             ));
         }
     };
     drop(guard);
+    Ok(Booted {
+        runtime,
+        listeners,
+        runner,
+    })
+}
 
-    let control = args.control;
-    let graceful_timeout = args.graceful_timeout;
-    let (limits, health) = (args.limits, args.health);
-    // At the request limit, ask the master once; it queues the request if another replacement runs.
-    let max_requests = health
-        .request_limit(u64::from(pid) ^ seed_from_clock())
-        .map(|limit| {
-            let ask: crate::worker::serve::OnMaxRequests = Arc::new(move |served| {
-                tracing::info!("served {served} requests, the limit; asking to be replaced");
-                control.send(&Message::Recycle {
-                    pid: pid as i32,
-                    served,
-                });
-            });
-            (limit, ask)
-        });
+/// Rule 5, second half: connect the worker to the master (signals, orders and the scheduler,
+/// heartbeats, the ready message, the request limit) and serve until the drain ends; then let
+/// running jobs end within the graceful timeout.
+fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), String> {
+    let pid = worker.pid();
+    let Booted {
+        runtime,
+        listeners,
+        runner,
+    } = booted;
+    let (control, graceful_timeout, health) = (args.control, args.graceful_timeout, args.health);
+    let max_requests = request_limit(&health, control, pid);
     let scheduler = (args.slot == 0 && !args.jobs.is_empty())
         .then(|| Scheduler::new(args.jobs, worker.clone(), control));
-    let orders = args.orders;
-    let balance = args.balance.and_then(|table| {
-        let member = table.join(pid, args.slot);
-        if member.is_none() {
-            tracing::warn!("the accept-balancing table is full; this worker accepts unbalanced");
-        }
-        member
-    });
-    let result = runtime.block_on(async move {
+    let balance = join_balance(args.balance, pid, args.slot);
+    let (orders, limits) = (args.orders, args.limits);
+    runtime.block_on(async move {
         let (tx, rx) = watch::channel(Stop::Run);
-        if let Err(e) = watch_signals(tx) {
-            return Err(format!("cannot install signal handlers: {e}"));
-        }
+        watch_signals(tx).map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let (sched_done_tx, mut sched_done) = watch::channel(scheduler.is_none());
-        if let Err(e) = spawn_order_loop(
+        spawn_order_loop(
             orders,
             scheduler,
             rx.clone(),
@@ -198,9 +226,8 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             pid,
             graceful_timeout,
             sched_done_tx,
-        ) {
-            return Err(format!("cannot watch the order pipe: {e}"));
-        }
+        )
+        .map_err(|e| format!("cannot watch the order pipe: {e}"))?;
         if let Some(interval) = health.beat_interval() {
             tokio::spawn(heartbeat(control, pid, interval));
         }
@@ -208,33 +235,52 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
             tracing::debug!("accepting connections");
             control.send(&Message::Ready { pid: pid as i32 });
         });
-        runner(
-            listeners,
-            ServeControl {
-                ready,
-                stop: rx,
-                graceful_timeout,
-                limits,
-                max_requests,
-                balance,
-            },
-        )
-        .await
-        .map_err(|e| format!("serving failed: {e}"))?;
+        let serving = ServeControl {
+            ready,
+            stop: rx,
+            graceful_timeout,
+            limits,
+            max_requests,
+            balance,
+        };
+        runner(listeners, serving)
+            .await
+            .map_err(|e| format!("serving failed: {e}"))?;
         // Let running jobs end (the drain already stopped new ones), within the graceful timeout.
         let _ = tokio::time::timeout(graceful_timeout, sched_done.wait_for(|done| *done)).await;
         Ok(())
+    })
+}
+
+/// The request limit, if any, and what to do on reaching it: ask the master once to be replaced
+/// (it queues the request if another replacement runs).
+fn request_limit(
+    health: &crate::config::health::Health,
+    control: ControlWriter,
+    pid: u32,
+) -> Option<(u64, crate::worker::serve::OnMaxRequests)> {
+    let limit = health.request_limit(u64::from(pid) ^ seed_from_clock())?;
+    let ask: crate::worker::serve::OnMaxRequests = Arc::new(move |served| {
+        tracing::info!("served {served} requests, the limit; asking to be replaced");
+        control.send(&Message::Recycle {
+            pid: pid as i32,
+            served,
+        });
     });
-    match result {
-        Ok(()) => {
-            tracing::debug!("exiting");
-            0
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            EXIT_FAILURE
-        }
+    Some((limit, ask))
+}
+
+/// This worker's entry in the accept-balancing table (balanced accept only).
+fn join_balance(
+    table: Option<crate::shared::balance::Table>,
+    pid: u32,
+    slot: usize,
+) -> Option<crate::shared::balance::Member> {
+    let member = table?.join(pid, slot);
+    if member.is_none() {
+        tracing::warn!("the accept-balancing table is full; this worker accepts unbalanced");
     }
+    member
 }
 
 /// Reads the master's orders. End-of-file means the master is gone: the worker exits at once.
