@@ -285,3 +285,46 @@ fn process_titles_name_the_master_each_worker_and_the_scheduler() {
         p.worker_pids().into_iter().map(title).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn an_address_dropped_by_a_reload_stops_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h.toml");
+    let (kept, dropped) = (free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!("workers = 2\nbind = [\"127.0.0.1:{kept}\", \"127.0.0.1:{dropped}\"]\n"),
+    )
+    .unwrap();
+    let mut cmd = command(&hyperfork_bin());
+    cmd.args(["--config", config.to_str().unwrap()]);
+    let mut p = Proc::start(cmd, kept);
+    p.wait_serving();
+    assert_eq!(get(dropped, "/").unwrap().status, 200);
+    let first = p.worker_pids();
+    std::fs::write(
+        &config,
+        format!("workers = 2\nbind = [\"127.0.0.1:{kept}\"]\n"),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(
+        p.wait_log("reload complete", Duration::from_secs(30)),
+        "{}",
+        p.stderr()
+    );
+    assert!(wait_until(Duration::from_secs(30), || first
+        .iter()
+        .all(|&w| !alive(w))));
+    assert_eq!(get(kept, "/").unwrap().status, 200);
+    // Nobody may keep the dropped socket open: a connection to it is refused, not queued forever.
+    let refused = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", dropped))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert!(
+        refused,
+        "the dropped address still accepts connections:\n{}",
+        p.stderr()
+    );
+}

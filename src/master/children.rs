@@ -121,6 +121,9 @@ impl Master<'_> {
             order_write.as_raw_fd(),
         ];
         close_fds.extend(self.children.values().map(|c| c.orders.as_raw_fd()));
+        // Sockets a reload dropped stay open in the master until the old workers are gone; a new
+        // worker must not hold them, or the address would go on queueing connections nobody accepts.
+        close_fds.extend(self.retired_listeners.iter().map(|l| l.as_raw_fd()));
         // SAFETY: the master is single-threaded (it never spawns threads or builds a runtime; `run`
         // documents the requirement and `Server::run` checks it), so the child gets a consistent copy
         // of memory with no lock held by another thread. The child never returns: `run_child` ends in
