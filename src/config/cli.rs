@@ -6,7 +6,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+pub use super::values::{Accept, LogLevel};
+use super::values::{
+    non_negative_u64, parse_duration, parse_mode, parse_size, positive_u32, positive_usize,
+};
 
 /// Flags accepted by every hyperfork binary.
 #[derive(Debug, Clone, Default, Parser)]
@@ -38,12 +43,12 @@ pub struct Cli {
 
     /// Mode of unix socket files, in octal: 660, 0660 or 0o660 (env HYPERFORK_SOCKET_MODE)
     /// [default: 0660, or 0666 minus --umask when that is given]
-    #[arg(long, global = true, value_name = "MODE", value_parser = crate::shared::listener::parse_mode)]
+    #[arg(long, global = true, value_name = "MODE", value_parser = parse_mode)]
     pub socket_mode: Option<u32>,
 
     /// The master's umask, in octal (e.g. 027): governs the pid file, the log file and, without
     /// --socket-mode, the socket mode (env HYPERFORK_UMASK) [default: inherited]
-    #[arg(long, global = true, value_name = "MASK", value_parser = crate::shared::listener::parse_mode)]
+    #[arg(long, global = true, value_name = "MASK", value_parser = parse_mode)]
     pub umask: Option<u32>,
 
     /// Number of workers; overrides the computed size (env UVICORN_WORKERS, WEB_CONCURRENCY)
@@ -156,126 +161,9 @@ pub enum Command {
     },
 }
 
-/// How the workers share the listening socket's new connections.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Accept {
-    /// A worker with more open connections than its least loaded peer lets that peer accept first
-    /// (waiting at most 5 ms); see [`crate::shared::balance`].
-    #[default]
-    Balanced,
-    /// Every worker accepts as soon as it is woken: the kernel decides, and bursts pile up unevenly.
-    Shared,
-}
-
-impl Accept {
-    /// Parses a strategy name, ignoring case.
-    pub fn from_name(name: &str) -> Option<Self> {
-        <Accept as ValueEnum>::from_str(name, true).ok()
-    }
-}
-
-/// Log levels, named as uvicorn names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    /// Only errors (uvicorn's `critical`).
-    Critical,
-    /// Errors.
-    Error,
-    /// Warnings and errors.
-    Warning,
-    /// The default.
-    Info,
-    /// Verbose; `--debug` selects it.
-    Debug,
-    /// Everything.
-    Trace,
-}
-
-impl LogLevel {
-    /// The `tracing` level filter this level stands for.
-    pub fn as_filter(self) -> tracing::level_filters::LevelFilter {
-        use tracing::level_filters::LevelFilter;
-        match self {
-            LogLevel::Critical | LogLevel::Error => LevelFilter::ERROR,
-            LogLevel::Warning => LevelFilter::WARN,
-            LogLevel::Info => LevelFilter::INFO,
-            LogLevel::Debug => LevelFilter::DEBUG,
-            LogLevel::Trace => LevelFilter::TRACE,
-        }
-    }
-
-    /// Parses a level name as written in the environment or the TOML file.
-    pub fn from_name(name: &str) -> Option<Self> {
-        <LogLevel as ValueEnum>::from_str(name, true).ok()
-    }
-}
-
-/// Parses a strictly positive count.
-pub fn positive_usize(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<i128>() {
-        Ok(n) if n >= 1 && n <= usize::MAX as i128 => Ok(n as usize),
-        Ok(_) => Err(format!(
-            "expected a positive integer (1 or more), got {s:?}"
-        )),
-        Err(_) => Err(format!("expected a positive integer, got {s:?}")),
-    }
-}
-
-/// Parses a non-negative integer.
-pub fn non_negative_u64(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<u64>()
-        .map_err(|_| format!("expected a non-negative integer, got {s:?}"))
-}
-
-/// Parses a size: bytes (`1048576`) or a number with a unit (`64MiB`, `512KB`, `1.5GiB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("expected a size such as 1048576, 512KiB or 64MiB, got {s:?}"))
-}
-
-/// Parses a strictly positive `u32`.
-pub fn positive_u32(s: &str) -> Result<u32, String> {
-    let n = positive_usize(s)?;
-    u32::try_from(n).map_err(|_| format!("expected an integer from 1 to {}, got {s:?}", u32::MAX))
-}
-
-/// Parses a duration: a plain number of seconds (`30`) or a humantime string (`30s`, `1m 30s`, `500ms`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(t)
-        .map_err(|_| format!("expected a duration such as 30, 30s, 2m or 500ms, got {s:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positive_counts() {
-        assert_eq!(positive_usize("4"), Ok(4));
-        assert!(positive_usize("0").is_err());
-        assert!(positive_usize("-1").is_err());
-        assert!(positive_usize("abc").is_err());
-        assert!(positive_u32("5000000000").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn modes_are_octal() {

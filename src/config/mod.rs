@@ -8,6 +8,7 @@ pub(crate) mod cli;
 pub(crate) mod cores;
 pub(crate) mod health;
 pub(crate) mod sizing;
+pub(crate) mod values;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,7 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use self::cli::{Accept, Cli, LogLevel};
+use self::cli::Cli;
+use self::values::{Accept, LogLevel};
 use crate::error::ConfigError;
 use crate::jobs::Job;
 use crate::jobs::schedule::{Cron, Every, Schedule};
@@ -42,11 +44,7 @@ pub const DEFAULT_TIMEOUT_REQUEST_HEADER: Duration = Duration::from_secs(10);
 pub const DEFAULT_LIMIT_REQUEST_FIELDS: u64 = 100;
 /// Default largest request line plus headers, in bytes.
 pub const DEFAULT_LIMIT_REQUEST_HEADER_SIZE: u64 = 64 * 1024;
-/// The smallest header size limit hyper accepts, in bytes.
-pub const MIN_LIMIT_REQUEST_HEADER_SIZE: u64 = 8 * 1024;
-/// Default mode of a unix socket file when neither `socket_mode` nor `umask` is set: owner and group
-/// may connect, others not (so a proxy in the socket's group can connect).
-pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+pub use self::values::{DEFAULT_SOCKET_MODE, MIN_LIMIT_REQUEST_HEADER_SIZE};
 
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,7 +259,7 @@ impl ScalarKind for Seconds {
         Duration::from_secs(v)
     }
     fn parse(s: &str) -> Result<Duration, String> {
-        cli::parse_duration(s)
+        values::parse_duration(s)
     }
 }
 
@@ -276,7 +274,7 @@ impl ScalarKind for Bytes {
         v
     }
     fn parse(s: &str) -> Result<u64, String> {
-        cli::parse_size(s)
+        values::parse_size(s)
     }
 }
 
@@ -446,7 +444,7 @@ fn layered_size(
         env,
         env_name,
         "a size such as 1048576, 512KiB or 64MiB",
-        |s| cli::parse_size(s).ok(),
+        |s| values::parse_size(s).ok(),
     )? {
         return check(n, &|m| ConfigError::Invalid(format!("{env_name}: {m}")));
     }
@@ -493,7 +491,7 @@ impl Env for HashMap<String, String> {
 fn env_count(env: &dyn Env, name: &'static str) -> Result<Option<Sourced<usize>>, ConfigError> {
     match env.get(name) {
         None => Ok(None),
-        Some(v) => cli::positive_usize(&v)
+        Some(v) => values::positive_usize(&v)
             .map(|n| {
                 Some(Sourced {
                     value: n,
@@ -525,11 +523,7 @@ fn env_parse<T>(
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
+    values::parse_bool(s).ok()
 }
 
 /// 1-based line number of a byte offset.
@@ -620,7 +614,7 @@ fn layered_duration(
         env,
         env_name,
         "a duration such as 30, 30s, 2m or 500ms",
-        |s| cli::parse_duration(s).ok(),
+        |s| values::parse_duration(s).ok(),
     )?;
     if let Some(d) = from_env {
         return Ok(d);
@@ -865,7 +859,7 @@ impl Settings {
                 env,
                 "HYPERFORK_BACKLOG",
                 "an integer from 1 to 4294967295",
-                |s| self::cli::positive_u32(s).ok(),
+                |s| values::positive_u32(s).ok(),
             )? {
                 Some(n) => n,
                 None => match &file.backlog {
@@ -907,7 +901,7 @@ impl Settings {
                 env,
                 "HYPERFORK_LOG_LEVEL",
                 "one of critical, error, warning, info, debug, trace",
-                LogLevel::from_name,
+                |s| values::parse_choice::<LogLevel>(s).ok(),
             )? {
                 Some(l) => l,
                 None => file.log_level.unwrap_or(if debug.value {
@@ -925,12 +919,9 @@ impl Settings {
 
         let accept = match cli.accept {
             Some(a) => a,
-            None => env_parse(
-                env,
-                "HYPERFORK_ACCEPT",
-                "one of balanced, shared",
-                Accept::from_name,
-            )?
+            None => env_parse(env, "HYPERFORK_ACCEPT", "one of balanced, shared", |s| {
+                values::parse_choice::<Accept>(s).ok()
+            })?
             .or(file.accept)
             .unwrap_or_default(),
         };
@@ -1132,7 +1123,7 @@ impl Settings {
             env,
             "HYPERFORK_PORT",
             "a port number from 0 to 65535",
-            |s| s.parse::<u16>().ok(),
+            |s| values::parse_port(s).ok(),
         )?;
         let env_host = env.get("HYPERFORK_HOST");
         let host_or_port_given =
