@@ -8,7 +8,6 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::service::TowerToHyperService;
@@ -94,7 +93,7 @@ impl Server {
         let cli = Cli::command()
             .bin_name(program.clone())
             .try_get_matches_from(args)
-            .and_then(|m| Cli::from_arg_matches(&m));
+            .map(|m| Cli::from_matches(&m));
         Server {
             program,
             cli,

@@ -11,7 +11,9 @@ use clap::ValueEnum;
 pub use crate::shared::listener::parse_mode;
 
 /// The mode of a unix socket file when neither `socket_mode` nor `umask` is set: owner and group may
-/// connect, others not (so a proxy in the socket's group can connect).
+/// connect, others not (so a proxy in the socket's group can connect). The declaration of
+/// `socket_mode` holds it as text; tests that bind sockets use this, and a test checks both agree.
+#[cfg(test)]
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 
 /// The smallest request header size limit hyper accepts, in bytes.
@@ -134,6 +136,19 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Checks a request header size limit: hyper needs at least [`MIN_LIMIT_REQUEST_HEADER_SIZE`].
+pub fn header_size_at_least_8kib(n: &u64) -> Result<(), String> {
+    if *n < MIN_LIMIT_REQUEST_HEADER_SIZE {
+        return Err(format!(
+            "expected a size of at least {}, got {n} bytes",
+            bytesize::ByteSize::b(MIN_LIMIT_REQUEST_HEADER_SIZE)
+                .display()
+                .iec()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +185,12 @@ mod tests {
         assert!(parse_bool("maybe").unwrap_err().contains("\"maybe\""));
         assert_eq!(parse_port("0"), Ok(0));
         assert!(parse_port("65536").is_err());
+    }
+
+    #[test]
+    fn header_size_floor() {
+        assert!(header_size_at_least_8kib(&8192).is_ok());
+        let e = header_size_at_least_8kib(&1024).unwrap_err();
+        assert!(e.contains("at least 8.0 KiB"), "{e}");
     }
 }
