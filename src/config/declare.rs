@@ -3,7 +3,7 @@
 //! setting ([`super::settings::ALL`]) and the typed [`super::Settings`] struct.
 //!
 //! The command line ([`super::cli`]), the TOML key check ([`super::file`]), the layering
-//! ([`super::layers`]) and the reference table ([`super::reference`]) all read the declarations, so a
+//! ([`super::layers`]) and the reference table (`super::reference`, built for tests) all read the declarations, so a
 //! setting is written once.
 
 use std::marker::PhantomData;
@@ -40,7 +40,7 @@ impl About {
         self.flag.or(self.toml).unwrap_or("?")
     }
 
-    /// The help text on one line.
+    /// The help text on one line, without the Markdown escapes the doc comment needs (`\[`).
     pub fn help_text(&self) -> String {
         let lines: Vec<&str> = self
             .help
@@ -48,12 +48,17 @@ impl About {
             .map(|l| l.trim())
             .filter(|l| !l.is_empty())
             .collect();
-        lines.join(" ")
+        lines.join(" ").replace("\\[", "[").replace("\\]", "]")
     }
 
-    /// The default as help and docs show it: the default value, else what happens without one.
+    /// The default as help and docs show it: the default value (`""` when empty), else what
+    /// happens without one.
     pub fn default_text(&self) -> Option<&'static str> {
-        self.default.or(self.unset)
+        match self.default {
+            Some("") => Some("\"\""),
+            Some(text) => Some(text),
+            None => self.unset,
+        }
     }
 
     /// The `--help` text: the help, then `(env A, B)` and `[default: D]`.

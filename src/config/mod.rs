@@ -1,12 +1,15 @@
 //! Settings: command line, then environment, then TOML file, then defaults.
 //!
 //! Each setting is declared once in [`settings`] (flag, environment variables, TOML key, default,
-//! kind, help); [`declare`] turns the list into the [`Settings`] struct and the table the command line
-//! ([`cli`]), the TOML key check ([`file`]) and the reference table ([`reference`]) are built from.
-//! [`Settings::resolve`] looks each setting up through the [`layers`], remembering where each value
-//! came from ([`Source`]) so that `hyperfork plan` and the startup log can say why the pool has the
-//! size it has, then applies the [`rules`] that tie settings together. An empty environment variable
-//! counts as unset.
+//! kind, help); [`declare`] turns the list into the [`Settings`] struct and the table that the
+//! command line ([`cli`]), the TOML key check ([`file`](mod@file)) and the reference table
+//! (`reference`, built for tests) are made from. [`Settings::resolve`] looks each setting up through
+//! the [`layers`], remembering where each value came from ([`Source`]) so that `hyperfork plan` and
+//! the startup log can say why the pool has the size it has, then applies the [`rules`] that tie
+//! settings together. An empty environment variable counts as unset.
+//!
+//! The other modules: [`values`] (domain enums and text parsers), [`kinds`] (how each type of value
+//! is read in each layer), [`job_tables`] (`[[jobs]]`), [`sizing`], [`cores`], [`health`].
 
 pub(crate) mod cli;
 pub(crate) mod cores;

@@ -52,10 +52,10 @@ fn row(d: &dyn Declared) -> String {
         (Some(k), Form::Tables) => format!("`[[{k}]]`"),
         (Some(k), _) => format!("`{k}`"),
     };
-    let default = match (about.default, about.unset) {
-        (Some(v), _) => format!("`{v}`"),
+    let default = match (about.default, about.default_text()) {
+        (Some(_), Some(v)) => format!("`{v}`"),
         (None, Some(text)) => text.to_string(),
-        (None, None) => "—".to_string(),
+        (_, None) => "—".to_string(),
     };
     let cells = [flag, env, toml, default, about.help_text()];
     let cells: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();

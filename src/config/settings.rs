@@ -42,7 +42,7 @@ settings! {
             value_name: "PORT",
         }
 
-        /// Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT or unix:/path. Replaces --host and
+        /// Address to listen on, repeatable: HOST:PORT, \[IPv6\]:PORT or unix:/path. Replaces --host and
         /// --port
         BIND: Addresses {
             flag: "--bind",
