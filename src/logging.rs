@@ -22,7 +22,7 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::cli::LogLevel;
+use crate::config::values::LogLevel;
 use crate::error::StartError;
 
 /// -1 in the master, the slot in a worker.

@@ -6,9 +6,9 @@
 
 use std::ffi::OsString;
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::service::TowerToHyperService;
@@ -17,13 +17,14 @@ use crate::app::{BoxError, Worker};
 use crate::config::cli::{Cli, Command};
 use crate::config::cores;
 use crate::config::sizing::Plan;
+use crate::config::values::{Accept, LogLevel};
 use crate::config::{ProcessEnv, Settings};
 use crate::error::ConfigError;
 use crate::jobs::schedule::Schedule;
 use crate::jobs::{Job, JobContext, JobResult};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome, Reloaded};
-use crate::shared::listener::{self, Listener};
+use crate::shared::listener::{self, BindSpec, Listener};
 use crate::worker::runner::{AppFactory, Runner};
 use crate::worker::serve::{self, HttpService, ResponseBody};
 
@@ -95,7 +96,7 @@ impl Server {
         let cli = Cli::command()
             .bin_name(program.clone())
             .try_get_matches_from(args)
-            .and_then(|m| Cli::from_arg_matches(&m));
+            .map(|m| Cli::from_matches(&m));
         Server {
             program,
             cli,
@@ -208,6 +209,19 @@ impl Server {
     /// Errors are printed as one line on stderr: status 2 for usage errors, 1 for runtime failures,
     /// 3 when every worker failed to boot.
     pub fn run(self) -> ExitCode {
+        let program = self.program.clone();
+        match self.try_run() {
+            Ok(code) => code,
+            Err(Failure::Clap(e)) => clap_exit(&program, e),
+            Err(Failure::Exit { code, message }) => {
+                eprintln!("{program}: {message}");
+                ExitCode::from(code)
+            }
+        }
+    }
+
+    /// [`Server::run`]'s steps: settings, the plan subcommand, logging, sockets, the master.
+    fn try_run(self) -> Result<ExitCode, Failure> {
         // Recorded first: a binary upgrade runs the executable from this path.
         let exe = crate::master::upgrade::Program::current();
         // Titles rewrite the arguments' memory; only safe while this is the only thread.
@@ -215,190 +229,261 @@ impl Server {
         if threads == 1 {
             crate::shared::proctitle::init();
         }
-        let program = self.program.clone();
-        let fail = |code: u8, msg: &dyn std::fmt::Display| {
-            eprintln!("{program}: {msg}");
-            ExitCode::from(code)
-        };
-        let cli = match self.cli {
-            Ok(cli) => cli,
-            Err(e) => return clap_exit(&program, e),
-        };
-        let settings = match Settings::resolve(&cli, &ProcessEnv) {
-            Ok(s) => s,
-            Err(e) => return fail(EXIT_USAGE, &e),
-        };
+        let Server {
+            cli,
+            app,
+            jobs: lib_jobs,
+            ..
+        } = self;
+        let cli = cli.map_err(Failure::Clap)?;
+        let settings = Settings::resolve(&cli, &ProcessEnv).map_err(Failure::usage)?;
         let plan = Plan::decide(&settings, cores::detect());
         if let Some(Command::Plan { json }) = cli.command {
-            if json {
-                println!("{}", plan.to_json());
-            } else {
-                print!("{}", plan.to_text());
-            }
-            return ExitCode::from(EXIT_OK);
+            print_plan(&plan, json);
+            return Ok(ExitCode::from(EXIT_OK));
         }
-        let lib_jobs = self.jobs;
-        let mut jobs = settings.jobs.clone();
-        jobs.extend(lib_jobs.iter().cloned());
-        if let Err(e) = crate::jobs::validate(&jobs) {
-            return fail(EXIT_USAGE, &e);
-        }
-        let Some(app) = self.app else {
-            return fail(
-                EXIT_USAGE,
-                &ConfigError::Invalid("no app: call Server::app before Server::run".into()),
-            );
-        };
-
-        let log_level = settings.log_level;
-        let log_file = settings.log_file.clone();
-        let accept = settings.accept;
-        let umask = settings.umask;
-        // gunicorn's --umask: set before the master creates any file (the log file just below, the
-        // pid file, and the sockets' mode when --socket-mode is not given), and inherited by the
-        // workers. The master is single-threaded here. Without it the inherited umask stays.
-        if let Some(mask) = umask {
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-        }
-        if let Err(e) = logging::init(log_level, log_file.as_deref()) {
-            return fail(EXIT_RUNTIME, &e);
-        }
-        logging::install_panic_hook();
-        for w in &plan.warnings {
-            tracing::warn!("{w}");
-        }
-        if threads > 1 {
-            tracing::warn!(
-                "the process has {threads} threads before forking; only the forking thread exists in \
-                 the workers, so anything those threads hold (locks, runtimes) is unusable there"
-            );
-        }
-        let specs: Vec<_> = settings.binds.iter().map(|b| b.value.clone()).collect();
-        let inherited = match crate::master::upgrade::inherited() {
-            Ok(i) => i,
-            Err(e) => return fail(EXIT_RUNTIME, &e),
-        };
-        let (listeners, activated, predecessor) = match inherited {
-            Some(i) => {
-                tracing::info!(
-                    "started by the previous master (pid {}) for a binary upgrade",
-                    nix::unistd::getppid()
-                );
-                let listeners = if i.activated {
-                    i.listeners
-                } else {
-                    match listener::reuse_or_bind(
-                        &specs,
-                        i.listeners,
-                        settings.backlog,
-                        settings.socket_mode,
-                    ) {
-                        Ok(l) => l,
-                        Err(e) => return fail(EXIT_RUNTIME, &e),
-                    }
-                };
-                (listeners, i.activated, Some(i.channel))
-            }
-            None => match crate::master::systemd::activated_listeners() {
-                Ok(Some(l)) => {
-                    tracing::info!("using {} socket(s) passed by systemd", l.len());
-                    (l, true, None)
-                }
-                Ok(None) => {
-                    match listener::bind_all(&specs, settings.backlog, settings.socket_mode) {
-                        Ok(l) => (l, false, None),
-                        Err(e) => return fail(EXIT_RUNTIME, &e),
-                    }
-                }
-                Err(e) => return fail(EXIT_RUNTIME, &e),
-            },
-        };
-        for l in &listeners {
-            let url = match l {
-                Listener::Tcp(_) => format!("http://{}", l.describe()),
-                Listener::Unix(..) => l.describe(),
-            };
-            tracing::info!("listening on {url}");
-        }
-        tracing::info!("starting {}", plan.summary());
-        for j in &jobs {
-            tracing::info!("job {:?}: {}, in worker 0", j.name, j.schedule);
-        }
-
-        let reload = || -> Result<Reloaded, String> {
-            let settings = Settings::resolve(&cli, &ProcessEnv).map_err(|e| e.to_string())?;
-            let plan = Plan::decide(&settings, cores::detect());
-            for w in &plan.warnings {
-                tracing::warn!("{w}");
-            }
-            if settings.log_level != log_level {
-                tracing::warn!(
-                    "reload: a log level change needs a restart; keeping the current level"
-                );
-            }
-            if settings.accept != accept {
-                tracing::warn!(
-                    "reload: an accept strategy change needs a restart (or a binary upgrade); \
-                     keeping the current one"
-                );
-            }
-            if settings.umask != umask {
-                tracing::warn!(
-                    "reload: a umask change needs a restart (or a binary upgrade); keeping the \
-                     current one"
-                );
-            }
-            if settings.log_file != log_file {
-                tracing::warn!(
-                    "reload: a log file change needs a restart (or a binary upgrade); keeping the \
-                     current one"
-                );
-            }
-            let mut jobs = settings.jobs.clone();
-            jobs.extend(lib_jobs.iter().cloned());
-            crate::jobs::validate(&jobs)?;
-            Ok(Reloaded {
-                settings,
-                plan,
-                jobs,
-            })
-        };
+        let jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
+        let app = app.ok_or_else(|| {
+            Failure::usage(ConfigError::Invalid(
+                "no app: call Server::app before Server::run".into(),
+            ))
+        })?;
+        start_logging(&settings, &plan, threads)?;
+        let opened = open_listeners(&settings)?;
+        announce(&opened.listeners, &plan, &jobs);
+        let fixed = FixedAtStart::of(&settings);
+        let reload = || reload(&cli, &lib_jobs, &fixed);
         let outcome = master::run(MasterArgs {
             workers: plan.workers,
             threads: settings.threads,
             graceful_timeout: settings.graceful_timeout,
             limits: settings.limits(),
             health: settings.health(),
-            binds: specs,
+            binds: bind_specs(&settings),
             backlog: settings.backlog,
             socket_mode: settings.socket_mode,
-            listeners,
+            listeners: opened.listeners,
             app: &app,
             jobs,
             reload: &reload,
-            activated,
-            program: match exe {
-                Ok(p) => Some(p),
-                Err(e) => {
+            activated: opened.activated,
+            program: exe
+                .map_err(|e| {
                     tracing::warn!(
                         "cannot read this executable's path ({e}); SIGUSR2 upgrades are disabled"
-                    );
-                    None
-                }
-            },
-            predecessor,
+                    )
+                })
+                .ok(),
+            predecessor: opened.predecessor,
             pid_file: settings.pid_file.clone(),
             accept: settings.accept,
         });
         match outcome {
-            Ok(Outcome::Stopped) => ExitCode::from(EXIT_OK),
+            Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),
             Ok(Outcome::GaveUp(msg)) => {
                 tracing::error!("{msg}");
-                fail(EXIT_BOOT, &msg)
+                Err(Failure::exit(EXIT_BOOT, msg))
             }
-            Err(e) => fail(EXIT_RUNTIME, &e),
+            Err(e) => Err(Failure::exit(EXIT_RUNTIME, e)),
         }
     }
+}
+
+/// Why [`Server::run`] stops early.
+enum Failure {
+    /// The command line is wrong, or asks for help or the version.
+    Clap(clap::Error),
+    /// Anything else: the exit status and the line for stderr.
+    Exit {
+        /// The exit status.
+        code: u8,
+        /// What went wrong, on one line.
+        message: String,
+    },
+}
+
+impl Failure {
+    /// A failure with exit status `code`.
+    fn exit(code: u8, e: impl std::fmt::Display) -> Failure {
+        Failure::Exit {
+            code,
+            message: e.to_string(),
+        }
+    }
+
+    /// A usage error (bad flag, environment variable or config file): exit status 2.
+    fn usage(e: impl std::fmt::Display) -> Failure {
+        Failure::exit(EXIT_USAGE, e)
+    }
+
+    /// A runtime failure (a socket, a file, an OS call): exit status 1.
+    fn runtime(e: impl std::fmt::Display) -> Failure {
+        Failure::exit(EXIT_RUNTIME, e)
+    }
+}
+
+/// `hyperfork plan`: the sizing decision as text or JSON on stdout.
+fn print_plan(plan: &Plan, json: bool) {
+    if json {
+        println!("{}", plan.to_json());
+    } else {
+        print!("{}", plan.to_text());
+    }
+}
+
+/// The file's `[[jobs]]` followed by the jobs the library added, checked together.
+fn with_library_jobs(settings: &Settings, lib_jobs: &[Job]) -> Result<Vec<Job>, String> {
+    let mut jobs = settings.jobs.clone();
+    jobs.extend(lib_jobs.iter().cloned());
+    crate::jobs::validate(&jobs)?;
+    Ok(jobs)
+}
+
+/// Sets the umask, then starts logging and reports the plan's warnings.
+fn start_logging(settings: &Settings, plan: &Plan, threads: usize) -> Result<(), Failure> {
+    // gunicorn's --umask: set before the master creates any file (the log file just below, the
+    // pid file, and the sockets' mode when --socket-mode is not given), and inherited by the
+    // workers. The master is single-threaded here. Without it the inherited umask stays.
+    if let Some(mask) = settings.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    logging::init(settings.log_level, settings.log_file.as_deref()).map_err(Failure::runtime)?;
+    logging::install_panic_hook();
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    if threads > 1 {
+        tracing::warn!(
+            "the process has {threads} threads before forking; only the forking thread exists in \
+             the workers, so anything those threads hold (locks, runtimes) is unusable there"
+        );
+    }
+    Ok(())
+}
+
+/// The addresses the settings ask for.
+fn bind_specs(settings: &Settings) -> Vec<BindSpec> {
+    settings.binds.iter().map(|b| b.value.clone()).collect()
+}
+
+/// The listening sockets and where they came from.
+struct Opened {
+    /// The sockets.
+    listeners: Vec<Listener>,
+    /// Whether systemd created them (their files are systemd's).
+    activated: bool,
+    /// The previous master, when this one was started by a binary upgrade.
+    predecessor: Option<crate::master::upgrade::Channel>,
+}
+
+/// The previous master's sockets (binary upgrade), else systemd's, else newly bound ones.
+fn open_listeners(settings: &Settings) -> Result<Opened, Failure> {
+    let specs = bind_specs(settings);
+    let (backlog, mode) = (settings.backlog, settings.socket_mode);
+    if let Some(i) = crate::master::upgrade::inherited().map_err(Failure::runtime)? {
+        tracing::info!(
+            "started by the previous master (pid {}) for a binary upgrade",
+            nix::unistd::getppid()
+        );
+        let listeners = if i.activated {
+            i.listeners
+        } else {
+            listener::reuse_or_bind(&specs, i.listeners, backlog, mode).map_err(Failure::runtime)?
+        };
+        return Ok(Opened {
+            listeners,
+            activated: i.activated,
+            predecessor: Some(i.channel),
+        });
+    }
+    let (listeners, activated) =
+        match crate::master::systemd::activated_listeners().map_err(Failure::runtime)? {
+            Some(l) => {
+                tracing::info!("using {} socket(s) passed by systemd", l.len());
+                (l, true)
+            }
+            None => (
+                listener::bind_all(&specs, backlog, mode).map_err(Failure::runtime)?,
+                false,
+            ),
+        };
+    Ok(Opened {
+        listeners,
+        activated,
+        predecessor: None,
+    })
+}
+
+/// Logs the addresses, the pool and the jobs about to start.
+fn announce(listeners: &[Listener], plan: &Plan, jobs: &[Job]) {
+    for l in listeners {
+        let url = match l {
+            Listener::Tcp(_) => format!("http://{}", l.describe()),
+            Listener::Unix(..) => l.describe(),
+        };
+        tracing::info!("listening on {url}");
+    }
+    tracing::info!("starting {}", plan.summary());
+    for j in jobs {
+        tracing::info!("job {:?}: {}, in worker 0", j.name, j.schedule);
+    }
+}
+
+/// The settings a reload cannot change, as the master started with them.
+struct FixedAtStart {
+    log_level: LogLevel,
+    accept: Accept,
+    umask: Option<u32>,
+    log_file: Option<PathBuf>,
+}
+
+impl FixedAtStart {
+    /// The values in `settings`.
+    fn of(settings: &Settings) -> FixedAtStart {
+        FixedAtStart {
+            log_level: settings.log_level,
+            accept: settings.accept,
+            umask: settings.umask,
+            log_file: settings.log_file.clone(),
+        }
+    }
+
+    /// Warns about each value `new` changes: it takes effect only after a restart.
+    fn warn_about_changes(&self, new: &Settings) {
+        if new.log_level != self.log_level {
+            tracing::warn!("reload: a log level change needs a restart; keeping the current level");
+        }
+        let needs_restart = [
+            ("an accept strategy", new.accept != self.accept),
+            ("a umask", new.umask != self.umask),
+            ("a log file", new.log_file != self.log_file),
+        ];
+        for (what, changed) in needs_restart {
+            if changed {
+                tracing::warn!(
+                    "reload: {what} change needs a restart (or a binary upgrade); keeping the \
+                     current one"
+                );
+            }
+        }
+    }
+}
+
+/// `SIGHUP`: the settings, plan and jobs read again from the same command line, environment and
+/// file; an error rejects the reload.
+fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded, String> {
+    let settings = Settings::resolve(cli, &ProcessEnv).map_err(|e| e.to_string())?;
+    let plan = Plan::decide(&settings, cores::detect());
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    fixed.warn_about_changes(&settings);
+    let jobs = with_library_jobs(&settings, lib_jobs)?;
+    Ok(Reloaded {
+        settings,
+        plan,
+        jobs,
+    })
 }
 
 /// Prints a clap error: help and version in full (exit 0), anything else as one line (exit 2).

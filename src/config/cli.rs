@@ -1,259 +1,132 @@
-//! The command line shared by the `hyperfork` binary and every binary built on the library.
+//! The command line shared by the `hyperfork` binary and every binary built on the library, built
+//! from the declared settings ([`super::settings`]): one global flag per setting, its help ending in
+//! `(env …)` and `[default: …]`, and the subcommands `serve` and `plan [--json]`.
 //!
-//! Every flag is optional here: defaults live in [`crate::config`], so that a flag that was not given
-//! can fall back to the environment and then to the TOML file.
+//! Clap checks each value with the setting's parser; the parsed [`Cli`] keeps the values as written,
+//! and the layering ([`super::layers`]) turns them into values, falling back to the environment, the
+//! TOML file and the defaults for flags not given.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::ffi::OsString;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Arg, ArgAction, ArgMatches};
 
-/// Flags accepted by every hyperfork binary.
-#[derive(Debug, Clone, Default, Parser)]
-#[command(
-    name = "hyperfork",
-    version,
-    about = "A pre-fork master for Rust HTTP services",
-    long_about = "Binds the listening socket once, forks a pool of workers that share it, restarts any worker \
-                  that dies into the same slot, and shuts down gracefully on SIGTERM."
-)]
-pub struct Cli {
-    /// Host to listen on (env HYPERFORK_HOST) [default: 127.0.0.1]
-    #[arg(long, global = true, value_name = "HOST")]
-    pub host: Option<String>,
+use super::declare::Declared;
+use super::kinds::Form;
+use super::settings::ALL;
 
-    /// TCP port to listen on (env HYPERFORK_PORT) [default: 8000]
-    #[arg(long, global = true, value_name = "PORT")]
-    pub port: Option<u16>,
-
-    /// Address to listen on, repeatable: HOST:PORT, [IPv6]:PORT or unix:/path (env HYPERFORK_BIND,
-    /// comma-separated). Replaces --host/--port.
-    #[arg(long, global = true, value_name = "ADDRESS")]
-    pub bind: Vec<String>,
-
-    /// Listen backlog: connections the kernel queues before a worker accepts them (env HYPERFORK_BACKLOG)
-    /// [default: 2048]
-    #[arg(long, global = true, value_name = "N", value_parser = positive_u32)]
-    pub backlog: Option<u32>,
-
-    /// Mode of unix socket files, in octal: 660, 0660 or 0o660 (env HYPERFORK_SOCKET_MODE)
-    /// [default: 0660, or 0666 minus --umask when that is given]
-    #[arg(long, global = true, value_name = "MODE", value_parser = crate::shared::listener::parse_mode)]
-    pub socket_mode: Option<u32>,
-
-    /// The master's umask, in octal (e.g. 027): governs the pid file, the log file and, without
-    /// --socket-mode, the socket mode (env HYPERFORK_UMASK) [default: inherited]
-    #[arg(long, global = true, value_name = "MASK", value_parser = crate::shared::listener::parse_mode)]
-    pub umask: Option<u32>,
-
-    /// Number of workers; overrides the computed size (env UVICORN_WORKERS, WEB_CONCURRENCY)
-    #[arg(long, short = 'w', global = true, value_name = "N", value_parser = positive_usize)]
-    pub workers: Option<usize>,
-
-    /// Upper bound of the computed worker count (env HYPERFORK_MAX_WORKERS) [default: 8]
-    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
-    pub max_workers: Option<usize>,
-
-    /// Development mode: exactly one worker and debug logging (env HYPERFORK_DEBUG)
-    #[arg(long, global = true)]
-    pub debug: bool,
-
-    /// Runtime threads per worker: 1 = current-thread runtime, more = multi-thread runtime
-    /// (env HYPERFORK_THREADS) [default: 1]
-    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
-    pub threads: Option<usize>,
-
-    /// How long SIGTERM waits for in-flight requests before killing workers, e.g. 30s, 2m, 500ms
-    /// (env HYPERFORK_GRACEFUL_TIMEOUT) [default: 30s]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
-    pub graceful_timeout: Option<Duration>,
-
-    /// Log level (env HYPERFORK_LOG_LEVEL; RUST_LOG, when set, takes precedence) [default: info]
-    #[arg(long, global = true, value_name = "LEVEL")]
-    pub log_level: Option<LogLevel>,
-
-    /// How workers share new connections (env HYPERFORK_ACCEPT) [default: balanced]
-    #[arg(long, global = true, value_name = "STRATEGY")]
-    pub accept: Option<Accept>,
-
-    /// Append logs to this file instead of stderr; SIGUSR1 reopens it (env HYPERFORK_LOG_FILE)
-    #[arg(long, global = true, value_name = "FILE")]
-    pub log_file: Option<PathBuf>,
-
-    /// Write the master's pid to this file (atomically), removed on exit (env HYPERFORK_PID)
-    #[arg(long, global = true, value_name = "FILE")]
-    pub pid: Option<PathBuf>,
-
-    /// Close keep-alive connections idle for this long, e.g. 5, 65s (env HYPERFORK_TIMEOUT_KEEP_ALIVE)
-    /// [default: 5s]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout_keep_alive: Option<Duration>,
-
-    /// Most requests a worker serves at once; beyond it, 503 at once (env HYPERFORK_LIMIT_CONCURRENCY)
-    /// [default: no limit]
-    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
-    pub limit_concurrency: Option<usize>,
-
-    /// Kill and replace a worker whose event loop is silent this long; 0 turns it off
-    /// (env HYPERFORK_TIMEOUT) [default: 30s]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
-
-    /// Replace a worker after it served this many requests; 0 turns it off
-    /// (env HYPERFORK_MAX_REQUESTS) [default: 0]
-    #[arg(long, global = true, value_name = "N", value_parser = non_negative_u64)]
-    pub max_requests: Option<u64>,
-
-    /// Add a random 0..=J to each worker's --max-requests, so they do not all restart at once
-    /// (env HYPERFORK_MAX_REQUESTS_JITTER) [default: 0]
-    #[arg(long, global = true, value_name = "J", value_parser = non_negative_u64)]
-    pub max_requests_jitter: Option<u64>,
-
-    /// Replace a worker whose resident memory exceeds this, e.g. 256MiB; 0 turns it off
-    /// (env HYPERFORK_MAX_WORKER_MEMORY) [default: 0]
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
-    pub max_worker_memory: Option<u64>,
-
-    /// Close a connection whose request header is not complete this long after its first byte
-    /// (env HYPERFORK_TIMEOUT_REQUEST_HEADER) [default: 10s]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
-    pub timeout_request_header: Option<Duration>,
-
-    /// Answer 413 to a request whose declared body is larger, e.g. 10MiB; 0 turns it off
-    /// (env HYPERFORK_LIMIT_REQUEST_BODY) [default: 0]
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
-    pub limit_request_body: Option<u64>,
-
-    /// Answer 431 to a request with more header fields (env HYPERFORK_LIMIT_REQUEST_FIELDS)
-    /// [default: 100]
-    #[arg(long, global = true, value_name = "N", value_parser = positive_usize)]
-    pub limit_request_fields: Option<usize>,
-
-    /// Answer 431 to a request whose request line and headers are larger, at least 8KiB
-    /// (env HYPERFORK_LIMIT_REQUEST_HEADER_SIZE) [default: 64KiB]
-    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size)]
-    pub limit_request_header_size: Option<u64>,
-
-    /// TOML configuration file (env HYPERFORK_CONFIG)
-    #[arg(long, short = 'c', global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
-    /// What to do; without a subcommand the server runs.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
+/// Kept for code written against the old path (`crate::master`); new code names
+/// `crate::config::values::Accept`.
+pub use super::values::Accept;
 
 /// Subcommands.
-#[derive(Debug, Clone, Subcommand)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// Run the server (the default).
     Serve,
     /// Print the worker-count decision, every input it used, and exit.
     Plan {
         /// Print the plan as JSON.
-        #[arg(long)]
         json: bool,
     },
 }
 
-/// How the workers share the listening socket's new connections.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Accept {
-    /// A worker with more open connections than its least loaded peer lets that peer accept first
-    /// (waiting at most 5 ms); see [`crate::shared::balance`].
-    #[default]
-    Balanced,
-    /// Every worker accepts as soon as it is woken: the kernel decides, and bursts pile up unevenly.
-    Shared,
+/// A parsed command line: the subcommand, and the flags given with their values as written.
+#[derive(Debug, Clone, Default)]
+pub struct Cli {
+    /// What to do; without a subcommand the server runs.
+    pub command: Option<Command>,
+    /// Each given flag (e.g. `--workers`) and its values; a switch given holds `true`.
+    given: HashMap<&'static str, Vec<String>>,
 }
 
-impl Accept {
-    /// Parses a strategy name, ignoring case.
-    pub fn from_name(name: &str) -> Option<Self> {
-        <Accept as ValueEnum>::from_str(name, true).ok()
+impl Cli {
+    /// The clap command: every declared setting's flag, global so it also works after a subcommand.
+    pub fn command() -> clap::Command {
+        let plan = clap::Command::new("plan")
+            .about("Print the worker-count decision, every input it used, and exit")
+            .arg(
+                Arg::new("json")
+                    .long("json")
+                    .action(ArgAction::SetTrue)
+                    .help("Print the plan as JSON"),
+            );
+        clap::Command::new("hyperfork")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("A pre-fork master for Rust HTTP services")
+            .long_about(
+                "Binds the listening socket once, forks a pool of workers that share it, restarts any \
+                 worker that dies into the same slot, and shuts down gracefully on SIGTERM.",
+            )
+            .subcommand(clap::Command::new("serve").about("Run the server (the default)"))
+            .subcommand(plan)
+            .args(ALL.iter().filter_map(|d| arg(*d)))
     }
-}
 
-/// Log levels, named as uvicorn names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    /// Only errors (uvicorn's `critical`).
-    Critical,
-    /// Errors.
-    Error,
-    /// Warnings and errors.
-    Warning,
-    /// The default.
-    Info,
-    /// Verbose; `--debug` selects it.
-    Debug,
-    /// Everything.
-    Trace,
-}
-
-impl LogLevel {
-    /// The `tracing` level filter this level stands for.
-    pub fn as_filter(self) -> tracing::level_filters::LevelFilter {
-        use tracing::level_filters::LevelFilter;
-        match self {
-            LogLevel::Critical | LogLevel::Error => LevelFilter::ERROR,
-            LogLevel::Warning => LevelFilter::WARN,
-            LogLevel::Info => LevelFilter::INFO,
-            LogLevel::Debug => LevelFilter::DEBUG,
-            LogLevel::Trace => LevelFilter::TRACE,
+    /// The command line clap matched.
+    pub fn from_matches(matches: &ArgMatches) -> Cli {
+        let command = match matches.subcommand() {
+            Some(("plan", sub)) => Some(Command::Plan {
+                json: sub.get_flag("json"),
+            }),
+            Some(_) => Some(Command::Serve),
+            None => None,
+        };
+        let mut given = HashMap::new();
+        for d in ALL {
+            let (Some(flag), form) = (d.about().flag, d.form()) else {
+                continue;
+            };
+            let id = flag.trim_start_matches('-');
+            let values: Vec<String> = match form {
+                Form::Switch if matches.get_flag(id) => vec!["true".to_string()],
+                Form::Switch | Form::Tables => continue,
+                Form::Value | Form::Repeated => match matches.get_many::<String>(id) {
+                    Some(v) => v.cloned().collect(),
+                    None => continue,
+                },
+            };
+            given.insert(flag, values);
         }
+        Cli { command, given }
     }
 
-    /// Parses a level name as written in the environment or the TOML file.
-    pub fn from_name(name: &str) -> Option<Self> {
-        <LogLevel as ValueEnum>::from_str(name, true).ok()
+    /// Parses `args` (the first is the program).
+    pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Ok(Cli::from_matches(
+            &Cli::command().try_get_matches_from(args)?,
+        ))
+    }
+
+    /// The values given with `flag` (e.g. `--workers`), `None` if it was not given.
+    pub fn values(&self, flag: &str) -> Option<&[String]> {
+        self.given.get(flag).map(Vec::as_slice)
     }
 }
 
-/// Parses a strictly positive count.
-pub fn positive_usize(s: &str) -> Result<usize, String> {
-    match s.trim().parse::<i128>() {
-        Ok(n) if n >= 1 && n <= usize::MAX as i128 => Ok(n as usize),
-        Ok(_) => Err(format!(
-            "expected a positive integer (1 or more), got {s:?}"
-        )),
-        Err(_) => Err(format!("expected a positive integer, got {s:?}")),
+/// The flag of a declared setting, `None` for settings without one.
+fn arg(d: &dyn Declared) -> Option<Arg> {
+    let about = d.about();
+    let id = about.flag?.trim_start_matches('-');
+    let mut arg = Arg::new(id)
+        .long(id)
+        .global(true)
+        .help(about.cli_help(d.form()));
+    if let Some(c) = about.short {
+        arg = arg.short(c);
     }
-}
-
-/// Parses a non-negative integer.
-pub fn non_negative_u64(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<u64>()
-        .map_err(|_| format!("expected a non-negative integer, got {s:?}"))
-}
-
-/// Parses a size: bytes (`1048576`) or a number with a unit (`64MiB`, `512KB`, `1.5GiB`).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| format!("expected a size such as 1048576, 512KiB or 64MiB, got {s:?}"))
-}
-
-/// Parses a strictly positive `u32`.
-pub fn positive_u32(s: &str) -> Result<u32, String> {
-    let n = positive_usize(s)?;
-    u32::try_from(n).map_err(|_| format!("expected an integer from 1 to {}, got {s:?}", u32::MAX))
-}
-
-/// Parses a duration: a plain number of seconds (`30`) or a humantime string (`30s`, `1m 30s`, `500ms`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    if let Some(name) = about.value_name {
+        arg = arg.value_name(name);
     }
-    humantime::parse_duration(t)
-        .map_err(|_| format!("expected a duration such as 30, 30s, 2m or 500ms, got {s:?}"))
+    Some(match d.form() {
+        Form::Switch => arg.action(ArgAction::SetTrue),
+        Form::Repeated => arg.action(ArgAction::Append).value_parser(d.value_parser()),
+        Form::Value | Form::Tables => arg.action(ArgAction::Set).value_parser(d.value_parser()),
+    })
 }
 
 #[cfg(test)]
@@ -261,27 +134,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positive_counts() {
-        assert_eq!(positive_usize("4"), Ok(4));
-        assert!(positive_usize("0").is_err());
-        assert!(positive_usize("-1").is_err());
-        assert!(positive_usize("abc").is_err());
-        assert!(positive_u32("5000000000").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("soon").is_err());
+    fn clap_accepts_the_generated_command() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn modes_are_octal() {
         let cli =
             Cli::try_parse_from(["hyperfork", "--socket-mode", "0o600", "--umask", "027"]).unwrap();
-        assert_eq!((cli.socket_mode, cli.umask), (Some(0o600), Some(0o027)));
+        assert_eq!(
+            cli.values("--socket-mode"),
+            Some(&["0o600".to_string()][..])
+        );
         let e = Cli::try_parse_from(["hyperfork", "--socket-mode", "9x9"])
             .unwrap_err()
             .to_string();
@@ -291,7 +155,28 @@ mod tests {
     #[test]
     fn every_flag_is_global_so_it_works_after_the_subcommand() {
         let cli = Cli::try_parse_from(["hyperfork", "plan", "--workers", "3", "--json"]).unwrap();
-        assert_eq!(cli.workers, Some(3));
-        assert!(matches!(cli.command, Some(Command::Plan { json: true })));
+        assert_eq!(cli.values("--workers"), Some(&["3".to_string()][..]));
+        assert_eq!(cli.command, Some(Command::Plan { json: true }));
+        let cli = Cli::try_parse_from(["hyperfork", "serve", "--debug", "-c", "f.toml"]).unwrap();
+        assert_eq!(cli.command, Some(Command::Serve));
+        assert!(cli.values("--debug").is_some() && cli.values("--config").is_some());
+    }
+
+    #[test]
+    fn help_is_generated_from_the_declarations() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("(env UVICORN_WORKERS, WEB_CONCURRENCY, HYPERFORK_WORKERS)"),
+            "{help}"
+        );
+        assert!(
+            help.contains("(env HYPERFORK_BACKLOG) [default: 2048]"),
+            "{help}"
+        );
+        assert!(
+            help.contains("(env HYPERFORK_BIND, comma-separated)"),
+            "{help}"
+        );
+        assert!(!help.contains("HYPERFORK_DEBUG) [default"), "{help}");
     }
 }

@@ -1,0 +1,278 @@
+//! Every setting, declared once: its flag, environment variables (the first set one wins), TOML key,
+//! default, kind (its parser, see [`super::kinds`]) and help text (the doc comment). The command line,
+//! `--help`, the TOML key check, the layering and the reference table in `docs/configuration.md` are
+//! all generated from this list; its order is the order of `--help` and of the table.
+//!
+//! To add a setting, add one entry to `fields` (see [`super::declare::settings!`] for the forms) and
+//! use the new `Settings` field where it matters; add the key, commented out, to
+//! `config/hyperfork.toml` and regenerate the docs table. Tests check both.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::declare::settings;
+use super::job_tables::jobs;
+use super::kinds::{
+    Addresses, Backlog, Bytes, Choice, Mode, NonNegative, Path, Port, Positive, Seconds, Switch,
+    Tables, Text,
+};
+use super::layers::Sourced;
+use super::rules::binds;
+use super::values::{Accept, LogLevel, header_size_at_least_8kib};
+use crate::jobs::Job;
+use crate::shared::listener::BindSpec;
+
+settings! {
+    inputs {
+        /// Host to listen on
+        HOST: Text {
+            flag: "--host",
+            env: ["HYPERFORK_HOST"],
+            toml: "host",
+            default: "127.0.0.1",
+            value_name: "HOST",
+        }
+
+        /// TCP port to listen on; 0 lets the kernel pick a free port
+        PORT: Port {
+            flag: "--port",
+            env: ["HYPERFORK_PORT"],
+            toml: "port",
+            default: "8000",
+            value_name: "PORT",
+        }
+
+        /// Address to listen on, repeatable: HOST:PORT, \[IPv6\]:PORT or unix:/path. Replaces --host and
+        /// --port
+        BIND: Addresses {
+            flag: "--bind",
+            env: ["HYPERFORK_BIND"],
+            toml: "bind",
+            value_name: "ADDRESS",
+        }
+
+        /// Scheduled commands, one `[[jobs]]` table each, run in worker 0 (see config/hyperfork.toml)
+        JOBS: Tables {
+            toml: "jobs",
+        }
+    }
+
+    fields {
+        /// Listen backlog: connections the kernel queues before a worker accepts them
+        pub backlog: u32 = BACKLOG: Backlog {
+            flag: "--backlog",
+            env: ["HYPERFORK_BACKLOG"],
+            toml: "backlog",
+            default: "2048",
+            value_name: "N",
+        }
+
+        /// Mode of unix socket files, in octal: 660, 0660 or 0o660; when only --umask is given, 0666
+        /// minus the umask
+        pub socket_mode: u32 = SOCKET_MODE: Mode {
+            flag: "--socket-mode",
+            env: ["HYPERFORK_SOCKET_MODE"],
+            toml: "socket_mode",
+            default: "0660",
+            value_name: "MODE",
+        }
+
+        /// The master's umask, in octal (e.g. 027): governs the pid file, the log file and, without
+        /// --socket-mode, the socket mode
+        pub umask: Option<u32> = UMASK: Mode {
+            flag: "--umask",
+            env: ["HYPERFORK_UMASK"],
+            toml: "umask",
+            unset: "inherited",
+            value_name: "MASK",
+        }
+
+        /// Number of workers; overrides the computed size
+        pub workers: Option<Sourced<usize>> = WORKERS: Positive {
+            flag: "--workers",
+            short: 'w',
+            env: ["UVICORN_WORKERS", "WEB_CONCURRENCY", "HYPERFORK_WORKERS"],
+            toml: "workers",
+            unset: "2 × cores + 1, at most --max-workers",
+            value_name: "N",
+        }
+
+        /// Upper bound of the computed worker count
+        pub max_workers: Sourced<usize> = MAX_WORKERS: Positive {
+            flag: "--max-workers",
+            env: ["HYPERFORK_MAX_WORKERS"],
+            toml: "max_workers",
+            default: "8",
+            value_name: "N",
+        }
+
+        /// Development mode: exactly one worker and debug logging
+        pub debug: Sourced<bool> = DEBUG: Switch {
+            flag: "--debug",
+            env: ["HYPERFORK_DEBUG"],
+            toml: "debug",
+            default: "false",
+        }
+
+        /// Runtime threads per worker: 1 = current-thread runtime, more = multi-thread runtime
+        pub threads: usize = THREADS: Positive {
+            flag: "--threads",
+            env: ["HYPERFORK_THREADS"],
+            toml: "threads",
+            default: "1",
+            value_name: "N",
+        }
+
+        /// How long SIGTERM waits for in-flight requests before killing workers, e.g. 30s, 2m, 500ms
+        pub graceful_timeout: Duration = GRACEFUL_TIMEOUT: Seconds {
+            flag: "--graceful-timeout",
+            env: ["HYPERFORK_GRACEFUL_TIMEOUT"],
+            toml: "graceful_timeout",
+            default: "30s",
+            value_name: "DURATION",
+        }
+
+        /// Log level; RUST_LOG, when set, takes precedence
+        pub log_level: LogLevel = LOG_LEVEL: Choice<LogLevel> {
+            flag: "--log-level",
+            env: ["HYPERFORK_LOG_LEVEL"],
+            toml: "log_level",
+            default: "info",
+            value_name: "LEVEL",
+        }
+
+        /// How workers share new connections
+        pub accept: Accept = ACCEPT: Choice<Accept> {
+            flag: "--accept",
+            env: ["HYPERFORK_ACCEPT"],
+            toml: "accept",
+            default: "balanced",
+            value_name: "STRATEGY",
+        }
+
+        /// Append logs to this file instead of stderr; SIGUSR1 reopens it
+        pub log_file: Option<PathBuf> = LOG_FILE: Path {
+            flag: "--log-file",
+            env: ["HYPERFORK_LOG_FILE"],
+            toml: "log_file",
+            unset: "stderr",
+            value_name: "FILE",
+        }
+
+        /// Write the master's pid to this file (atomically), removed on exit
+        pub pid_file: Option<PathBuf> = PID: Path {
+            flag: "--pid",
+            env: ["HYPERFORK_PID"],
+            toml: "pid",
+            unset: "no pid file",
+            value_name: "FILE",
+        }
+
+        /// Close keep-alive connections idle for this long, e.g. 5, 65s
+        pub timeout_keep_alive: Duration = TIMEOUT_KEEP_ALIVE: Seconds {
+            flag: "--timeout-keep-alive",
+            env: ["HYPERFORK_TIMEOUT_KEEP_ALIVE"],
+            toml: "timeout_keep_alive",
+            default: "5s",
+            value_name: "DURATION",
+        }
+
+        /// Most requests a worker serves at once; beyond it, 503 at once
+        pub limit_concurrency: Option<usize> = LIMIT_CONCURRENCY: Positive {
+            flag: "--limit-concurrency",
+            env: ["HYPERFORK_LIMIT_CONCURRENCY"],
+            toml: "limit_concurrency",
+            unset: "no limit",
+            value_name: "N",
+        }
+
+        /// Kill and replace a worker whose event loop is silent this long; 0 turns it off
+        pub timeout: Duration = TIMEOUT: Seconds {
+            flag: "--timeout",
+            env: ["HYPERFORK_TIMEOUT"],
+            toml: "timeout",
+            default: "30s",
+            value_name: "DURATION",
+        }
+
+        /// Replace a worker after it served this many requests; 0 turns it off
+        pub max_requests: u64 = MAX_REQUESTS: NonNegative {
+            flag: "--max-requests",
+            env: ["HYPERFORK_MAX_REQUESTS"],
+            toml: "max_requests",
+            default: "0",
+            value_name: "N",
+        }
+
+        /// Add a random 0..=J to each worker's --max-requests, so they do not all restart at once
+        pub max_requests_jitter: u64 = MAX_REQUESTS_JITTER: NonNegative {
+            flag: "--max-requests-jitter",
+            env: ["HYPERFORK_MAX_REQUESTS_JITTER"],
+            toml: "max_requests_jitter",
+            default: "0",
+            value_name: "J",
+        }
+
+        /// Replace a worker whose resident memory exceeds this, e.g. 256MiB; 0 turns it off
+        pub max_worker_memory: u64 = MAX_WORKER_MEMORY: Bytes {
+            flag: "--max-worker-memory",
+            env: ["HYPERFORK_MAX_WORKER_MEMORY"],
+            toml: "max_worker_memory",
+            default: "0",
+            value_name: "SIZE",
+        }
+
+        /// Close a connection whose request header is not complete this long after its first byte
+        pub timeout_request_header: Duration = TIMEOUT_REQUEST_HEADER: Seconds {
+            flag: "--timeout-request-header",
+            env: ["HYPERFORK_TIMEOUT_REQUEST_HEADER"],
+            toml: "timeout_request_header",
+            default: "10s",
+            value_name: "DURATION",
+        }
+
+        /// Answer 413 to a request whose declared body is larger, e.g. 10MiB; 0 turns it off
+        pub limit_request_body: u64 = LIMIT_REQUEST_BODY: Bytes {
+            flag: "--limit-request-body",
+            env: ["HYPERFORK_LIMIT_REQUEST_BODY"],
+            toml: "limit_request_body",
+            default: "0",
+            value_name: "SIZE",
+        }
+
+        /// Answer 431 to a request with more header fields
+        pub limit_request_fields: usize = LIMIT_REQUEST_FIELDS: Positive {
+            flag: "--limit-request-fields",
+            env: ["HYPERFORK_LIMIT_REQUEST_FIELDS"],
+            toml: "limit_request_fields",
+            default: "100",
+            value_name: "N",
+        }
+
+        /// Answer 431 to a request whose request line and headers are larger, at least 8KiB
+        pub limit_request_header_size: u64 = LIMIT_REQUEST_HEADER_SIZE: Bytes {
+            flag: "--limit-request-header-size",
+            env: ["HYPERFORK_LIMIT_REQUEST_HEADER_SIZE"],
+            toml: "limit_request_header_size",
+            default: "64KiB",
+            value_name: "SIZE",
+            check: header_size_at_least_8kib,
+        }
+
+        /// TOML configuration file
+        pub config_file: Option<PathBuf> = CONFIG: Path {
+            flag: "--config",
+            short: 'c',
+            env: ["HYPERFORK_CONFIG"],
+            value_name: "FILE",
+        }
+    }
+
+    computed {
+        /// Addresses to listen on, at least one: `bind`, else `host` and `port`.
+        pub binds: Vec<Sourced<BindSpec>> = binds;
+
+        /// Command jobs from the file's `[[jobs]]` tables.
+        pub jobs: Vec<Job> = jobs;
+    }
+}
