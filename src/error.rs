@@ -7,6 +7,16 @@
 use std::io;
 use std::path::PathBuf;
 
+/// Exit status for a clean shutdown.
+pub const EXIT_OK: u8 = 0;
+/// Exit status for a runtime failure (a socket that cannot be bound, an OS call that fails).
+pub const EXIT_RUNTIME: u8 = 1;
+/// Exit status for a usage error (bad flag, environment variable or config file).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when every worker failed to boot; also a worker's own status when its app failed to
+/// boot (gunicorn's and uvicorn's convention).
+pub const EXIT_BOOT: u8 = 3;
+
 /// A problem with the command line, an environment variable or the configuration file. Exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -26,11 +26,9 @@ mod server;
 mod shared;
 mod worker;
 
+// The public API: the server builder, what an app and its jobs are given, and the exit codes.
 pub use app::{BoxError, BuiltinApp, JobStatus, SchedulerStatus, Worker};
-pub use config::Settings;
-pub use config::sizing::Plan;
-pub use error::{ConfigError, StartError};
+pub use error::{EXIT_BOOT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 pub use jobs::schedule::{Cron, Every, Schedule, ScheduleError};
 pub use jobs::{Job, JobContext, JobResult};
-pub use master::Outcome;
-pub use server::{EXIT_BOOT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, Server};
+pub use server::Server;

@@ -20,6 +20,7 @@ use crate::config::sizing::Plan;
 use crate::config::values::{Accept, LogLevel};
 use crate::config::{ProcessEnv, Settings};
 use crate::error::ConfigError;
+use crate::error::{EXIT_BOOT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 use crate::jobs::schedule::Schedule;
 use crate::jobs::{Job, JobContext, JobResult};
 use crate::logging;
@@ -27,15 +28,6 @@ use crate::master::{self, MasterArgs, Outcome, Reloaded};
 use crate::shared::listener::{self, BindSpec, Listener};
 use crate::worker::runner::{AppFactory, Runner};
 use crate::worker::serve::{self, HttpService, ResponseBody};
-
-/// Exit status for a clean shutdown.
-pub const EXIT_OK: u8 = 0;
-/// Exit status for a runtime failure (a socket that cannot be bound, an OS call that fails).
-pub const EXIT_RUNTIME: u8 = 1;
-/// Exit status for a usage error (bad flag, environment variable or config file).
-pub const EXIT_USAGE: u8 = 2;
-/// Exit status when every worker failed to boot.
-pub const EXIT_BOOT: u8 = 3;
 
 /// A pre-fork server: settings plus an app factory.
 ///
@@ -250,7 +242,7 @@ impl Server {
         })?;
         start_logging(&settings, &plan, threads)?;
         let opened = open_listeners(&settings)?;
-        announce(&opened.listeners, &plan, &jobs);
+        announce(&settings, &opened.listeners, &plan, &jobs);
         let fixed = FixedAtStart::of(&settings);
         let reload = || reload(&cli, &lib_jobs, &fixed);
         let outcome = master::run(MasterArgs {
@@ -415,7 +407,10 @@ fn open_listeners(settings: &Settings) -> Result<Opened, Failure> {
 }
 
 /// Logs the addresses, the pool and the jobs about to start.
-fn announce(listeners: &[Listener], plan: &Plan, jobs: &[Job]) {
+fn announce(settings: &Settings, listeners: &[Listener], plan: &Plan, jobs: &[Job]) {
+    if let Some(file) = &settings.config_file {
+        tracing::info!("config file: {}", file.display());
+    }
     for l in listeners {
         let url = match l {
             Listener::Tcp(_) => format!("http://{}", l.describe()),

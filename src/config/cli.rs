@@ -7,17 +7,12 @@
 //! TOML file and the defaults for flags not given.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 
 use clap::{Arg, ArgAction, ArgMatches};
 
 use super::declare::Declared;
 use super::kinds::Form;
 use super::settings::ALL;
-
-/// Kept for code written against the old path (`crate::master`); new code names
-/// `crate::config::values::Accept`.
-pub use super::values::Accept;
 
 /// Subcommands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,10 +87,11 @@ impl Cli {
     }
 
     /// Parses `args` (the first is the program).
+    #[cfg(test)]
     pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
+        T: Into<std::ffi::OsString> + Clone,
     {
         Ok(Cli::from_matches(
             &Cli::command().try_get_matches_from(args)?,

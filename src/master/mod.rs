@@ -96,7 +96,7 @@ pub(crate) struct MasterArgs<'a> {
     /// Where to write the pid file.
     pub pid_file: Option<std::path::PathBuf>,
     /// How workers share new connections.
-    pub accept: crate::config::cli::Accept,
+    pub accept: crate::config::values::Accept,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
@@ -188,13 +188,13 @@ impl<'a> Master<'a> {
         let mut notifier = crate::master::systemd::Notifier::from_env();
         notifier.set_muted(predecessor.is_some());
         let balance = match args.accept {
-            crate::config::cli::Accept::Balanced => Some(
+            crate::config::values::Accept::Balanced => Some(
                 crate::shared::balance::Table::new().map_err(|source| StartError::Os {
                     what: "mapping the accept-balancing table",
                     source,
                 })?,
             ),
-            crate::config::cli::Accept::Shared => None,
+            crate::config::values::Accept::Shared => None,
         };
         Ok(Master {
             pool: Pool::new(args.workers, now),

@@ -33,16 +33,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::app::Worker;
+use crate::error::{EXIT_BOOT, EXIT_RUNTIME};
 use crate::jobs::scheduler::Scheduler;
 use crate::shared::control::{ControlWriter, Message, Order};
 use crate::shared::listener::Listener;
 use crate::worker::runner::{AppFactory, Runner};
 use crate::worker::serve::{ServeControl, Stop};
-
-/// Exit status of a worker whose app failed to boot (gunicorn's and uvicorn's convention).
-pub const EXIT_BOOT_FAILURE: i32 = 3;
-/// Exit status of a worker that failed at runtime.
-pub const EXIT_FAILURE: i32 = 1;
 
 /// Everything a freshly forked worker needs from the master.
 pub(crate) struct ChildArgs<'a> {
@@ -66,7 +62,7 @@ pub(crate) struct ChildArgs<'a> {
 pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
     let code = match catch_unwind(AssertUnwindSafe(|| child_main(args))) {
         Ok(code) => code,
-        Err(_) => EXIT_FAILURE,
+        Err(_) => i32::from(EXIT_RUNTIME),
     };
     std::process::exit(code)
 }
@@ -75,7 +71,7 @@ pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
 /// serving until the drain ends.
 fn child_main(args: ChildArgs<'_>) -> i32 {
     if !follow_fork_rules(&args) {
-        return EXIT_FAILURE;
+        return i32::from(EXIT_RUNTIME);
     }
     let pid = std::process::id();
     let worker = Worker::new(args.slot, pid, args.pool_size);
@@ -87,7 +83,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
                 pid: pid as i32,
                 text,
             });
-            return EXIT_BOOT_FAILURE;
+            return i32::from(EXIT_BOOT);
         }
     };
     match serve(args, &worker, booted) {
@@ -97,7 +93,7 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
         }
         Err(e) => {
             tracing::error!("{e}");
-            EXIT_FAILURE
+            i32::from(EXIT_RUNTIME)
         }
     }
 }
@@ -319,7 +315,7 @@ fn spawn_order_loop(
                     },
                     Ok(None) | Err(_) => {
                         tracing::error!("the master is gone; exiting");
-                        std::process::exit(EXIT_FAILURE);
+                        std::process::exit(i32::from(EXIT_RUNTIME));
                     }
                 },
                 changed = stop.changed(), if !draining => {
