@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
@@ -85,8 +85,12 @@ pub fn init(level: LogLevel, file: Option<&Path>) -> Result<(), StartError> {
         Ok(v) if !v.trim().is_empty() => EnvFilter::new(v),
         _ => EnvFilter::default().add_directive(level.as_filter().into()),
     };
+    // Colour (the fields of events that carry any) only for a person at a terminal: never in a log
+    // file, a pipe or the journal.
+    let ansi = file.is_none() && io::stderr().is_terminal();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(|| Sink)
         .event_format(Prefixed)
         .try_init();

@@ -6,13 +6,16 @@
 
 use std::ffi::OsString;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::service::TowerToHyperService;
 
+use crate::app::state::{AnyState, typed};
 use crate::app::{BoxError, Worker};
 use crate::config::cli::{Cli, Command};
 use crate::config::cores;
@@ -26,10 +29,13 @@ use crate::jobs::{Job, JobContext, JobResult};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome, Reloaded};
 use crate::shared::listener::{self, BindSpec, Listener};
-use crate::worker::runner::{AppFactory, Runner};
+use crate::worker::runner::{App, AppFactory, Runner, StartHook, StopHook};
 use crate::worker::serve::{self, HttpService, ResponseBody};
 
-/// A pre-fork server: settings plus an app factory.
+/// A pre-fork server: settings, the app, its state and hooks, and its jobs.
+///
+/// `S` is the app's state, built in each worker by [`Server::state`] (the async start hook) and handed
+/// to the app factory, every job run and the stop hook; `()` for an app without state.
 ///
 /// ```no_run
 /// use std::convert::Infallible;
@@ -47,19 +53,24 @@ use crate::worker::serve::{self, HttpService, ResponseBody};
 ///         .run()
 /// }
 /// ```
-pub struct Server {
+pub struct Server<S = ()> {
     program: String,
     cli: Result<Cli, clap::Error>,
+    start: Option<StartHook>,
     app: Option<AppFactory>,
+    stop: Option<StopHook>,
     jobs: Vec<Job>,
+    state: PhantomData<fn() -> S>,
 }
 
-impl std::fmt::Debug for Server {
+impl<S> std::fmt::Debug for Server<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("program", &self.program)
             .field("cli", &self.cli)
+            .field("start", &self.start.is_some())
             .field("app", &self.app.is_some())
+            .field("stop", &self.stop.is_some())
             .field("jobs", &self.jobs)
             .finish()
     }
@@ -92,22 +103,79 @@ impl Server {
         Server {
             program,
             cli,
+            start: None,
             app: None,
+            stop: None,
             jobs: Vec::new(),
+            state: PhantomData,
         }
     }
 
-    /// Serves a tower service (an axum `Router`, for instance), built once per worker by `factory`.
-    pub fn app<F, S, B>(self, factory: F) -> Server
+    /// The async start hook: builds the app's state in each worker, after `fork`, inside its runtime,
+    /// before the worker reports ready. An error, a panic, or not finishing within `--boot-timeout`
+    /// is a boot failure (exit status 3, restarted with back-off). The app factory, the jobs and the
+    /// stop hook registered after this call receive the state.
+    ///
+    /// ```no_run
+    /// # use hyperfork::{Every, JobContext, Server, Worker};
+    /// #[derive(Clone)]
+    /// struct AppState { greeting: String }
+    ///
+    /// Server::from_env_and_args()
+    ///     .state(|worker: &Worker| {
+    ///         let slot = worker.slot();
+    ///         async move { Ok::<_, std::io::Error>(AppState { greeting: format!("hello from {slot}") }) }
+    ///     })
+    ///     .app(|worker: &Worker<AppState>| {
+    ///         let state = worker.state().clone();
+    ///         axum::Router::new().route("/", axum::routing::get(move || async move { state.greeting }))
+    ///     })
+    ///     .job("tick", Every::seconds(30), |ctx: JobContext<AppState>| async move {
+    ///         tracing::info!("{}", ctx.state().greeting);
+    ///     })
+    ///     .on_stop(|worker: Worker<AppState>| async move {
+    ///         tracing::info!("bye from {}", worker.slot());
+    ///     })
+    ///     .run();
+    /// ```
+    pub fn state<T, F, Fut, E>(self, start: F) -> Server<T>
     where
-        F: Fn(&Worker) -> S + 'static,
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        T: Send + Sync + 'static,
+        F: Fn(&Worker) -> Fut + 'static,
+        Fut: Future<Output = Result<T, E>> + 'static,
+        E: Into<BoxError>,
+    {
+        let start: StartHook = Box::new(move |worker: &Worker| {
+            let fut = start(worker);
+            Box::pin(async move {
+                let state = fut.await.map_err(Into::into)?;
+                Ok(Arc::new(state) as AnyState)
+            })
+        });
+        Server {
+            program: self.program,
+            cli: self.cli,
+            start: Some(start),
+            app: self.app,
+            stop: self.stop,
+            jobs: self.jobs,
+            state: PhantomData,
+        }
+    }
+}
+
+impl<S: Send + Sync + 'static> Server<S> {
+    /// Serves a tower service (an axum `Router`, for instance), built once per worker by `factory`.
+    pub fn app<F, T, B>(self, factory: F) -> Server<S>
+    where
+        F: Fn(&Worker<S>) -> T + 'static,
+        T: tower_service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
             + Send
             + Sync
             + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        T::Future: Send + 'static,
+        T::Error: Into<BoxError>,
         B: ResponseBody,
     {
         self.try_app(move |w| Ok::<_, std::convert::Infallible>(factory(w)))
@@ -115,42 +183,43 @@ impl Server {
 
     /// Like [`Server::app`], for a factory that can fail; an error stops the worker with exit status 3
     /// and, when every worker keeps failing, stops the master with the error.
-    pub fn try_app<F, S, B, E>(self, factory: F) -> Server
+    pub fn try_app<F, T, B, E>(self, factory: F) -> Server<S>
     where
-        F: Fn(&Worker) -> Result<S, E> + 'static,
+        F: Fn(&Worker<S>) -> Result<T, E> + 'static,
         E: Into<BoxError>,
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        T: tower_service::Service<Request<Incoming>, Response = Response<B>>
             + Clone
             + Send
             + Sync
             + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        T::Future: Send + 'static,
+        T::Error: Into<BoxError>,
         B: ResponseBody,
     {
         self.try_hyper_app(move |w| factory(w).map(TowerToHyperService::new))
     }
 
     /// Serves a hyper service (e.g. from `hyper::service::service_fn`), built once per worker.
-    pub fn hyper_app<F, S, B>(self, factory: F) -> Server
+    pub fn hyper_app<F, T, B>(self, factory: F) -> Server<S>
     where
-        F: Fn(&Worker) -> S + 'static,
-        S: HttpService<B>,
+        F: Fn(&Worker<S>) -> T + 'static,
+        T: HttpService<B>,
         B: ResponseBody,
     {
         self.try_hyper_app(move |w| Ok::<_, std::convert::Infallible>(factory(w)))
     }
 
     /// Like [`Server::hyper_app`], for a factory that can fail.
-    pub fn try_hyper_app<F, S, B, E>(mut self, factory: F) -> Server
+    pub fn try_hyper_app<F, T, B, E>(mut self, factory: F) -> Server<S>
     where
-        F: Fn(&Worker) -> Result<S, E> + 'static,
+        F: Fn(&Worker<S>) -> Result<T, E> + 'static,
         E: Into<BoxError>,
-        S: HttpService<B>,
+        T: HttpService<B>,
         B: ResponseBody,
     {
-        self.app = Some(Box::new(move |w: &Worker| {
-            let service = factory(w).map_err(Into::into)?;
+        self.app = Some(Box::new(move |w: &Worker, state: &AnyState| {
+            let worker = w.with_state(typed::<S>(state)?);
+            let service = factory(&worker).map_err(Into::into)?;
             let runner: Runner = Box::new(move |listeners, control| {
                 Box::pin(async move {
                     serve::serve(listeners, service, control)
@@ -163,8 +232,33 @@ impl Server {
         self
     }
 
+    /// The async stop hook: runs in each worker after it has drained its connections and its jobs
+    /// have ended, before it exits, within what is left of `--graceful-timeout`. It runs whatever
+    /// stopped the worker gracefully (`SIGTERM`, a reload, a recycle, `SIGTTOU`), not on a fast
+    /// shutdown (`SIGINT`, `SIGQUIT`) or `SIGKILL`. The place to close a database pool or flush
+    /// buffered writes.
+    pub fn on_stop<F, Fut, R>(mut self, stop: F) -> Server<S>
+    where
+        F: Fn(Worker<S>) -> Fut + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: JobResult + 'static,
+    {
+        self.stop = Some(Box::new(move |w: &Worker, state: &AnyState| {
+            let state = typed::<S>(state);
+            let fut = state.map(|s| stop(w.with_state(s)));
+            Box::pin(async move {
+                match fut {
+                    Ok(fut) => fut.await.into_outcome().map_err(BoxError::from),
+                    Err(e) => Err(e),
+                }
+            })
+        }));
+        self
+    }
+
     /// Adds a scheduled job: `f` runs on `schedule` in the worker of slot 0 only, never twice for one
-    /// tick. `f` returns `()` or a `Result` whose error is logged.
+    /// tick, with the app state in [`JobContext::state`]. `f` returns `()` or a `Result` whose error
+    /// is logged.
     ///
     /// ```no_run
     /// # use hyperfork::{Every, Server, Worker};
@@ -181,18 +275,18 @@ impl Server {
         name: impl Into<String>,
         schedule: impl Into<Schedule>,
         f: F,
-    ) -> Server
+    ) -> Server<S>
     where
-        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        F: Fn(JobContext<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
         R: JobResult + 'static,
     {
-        self.add_job(Job::new(name, schedule, f))
+        self.add_job(Job::<S>::new(name, schedule, f))
     }
 
     /// Adds a job built with [`Job`] (for a timeout, misfire grace or overlap).
-    pub fn add_job(mut self, job: Job) -> Server {
-        self.jobs.push(job);
+    pub fn add_job(mut self, job: Job<S>) -> Server<S> {
+        self.jobs.push(job.erase());
         self
     }
 
@@ -223,7 +317,9 @@ impl Server {
         }
         let Server {
             cli,
+            start,
             app,
+            stop,
             jobs: lib_jobs,
             ..
         } = self;
@@ -235,11 +331,16 @@ impl Server {
             return Ok(ExitCode::from(EXIT_OK));
         }
         let jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
-        let app = app.ok_or_else(|| {
+        let factory = app.ok_or_else(|| {
             Failure::usage(ConfigError::Invalid(
                 "no app: call Server::app before Server::run".into(),
             ))
         })?;
+        let app = App {
+            start,
+            factory,
+            stop,
+        };
         start_logging(&settings, &plan, threads)?;
         let opened = open_listeners(&settings)?;
         announce(&settings, &opened.listeners, &plan, &jobs);

@@ -24,8 +24,8 @@ pub struct BuiltinApp {
 }
 
 impl BuiltinApp {
-    /// Builds the app for one worker.
-    pub fn new(worker: &Worker) -> BuiltinApp {
+    /// Builds the app for one worker (whatever its app state).
+    pub fn new<S>(worker: &Worker<S>) -> BuiltinApp {
         BuiltinApp {
             slot: HeaderValue::from(worker.slot()),
             health: Bytes::from(format!(
@@ -33,7 +33,7 @@ impl BuiltinApp {
                 worker.slot(),
                 worker.pid()
             )),
-            worker: worker.clone(),
+            worker: worker.identity(),
         }
     }
 

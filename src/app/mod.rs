@@ -2,6 +2,7 @@
 //! scheduler status, and the error type.
 
 mod builtin;
+pub(crate) mod state;
 pub(crate) mod status;
 mod worker;
 

@@ -30,6 +30,8 @@ pub struct Health {
     pub max_requests_jitter: u64,
     /// Resident memory in bytes past which a worker is recycled; zero: never.
     pub max_worker_memory: u64,
+    /// A worker not ready this long after its fork is killed (a boot failure); zero: never.
+    pub boot_timeout: Duration,
 }
 
 impl Health {

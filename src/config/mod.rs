@@ -71,6 +71,7 @@ impl Settings {
             max_requests: self.max_requests,
             max_requests_jitter: self.max_requests_jitter,
             max_worker_memory: self.max_worker_memory,
+            boot_timeout: self.boot_timeout,
         }
     }
 }

@@ -195,6 +195,16 @@ settings! {
             value_name: "DURATION",
         }
 
+        /// Kill a worker not ready this long after its fork (its start hook and app factory), and
+        /// count it as a boot failure; 0 turns it off
+        pub boot_timeout: Duration = BOOT_TIMEOUT: Seconds {
+            flag: "--boot-timeout",
+            env: ["HYPERFORK_BOOT_TIMEOUT"],
+            toml: "boot_timeout",
+            default: "30s",
+            value_name: "DURATION",
+        }
+
         /// Replace a worker after it served this many requests; 0 turns it off
         pub max_requests: u64 = MAX_REQUESTS: NonNegative {
             flag: "--max-requests",

@@ -11,6 +11,7 @@ pub(crate) mod scheduler;
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,17 +19,44 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::app::Worker;
+use crate::app::state::{AnyState, typed};
 use crate::jobs::schedule::Schedule;
 
-/// What a job run receives.
-#[derive(Debug, Clone)]
-pub struct JobContext {
+/// What a job run receives: the tick, and the worker running it with the app's state.
+pub struct JobContext<S = ()> {
     /// The job's name.
     pub name: Arc<str>,
     /// The tick this run is for (not the moment it started).
     pub scheduled_at: DateTime<Utc>,
-    /// The worker running it (always slot 0).
-    pub worker: Worker,
+    /// The worker running it (always slot 0), with the app state its start hook built.
+    pub worker: Worker<S>,
+}
+
+impl<S> JobContext<S> {
+    /// The app state of the worker running the job (see [`crate::Server::state`]).
+    pub fn state(&self) -> &S {
+        self.worker.state()
+    }
+}
+
+impl<S> Clone for JobContext<S> {
+    fn clone(&self) -> Self {
+        JobContext {
+            name: self.name.clone(),
+            scheduled_at: self.scheduled_at,
+            worker: self.worker.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for JobContext<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("name", &self.name)
+            .field("scheduled_at", &self.scheduled_at)
+            .field("worker", &self.worker)
+            .finish()
+    }
 }
 
 /// What a job function may return: `()` or a `Result` whose error is displayed in the log.
@@ -50,7 +78,9 @@ impl<E: fmt::Display> JobResult for Result<(), E> {
 }
 
 pub(crate) type JobFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-pub(crate) type JobFn = Arc<dyn Fn(JobContext) -> JobFuture + Send + Sync>;
+/// A job function with the app state's type erased: it is called with the worker's identity and the
+/// state, and turns them back into the `JobContext<S>` it was written for.
+pub(crate) type JobFn = Arc<dyn Fn(JobContext, &AnyState) -> JobFuture + Send + Sync>;
 
 /// What a job does.
 #[derive(Clone)]
@@ -70,9 +100,8 @@ impl fmt::Debug for Action {
     }
 }
 
-/// A scheduled job.
-#[derive(Debug, Clone)]
-pub struct Job {
+/// A scheduled job, for an app whose state is `S` (`()` for jobs that need none, commands included).
+pub struct Job<S = ()> {
     /// Unique name, used in logs, `/health` and `HYPERFORK_JOB`.
     pub name: String,
     /// When it runs.
@@ -86,18 +115,64 @@ pub struct Job {
     pub misfire_grace: Option<Duration>,
     /// Whether a tick may start while the previous run is still going.
     pub overlap: bool,
+    /// The state type its function expects.
+    state: PhantomData<fn() -> S>,
 }
 
-impl Job {
-    /// A job running the async function `f` on `schedule`.
-    pub fn new<F, Fut, R>(name: impl Into<String>, schedule: impl Into<Schedule>, f: F) -> Job
+impl<S> Clone for Job<S> {
+    fn clone(&self) -> Self {
+        Job {
+            name: self.name.clone(),
+            schedule: self.schedule.clone(),
+            action: self.action.clone(),
+            timeout: self.timeout,
+            misfire_grace: self.misfire_grace,
+            overlap: self.overlap,
+            state: PhantomData,
+        }
+    }
+}
+
+impl<S> fmt::Debug for Job<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.name)
+            .field("schedule", &self.schedule)
+            .field("action", &self.action)
+            .field("timeout", &self.timeout)
+            .field("misfire_grace", &self.misfire_grace)
+            .field("overlap", &self.overlap)
+            .finish()
+    }
+}
+
+impl<S: Send + Sync + 'static> Job<S> {
+    /// A job running the async function `f` on `schedule`; `f` gets a [`JobContext<S>`], whose
+    /// [`JobContext::state`] is the app state.
+    pub fn new<F, Fut, R>(name: impl Into<String>, schedule: impl Into<Schedule>, f: F) -> Job<S>
     where
-        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        F: Fn(JobContext<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = R> + Send + 'static,
         R: JobResult + 'static,
     {
-        let f: JobFn = Arc::new(move |ctx| {
-            let fut = f(ctx);
+        let f: JobFn = Arc::new(move |ctx: JobContext, state: &AnyState| {
+            let state = match typed::<S>(state) {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = e.to_string();
+                    return Box::pin(async move { Err(e) });
+                }
+            };
+            let JobContext {
+                name,
+                scheduled_at,
+                worker,
+            } = ctx;
+            let fut = f(JobContext {
+                name,
+                scheduled_at,
+                worker: worker.with_state(state),
+            });
             Box::pin(async move { fut.await.into_outcome() })
         });
         Job {
@@ -107,9 +182,43 @@ impl Job {
             timeout: None,
             misfire_grace: None,
             overlap: false,
+            state: PhantomData,
         }
     }
 
+    /// The same job, with the state type erased (the scheduler's form).
+    pub(crate) fn erase(self) -> Job {
+        Job {
+            name: self.name,
+            schedule: self.schedule,
+            action: self.action,
+            timeout: self.timeout,
+            misfire_grace: self.misfire_grace,
+            overlap: self.overlap,
+            state: PhantomData,
+        }
+    }
+
+    /// Cancels a run that takes longer than `d`.
+    pub fn timeout(mut self, d: Duration) -> Job<S> {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Sets how late a missed tick may still run.
+    pub fn misfire_grace(mut self, d: Duration) -> Job<S> {
+        self.misfire_grace = Some(d);
+        self
+    }
+
+    /// Allows a tick to start while the previous run is still going.
+    pub fn overlap(mut self, yes: bool) -> Job<S> {
+        self.overlap = yes;
+        self
+    }
+}
+
+impl Job {
     /// A job running a command (`argv[0]` looked up in `PATH`).
     pub fn command(
         name: impl Into<String>,
@@ -123,25 +232,8 @@ impl Job {
             timeout: None,
             misfire_grace: None,
             overlap: false,
+            state: PhantomData,
         }
-    }
-
-    /// Cancels a run that takes longer than `d`.
-    pub fn timeout(mut self, d: Duration) -> Job {
-        self.timeout = Some(d);
-        self
-    }
-
-    /// Sets how late a missed tick may still run.
-    pub fn misfire_grace(mut self, d: Duration) -> Job {
-        self.misfire_grace = Some(d);
-        self
-    }
-
-    /// Allows a tick to start while the previous run is still going.
-    pub fn overlap(mut self, yes: bool) -> Job {
-        self.overlap = yes;
-        self
     }
 
     /// The misfire grace in effect.

@@ -5,11 +5,46 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
+use super::children::ChildPhase;
 use super::reload::Replacement;
 use super::{Master, Phase};
 use crate::config::health::{KILL_GRACE, MEMORY_SAMPLE, mib, rss_bytes};
 
 impl Master<'_> {
+    /// Kills the workers not ready within the boot timeout (plus [`KILL_GRACE`], so that a worker
+    /// whose own timer can still fire reports its clearer error first): a start hook or app factory
+    /// that blocks its thread (a `block_on` inside the runtime, say) can time nothing out itself. The
+    /// death counts as a boot failure, with the usual back-off.
+    fn kill_slow_boots(&mut self, now: Instant) {
+        let boot = self.args.health.boot_timeout;
+        if boot.is_zero() {
+            return;
+        }
+        let slow: Vec<(usize, Pid)> = self
+            .children
+            .iter()
+            .filter(|(_, c)| {
+                c.phase == ChildPhase::Booting
+                    && !c.boot_killed
+                    && now >= c.started + boot + KILL_GRACE
+            })
+            .map(|(&pid, c)| (c.slot, pid))
+            .collect();
+        for (slot, pid) in slow {
+            let text = format!(
+                "not ready within --boot-timeout ({}): its start hook or app factory is blocked or \
+                 too slow; killed",
+                humantime::format_duration(boot)
+            );
+            tracing::error!("worker {slot} (pid {pid}) {text}");
+            self.pool.boot_error(slot, text);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            if let Some(c) = self.children.get_mut(&pid) {
+                c.boot_killed = true;
+            }
+        }
+    }
+
     /// A heartbeat from `pid`.
     pub(super) fn beat(&mut self, pid: Pid) {
         if let Some(c) = self.children.get_mut(&pid) {
@@ -32,7 +67,17 @@ impl Master<'_> {
             })
             .flatten();
         let memory = (self.args.health.max_worker_memory > 0).then_some(self.next_memory_sample);
-        beat.into_iter().chain(memory).min()
+        let boot = self.args.health.boot_timeout;
+        let booting = (!boot.is_zero())
+            .then(|| {
+                self.children
+                    .values()
+                    .filter(|c| c.phase == ChildPhase::Booting && !c.boot_killed)
+                    .map(|c| c.started + boot + KILL_GRACE)
+                    .min()
+            })
+            .flatten();
+        beat.into_iter().chain(memory).chain(booting).min()
     }
 
     /// Replaces silent workers, recycles workers past the memory limit, and starts the next queued
@@ -42,6 +87,7 @@ impl Master<'_> {
             return;
         }
         self.start_queued_recycle();
+        self.kill_slow_boots(now);
         let timeout = self.args.health.timeout;
         if !timeout.is_zero() {
             for (slot, pid) in self.serving() {

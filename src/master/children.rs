@@ -34,6 +34,8 @@ pub(super) struct Child {
     pub recycle: Option<(Instant, String)>,
     /// Where it is in its life.
     pub phase: ChildPhase,
+    /// Sent `SIGKILL` for not being ready within the boot timeout (its death is a boot failure).
+    pub boot_killed: bool,
 }
 
 /// Where a worker is in its life.
@@ -153,6 +155,7 @@ impl Master<'_> {
                     started: now,
                     last_beat: None,
                     recycle: None,
+                    boot_killed: false,
                     phase: ChildPhase::Booting,
                 };
                 self.children.insert(child, record);

@@ -46,7 +46,7 @@ use crate::master::pool::{GIVE_UP_AFTER, Pool};
 use crate::master::signals::{Intent, SignalQueue};
 use crate::shared::control::{self, ControlPipe, Message};
 use crate::shared::listener::Listener;
-use crate::worker::runner::AppFactory;
+use crate::worker::runner::App;
 
 /// How long a fast shutdown (SIGINT, SIGQUIT) waits before killing workers.
 const FAST_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -84,7 +84,7 @@ pub(crate) struct MasterArgs<'a> {
     /// The mode of unix socket files bound from now on (a reload may bind new addresses).
     pub socket_mode: u32,
     pub listeners: Vec<Listener>,
-    pub app: &'a AppFactory,
+    pub app: &'a App,
     pub jobs: Vec<Job>,
     pub reload: ReloadFn<'a>,
     /// Whether the sockets came from systemd (their files are systemd's, never removed).

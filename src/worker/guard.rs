@@ -230,7 +230,7 @@ fn closing<B: Body>(status: StatusCode) -> Response<GuardedBody<B>> {
 }
 
 /// Polls a future, turning a panic into an error carrying the panic's payload.
-struct CatchPanic<F>(F);
+pub(crate) struct CatchPanic<F>(pub(crate) F);
 
 impl<F: Future + Unpin> Future for CatchPanic<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;

@@ -33,11 +33,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::app::Worker;
+use crate::app::state::AnyState;
 use crate::error::{EXIT_BOOT, EXIT_RUNTIME};
 use crate::jobs::scheduler::Scheduler;
 use crate::shared::control::{ControlWriter, Message, Order};
 use crate::shared::listener::Listener;
-use crate::worker::runner::{AppFactory, Runner};
+use crate::worker::runner::{App, Runner};
 use crate::worker::serve::{ServeControl, Stop};
 
 /// Everything a freshly forked worker needs from the master.
@@ -54,7 +55,7 @@ pub(crate) struct ChildArgs<'a> {
     pub graceful_timeout: Duration,
     pub limits: crate::config::health::Limits,
     pub health: crate::config::health::Health,
-    pub app: &'a AppFactory,
+    pub app: &'a App,
     pub balance: Option<crate::shared::balance::Table>,
 }
 
@@ -153,6 +154,8 @@ struct Booted {
     listeners: Vec<Listener>,
     /// The app, ready to serve.
     runner: Runner,
+    /// The app state the start hook built.
+    state: AnyState,
 }
 
 /// Rule 5, first half: build the worker's own runtime, duplicate the listening sockets, and call the
@@ -175,8 +178,9 @@ fn boot(args: &ChildArgs<'_>, worker: &Worker) -> Result<Booted, String> {
         .map(Listener::try_clone)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot duplicate the listening socket: {e}"))?;
+    let state = runtime.block_on(start(args, worker))?;
     let guard = runtime.enter();
-    let runner = match catch_unwind(AssertUnwindSafe(|| (args.app)(worker))) {
+    let runner = match catch_unwind(AssertUnwindSafe(|| (args.app.factory)(worker, &state))) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(format!("app factory failed: {e}")),
         Err(panic) => {
@@ -191,7 +195,59 @@ fn boot(args: &ChildArgs<'_>, worker: &Worker) -> Result<Booted, String> {
         runtime,
         listeners,
         runner,
+        state,
     })
+}
+
+/// Runs the app's start hook, if any, within the boot timeout; its error, panic or timeout is the
+/// boot error. A start hook that blocks the runtime's thread cannot be timed out here: the master
+/// kills a worker not ready within the boot timeout.
+async fn start(args: &ChildArgs<'_>, worker: &Worker) -> Result<AnyState, String> {
+    let Some(hook) = &args.app.start else {
+        return Ok(crate::app::state::no_state());
+    };
+    let run = crate::worker::guard::CatchPanic(hook(worker));
+    let outcome = if args.health.boot_timeout.is_zero() {
+        run.await
+    } else {
+        match tokio::time::timeout(args.health.boot_timeout, run).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(format!(
+                    "the start hook did not finish within --boot-timeout ({})",
+                    humantime::format_duration(args.health.boot_timeout)
+                ));
+            }
+        }
+    };
+    match outcome {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(e)) => Err(format!("start hook failed: {e}")),
+        Err(panic) => Err(format!(
+            "start hook panicked: {}",
+            crate::worker::serve::panic_message(&panic)
+        )),
+    }
+}
+
+/// Runs the app's stop hook, if any, within what is left of the graceful timeout.
+async fn stop(app: &App, worker: &Worker, state: &AnyState, left: Duration) {
+    let Some(hook) = &app.stop else {
+        return;
+    };
+    let run = crate::worker::guard::CatchPanic(hook(worker, state));
+    match tokio::time::timeout(left, run).await {
+        Ok(Ok(Ok(()))) => tracing::debug!("stop hook done"),
+        Ok(Ok(Err(e))) => tracing::warn!("stop hook failed: {e}"),
+        Ok(Err(panic)) => tracing::error!(
+            "stop hook panicked: {}",
+            crate::worker::serve::panic_message(&panic)
+        ),
+        Err(_) => tracing::warn!(
+            "stop hook still running when the graceful timeout ran out ({} left); exiting",
+            humantime::format_duration(left)
+        ),
+    }
 }
 
 /// Rule 5, second half: connect the worker to the master (signals, orders and the scheduler,
@@ -203,15 +259,17 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
         runtime,
         listeners,
         runner,
+        state,
     } = booted;
     let (control, graceful_timeout, health) = (args.control, args.graceful_timeout, args.health);
     let max_requests = request_limit(&health, control, pid);
     let scheduler = (args.slot == 0 && !args.jobs.is_empty())
-        .then(|| Scheduler::new(args.jobs, worker.clone(), control));
+        .then(|| Scheduler::new(args.jobs, worker.clone(), state.clone(), control));
     let balance = join_balance(args.balance, pid, args.slot);
-    let (orders, limits) = (args.orders, args.limits);
+    let (orders, limits, app) = (args.orders, args.limits, args.app);
     runtime.block_on(async move {
         let (tx, rx) = watch::channel(Stop::Run);
+        let stop_began = stop_clock(rx.clone());
         watch_signals(tx).map_err(|e| format!("cannot install signal handlers: {e}"))?;
         let (sched_done_tx, mut sched_done) = watch::channel(scheduler.is_none());
         spawn_order_loop(
@@ -242,10 +300,28 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
         runner(listeners, serving)
             .await
             .map_err(|e| format!("serving failed: {e}"))?;
-        // Let running jobs end (the drain already stopped new ones), within the graceful timeout.
-        let _ = tokio::time::timeout(graceful_timeout, sched_done.wait_for(|done| *done)).await;
+        // Let running jobs end (the drain already stopped new ones), then the stop hook, both within
+        // what is left of the graceful timeout.
+        let left = || {
+            let since = stop_began.get().map_or(Duration::ZERO, |t| t.elapsed());
+            graceful_timeout.saturating_sub(since)
+        };
+        let _ = tokio::time::timeout(left(), sched_done.wait_for(|done| *done)).await;
+        stop(app, worker, &state, left()).await;
         Ok(())
     })
+}
+
+/// When the worker was told to stop (set once, by a task watching `stop`).
+fn stop_clock(mut stop: watch::Receiver<Stop>) -> Arc<std::sync::OnceLock<std::time::Instant>> {
+    let at = Arc::new(std::sync::OnceLock::new());
+    let set = at.clone();
+    tokio::spawn(async move {
+        if stop.wait_for(|s| *s != Stop::Run).await.is_ok() {
+            let _ = set.set(std::time::Instant::now());
+        }
+    });
+    at
 }
 
 /// The request limit, if any, and what to do on reaching it: ask the master once to be replaced
@@ -411,7 +487,12 @@ mod tests {
         let writer = control.writer();
         let released = runtime.block_on(async move {
             let job = crate::jobs::Job::new("j", Every::seconds(3600), |_| async {});
-            let scheduler = Scheduler::new(&[job], Worker::new(0, 42, 1), writer);
+            let scheduler = Scheduler::new(
+                &[job],
+                Worker::new(0, 42, 1),
+                crate::app::state::no_state(),
+                writer,
+            );
             let (stop_tx, stop) = watch::channel(Stop::Run);
             let (done, _done_rx) = watch::channel(false);
             spawn_order_loop(
