@@ -1,14 +1,18 @@
 //! An app with state and hooks, for tests and as a small model: the async start hook builds the
 //! state, the app and a job use it, and the stop hook reports on it after the drain.
 //!
+//! It also extends the command line: `--token TEXT` (env `HOOKS_TOKEN`) is a text the state carries,
+//! so a test can see which state answered, and the `token` subcommand prints it and exits without
+//! starting a server. `--help` and `--version` name the app, not hyperfork.
+//!
 //! `HOOKS_START` picks how the start hook behaves: `ok` (default), `error`, `panic`, `pending` (never
 //! finishes: the worker's boot timeout ends it) or `block` (blocks the worker's thread, as a
-//! `block_on` inside the runtime would: the master's boot timeout ends it). `HOOKS_TOKEN` is a text
-//! the state carries, so a test can see which state answered.
+//! `block_on` inside the runtime would: the master's boot timeout ends it).
 //!
 //! ```text
-//! cargo run --example hooks -- --workers 2
-//! curl localhost:8000/        # "token slot requests"
+//! cargo run --example hooks -- --workers 2 --token hello
+//! curl localhost:8000/        # "hello slot requests"
+//! cargo run --example hooks -- --token hello token
 //! ```
 
 use std::process::ExitCode;
@@ -20,6 +24,28 @@ use axum::Router;
 use axum::routing::get;
 use hyperfork::{Every, JobContext, Server, Worker};
 
+/// The app's own command line; hyperfork adds its flags and subcommands to it.
+#[derive(clap::Parser)]
+#[command(
+    name = "hooks-demo",
+    version = "9.9.9",
+    about = "An app with state and hooks"
+)]
+struct AppCli {
+    /// A text the app state carries
+    #[arg(long, env = "HOOKS_TOKEN", default_value = "none")]
+    token: String,
+    #[command(subcommand)]
+    command: Option<AppCommand>,
+}
+
+/// The app's own subcommands.
+#[derive(clap::Subcommand)]
+enum AppCommand {
+    /// Print the token and exit, without starting a server
+    Token,
+}
+
 /// What each worker builds at start and shares with its routes, its jobs and its stop hook.
 struct AppState {
     token: String,
@@ -28,7 +54,7 @@ struct AppState {
 }
 
 /// The start hook.
-async fn start(slot: usize) -> Result<AppState, String> {
+async fn start(slot: usize, token: String) -> Result<AppState, String> {
     match std::env::var("HOOKS_START").as_deref().unwrap_or("ok") {
         "error" => return Err("injected start error: database unreachable".into()),
         "panic" => panic!("injected start panic"),
@@ -44,15 +70,21 @@ async fn start(slot: usize) -> Result<AppState, String> {
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(AppState {
-        token: std::env::var("HOOKS_TOKEN").unwrap_or_else(|_| "none".into()),
+        token,
         slot,
         requests: AtomicU64::new(0),
     })
 }
 
 fn main() -> ExitCode {
-    Server::from_env_and_args()
-        .state(|worker: &Worker| start(worker.slot()))
+    let (server, cli) = Server::from_env_and_args_with::<AppCli>();
+    if let Some(AppCommand::Token) = cli.command {
+        println!("{}", cli.token);
+        return ExitCode::SUCCESS;
+    }
+    let token = cli.token;
+    server
+        .state(move |worker: &Worker| start(worker.slot(), token.clone()))
         .app(|worker: &Worker<AppState>| {
             let state = worker.state_arc();
             Router::new().route(

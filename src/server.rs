@@ -89,13 +89,7 @@ impl Server {
         T: Into<OsString> + Clone,
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let program = args
-            .first()
-            .and_then(|a| std::path::Path::new(a).file_name())
-            .map_or_else(
-                || "hyperfork".to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            );
+        let program = program_name(&args);
         let cli = Cli::command()
             .bin_name(program.clone())
             .try_get_matches_from(args)
@@ -109,6 +103,79 @@ impl Server {
             jobs: Vec::new(),
             state: PhantomData,
         }
+    }
+
+    /// Parses this process's command line as the app's own (`A`, a `clap::Parser`: its name, version,
+    /// about, flags and subcommands) with hyperfork's flags and subcommands added, so `--help` and
+    /// `--version` show the app's name and version and hyperfork's settings work as usual. Returns
+    /// the server and the app's parsed arguments. Like `clap::Parser::parse`, it ends the process on
+    /// `--help` or `--version` (status 0) or a bad command line (one line on stderr, status 2).
+    ///
+    /// An app subcommand (a `migrate`, say) is the app's to run: check it before [`Server::run`],
+    /// which refuses to serve with one. A flag of the app must not reuse a name of hyperfork's.
+    ///
+    /// ```no_run
+    /// #[derive(clap::Parser)]
+    /// #[command(name = "realapp", version, about = "The users API")]
+    /// struct AppCli {
+    ///     /// PostgreSQL URL
+    ///     #[arg(long, env = "DATABASE_URL", default_value = "postgres://localhost/app")]
+    ///     database_url: String,
+    ///     #[command(subcommand)]
+    ///     command: Option<AppCommand>,
+    /// }
+    ///
+    /// #[derive(clap::Subcommand)]
+    /// enum AppCommand {
+    ///     /// Create the tables, then exit
+    ///     Migrate,
+    /// }
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     let (server, cli) = hyperfork::Server::from_env_and_args_with::<AppCli>();
+    ///     if let Some(AppCommand::Migrate) = cli.command {
+    ///         println!("migrating {}", cli.database_url);
+    ///         return std::process::ExitCode::SUCCESS;
+    ///     }
+    ///     server.app(|_: &hyperfork::Worker| axum::Router::new()).run()
+    /// }
+    /// ```
+    pub fn from_env_and_args_with<A: clap::Parser>() -> (Server, A) {
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let program = program_name(&args);
+        match Server::from_args_with::<A, _, _>(args) {
+            Ok(parsed) => parsed,
+            Err(e) => std::process::exit(match clap_exit(&program, e) {
+                code if code == ExitCode::SUCCESS => 0,
+                _ => i32::from(EXIT_USAGE),
+            }),
+        }
+    }
+
+    /// Like [`Server::from_env_and_args_with`] with an explicit command line, returning clap's error
+    /// (help and version included) instead of exiting.
+    pub fn from_args_with<A, I, T>(args: I) -> Result<(Server, A), clap::Error>
+    where
+        A: clap::Parser,
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let program = program_name(&args);
+        let matches = Cli::add_to(A::command())
+            .bin_name(program.clone())
+            .try_get_matches_from(args)?;
+        let app = A::from_arg_matches(&matches)?;
+        let server = Server {
+            program,
+            cli: Ok(Cli::from_matches(&matches)),
+            start: None,
+            app: None,
+            stop: None,
+            jobs: Vec::new(),
+            state: PhantomData,
+        };
+        Ok((server, app))
     }
 
     /// The async start hook: builds the app's state in each worker, after `fork`, inside its runtime,
@@ -326,9 +393,17 @@ impl<S: Send + Sync + 'static> Server<S> {
         let cli = cli.map_err(Failure::Clap)?;
         let settings = Settings::resolve(&cli, &ProcessEnv).map_err(Failure::usage)?;
         let plan = Plan::decide(&settings, cores::detect());
-        if let Some(Command::Plan { json }) = cli.command {
-            print_plan(&plan, json);
-            return Ok(ExitCode::from(EXIT_OK));
+        match &cli.command {
+            Some(Command::Plan { json }) => {
+                print_plan(&plan, *json);
+                return Ok(ExitCode::from(EXIT_OK));
+            }
+            Some(Command::App(name)) => {
+                return Err(Failure::usage(ConfigError::Invalid(format!(
+                    "{name} is the app's own subcommand: handle it before calling Server::run"
+                ))));
+            }
+            Some(Command::Serve) | None => {}
         }
         let jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
         let factory = app.ok_or_else(|| {
@@ -380,6 +455,16 @@ impl<S: Send + Sync + 'static> Server<S> {
             Err(e) => Err(Failure::exit(EXIT_RUNTIME, e)),
         }
     }
+}
+
+/// The program's name for messages and `--help`: the file name of the first argument.
+fn program_name(args: &[OsString]) -> String {
+    args.first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map_or_else(
+            || "hyperfork".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
 }
 
 /// Why [`Server::run`] stops early.

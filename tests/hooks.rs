@@ -35,6 +35,7 @@ fn gives_up_with(start: &str, args: &[&str]) -> String {
 #[test]
 fn the_state_reaches_the_app_and_the_jobs() {
     let mut p = hooks(&["--workers", "2"], &[("HOOKS_TOKEN", "t0k3n")]);
+    // (The token comes from the environment variable the app declared.)
     p.wait_serving();
     let r = get(p.port, "/").expect("GET /");
     assert!(r.body.starts_with("t0k3n "), "{:?}", r.body);
@@ -153,4 +154,46 @@ fn the_stop_hook_runs_on_reload_ttou_and_sigterm_but_not_on_a_fast_shutdown() {
     p.signal(libc::SIGQUIT);
     assert!(p.wait_exit(Duration::from_secs(30)).is_some());
     assert_eq!(stop_hooks(&p.stderr()), 0, "{}", p.stderr());
+}
+
+/// Runs the example to completion (bounded) with `args`; returns status, stdout and stderr.
+fn run_hooks(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = command(&example_bin("hooks"));
+    cmd.args(args).stdin(std::process::Stdio::null());
+    let out = cmd.output().expect("run the example");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_app_extends_the_command_line_with_its_name_flags_and_subcommands() {
+    let (code, out, _) = run_hooks(&["--version"]);
+    assert_eq!((code, out.trim()), (Some(0), "hooks-demo 9.9.9"));
+    let (code, out, _) = run_hooks(&["--help"]);
+    assert_eq!(code, Some(0));
+    for needle in [
+        "An app with state and hooks",
+        "--token",
+        "token",
+        "--workers",
+        "plan",
+    ] {
+        assert!(out.contains(needle), "{needle:?} not in --help:\n{out}");
+    }
+    // The app's subcommand runs without starting a master.
+    let (code, out, err) = run_hooks(&["--token", "abc", "token"]);
+    assert_eq!((code, out.trim()), (Some(0), "abc"), "{err}");
+    assert!(!err.contains("listening"), "{err}");
+    // A bad flag is one line and status 2, as for hyperfork's own.
+    let (code, _, err) = run_hooks(&["--bogus"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // The app's flag reaches its state, hyperfork's flags work beside it.
+    let mut p = hooks(&["--workers", "1", "--token", "from-the-flag"], &[]);
+    p.wait_serving();
+    let r = get(p.port, "/").expect("GET /");
+    assert!(r.body.starts_with("from-the-flag 0 "), "{:?}", r.body);
 }

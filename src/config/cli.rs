@@ -15,7 +15,7 @@ use super::kinds::Form;
 use super::settings::ALL;
 
 /// Subcommands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the server (the default).
     Serve,
@@ -24,6 +24,8 @@ pub enum Command {
         /// Print the plan as JSON.
         json: bool,
     },
+    /// A subcommand of the app's own command line (see `Server::from_env_and_args_with`).
+    App(String),
 }
 
 /// A parsed command line: the subcommand, and the flags given with their values as written.
@@ -38,6 +40,19 @@ pub struct Cli {
 impl Cli {
     /// The clap command: every declared setting's flag, global so it also works after a subcommand.
     pub fn command() -> clap::Command {
+        Cli::add_to(
+            clap::Command::new("hyperfork")
+                .version(env!("CARGO_PKG_VERSION"))
+                .about("A pre-fork master for Rust HTTP services")
+                .long_about(
+                    "Binds the listening socket once, forks a pool of workers that share it, restarts \
+                     any worker that dies into the same slot, and shuts down gracefully on SIGTERM.",
+                ),
+        )
+    }
+
+    /// `cmd` (an app's own command line) with hyperfork's subcommands and every setting's flag.
+    pub fn add_to(cmd: clap::Command) -> clap::Command {
         let plan = clap::Command::new("plan")
             .about("Print the worker-count decision, every input it used, and exit")
             .arg(
@@ -46,14 +61,7 @@ impl Cli {
                     .action(ArgAction::SetTrue)
                     .help("Print the plan as JSON"),
             );
-        clap::Command::new("hyperfork")
-            .version(env!("CARGO_PKG_VERSION"))
-            .about("A pre-fork master for Rust HTTP services")
-            .long_about(
-                "Binds the listening socket once, forks a pool of workers that share it, restarts any \
-                 worker that dies into the same slot, and shuts down gracefully on SIGTERM.",
-            )
-            .subcommand(clap::Command::new("serve").about("Run the server (the default)"))
+        cmd.subcommand(clap::Command::new("serve").about("Run the server (the default)"))
             .subcommand(plan)
             .args(ALL.iter().filter_map(|d| arg(*d)))
     }
@@ -64,7 +72,8 @@ impl Cli {
             Some(("plan", sub)) => Some(Command::Plan {
                 json: sub.get_flag("json"),
             }),
-            Some(_) => Some(Command::Serve),
+            Some(("serve", _)) => Some(Command::Serve),
+            Some((name, _)) => Some(Command::App(name.to_string())),
             None => None,
         };
         let mut given = HashMap::new();
