@@ -2,6 +2,8 @@
 //! to them, and kill everything they started on every path.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
