@@ -269,6 +269,7 @@ impl Server {
             predecessor: opened.predecessor,
             pid_file: settings.pid_file.clone(),
             accept: settings.accept,
+            max_surge: settings.max_surge,
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),

@@ -144,6 +144,8 @@ impl Master<'_> {
                 health: self.args.health,
                 app: self.args.app,
                 balance: self.balance,
+                generation: self.generation,
+                max_surge: self.args.max_surge,
             }),
             Ok(ForkResult::Parent { child }) => {
                 drop(order_read);

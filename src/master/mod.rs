@@ -97,6 +97,8 @@ pub(crate) struct MasterArgs<'a> {
     pub pid_file: Option<std::path::PathBuf>,
     /// How workers share new connections.
     pub accept: crate::config::values::Accept,
+    /// Most extra workers alive during a replacement (`--max-surge`).
+    pub max_surge: usize,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade

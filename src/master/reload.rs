@@ -195,6 +195,12 @@ impl Master<'_> {
                 new.plan.workers
             ));
         }
+        if settings.max_surge != args.max_surge {
+            changes.push(format!(
+                "max surge {} -> {}",
+                args.max_surge, settings.max_surge
+            ));
+        }
         if settings.threads != args.threads {
             changes.push(format!("threads {} -> {}", args.threads, settings.threads));
         }
@@ -229,6 +235,7 @@ impl Master<'_> {
         args.limits = limits;
         args.health = health;
         args.threads = settings.threads;
+        args.max_surge = settings.max_surge;
         args.graceful_timeout = settings.graceful_timeout;
         args.jobs = new.jobs;
         changes
