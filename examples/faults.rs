@@ -14,7 +14,10 @@
 //! - `/sleep?ms=N`: answers after N ms, without blocking the worker;
 //! - `/block?ms=N`: blocks the worker's runtime thread for N ms (a stuck event loop);
 //! - `/panic`: the handler panics;
-//! - `/alloc?mb=N`: allocates N MiB, touches every page, and keeps it for the worker's life.
+//! - `/alloc?mb=N`: allocates N MiB, touches every page, and keeps it for the worker's life;
+//! - `/share?total=N`: this worker's `share_of(N)`, generation, pool size, surge and pid, as JSON
+//!   (`{"share":7,"generation":1,"pool_size":3,"max_surge":1,"pid":PID}`); `500` with the error when
+//!   N is too small.
 //!
 //! ```text
 //! HYPERFORK_FAULT=boot-error cargo run --example faults -- --workers 2
@@ -46,6 +49,7 @@ struct Faults {
     builtin: BuiltinApp,
     slot: HeaderValue,
     pid: HeaderValue,
+    worker: Worker,
 }
 
 /// The number after `NAME=` in the query, if any.
@@ -60,6 +64,24 @@ fn text(body: String) -> Response<Full<Bytes>> {
     Response::new(Full::new(Bytes::from(body)))
 }
 
+/// `/share?total=N`: what `share_of(N)` gives this worker, with what it was computed from.
+fn share(worker: &Worker, total: u64) -> Response<Full<Bytes>> {
+    match worker.share_of(usize::try_from(total).unwrap_or(usize::MAX)) {
+        Ok(share) => text(format!(
+            "{{\"share\":{share},\"generation\":{},\"pool_size\":{},\"max_surge\":{},\"pid\":{}}}\n",
+            worker.generation(),
+            worker.pool_size(),
+            worker.max_surge(),
+            worker.pid()
+        )),
+        Err(e) => {
+            let mut resp = text(format!("{e}\n"));
+            *resp.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            resp
+        }
+    }
+}
+
 impl Service<Request<Incoming>> for Faults {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
@@ -69,6 +91,8 @@ impl Service<Request<Incoming>> for Faults {
         let (slot, pid) = (self.slot.clone(), self.pid.clone());
         let ms = param(&req, "ms").unwrap_or(0);
         let mb = param(&req, "mb").unwrap_or(0);
+        let total = param(&req, "total").unwrap_or(0);
+        let worker = self.worker.clone();
         let path = req.uri().path().to_string();
         let builtin = self.builtin.call(req);
         Box::pin(async move {
@@ -90,6 +114,7 @@ impl Service<Request<Incoming>> for Faults {
                     HELD.lock().unwrap_or_else(|e| e.into_inner()).push(block);
                     text(format!("holding {mb} MiB more\n"))
                 }
+                "/share" => share(&worker, total),
                 _ => builtin.await?,
             };
             resp.headers_mut().insert("x-worker", slot);
@@ -118,6 +143,7 @@ fn build(worker: &Worker) -> Result<Faults, String> {
             builtin: BuiltinApp::new(worker),
             slot: HeaderValue::from(worker.slot()),
             pid: HeaderValue::from(worker.pid()),
+            worker: worker.clone(),
         }),
     }
 }

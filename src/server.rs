@@ -445,6 +445,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             predecessor: opened.predecessor,
             pid_file: settings.pid_file.clone(),
             accept: settings.accept,
+            max_surge: settings.max_surge,
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),

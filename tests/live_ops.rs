@@ -77,9 +77,18 @@ fn a_reload_with_a_bad_config_is_rejected_and_the_old_pool_keeps_serving() {
 #[test]
 fn ttin_and_ttou_change_the_live_worker_count() {
     let p = Proc::serve(&hyperfork_bin(), &["--workers", "2"], &[]);
+    let first = p.worker_pids();
     p.signal(libc::SIGTTIN);
+    // SIGTTIN replaces both workers (for a pool of 3) before it adds the third: wait for the end, or
+    // the SIGTTOU below would come during it and be ignored.
     assert!(
-        wait_until(Duration::from_secs(20), || p.worker_pids().len() == 3),
+        p.wait_log("SIGTTIN complete: 3 workers", Duration::from_secs(20)),
+        "{}",
+        p.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || p.worker_pids().len() == 3
+            && first.iter().all(|&w| !alive(w))),
         "{}",
         p.stderr()
     );

@@ -1,12 +1,14 @@
 //! What an app sees of hyperfork: the [`Worker`] handle it is built with, the built-in app, the
-//! scheduler status, and the error type.
+//! scheduler status, a worker's share of a budget ([`ShareError`]), and the error type.
 
 mod builtin;
+pub(crate) mod share;
 pub(crate) mod state;
 pub(crate) mod status;
 mod worker;
 
 pub use builtin::BuiltinApp;
+pub use share::ShareError;
 pub use status::{JobStatus, SchedulerStatus};
 pub use worker::Worker;
 

@@ -1,5 +1,6 @@
-//! The identity of one worker, as the app, its jobs and its hooks see it: slot, pid, pool size, the
-//! scheduler's status in this worker, and the app's own state once the start hook has built it.
+//! The identity of one worker, as the app, its jobs and its hooks see it: slot, pid, pool size,
+//! generation, its share of a budget, the scheduler's status in this worker, and the app's own state
+//! once the start hook has built it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,12 +19,14 @@ pub struct Worker<S = ()> {
 }
 
 /// What identifies a worker, shared by every handle of it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Identity {
     slot: usize,
     pid: u32,
     pool_size: usize,
     scheduler: Arc<SchedulerStatus>,
+    generation: u64,
+    max_surge: usize,
 }
 
 impl<S> Clone for Worker<S> {
@@ -41,6 +44,7 @@ impl<S> fmt::Debug for Worker<S> {
             .field("slot", &self.id.slot)
             .field("pid", &self.id.pid)
             .field("pool_size", &self.id.pool_size)
+            .field("generation", &self.id.generation)
             .finish_non_exhaustive()
     }
 }
@@ -54,8 +58,32 @@ impl Worker {
                 pid,
                 pool_size,
                 scheduler: Arc::default(),
+                generation: 1,
+                max_surge: 1,
             }),
             state: Arc::new(()),
+        }
+    }
+
+    /// The same identity with another generation (the default is 1, the first pool). For tests of
+    /// app factories; the master sets it for every fork.
+    pub fn with_generation(self, generation: u64) -> Worker {
+        let mut id = (*self.id).clone();
+        id.generation = generation;
+        Worker {
+            id: Arc::new(id),
+            state: self.state,
+        }
+    }
+
+    /// The same identity with another surge bound (the default is 1, as `--max-surge`). For tests of
+    /// app factories; the master sets it for every fork.
+    pub fn with_max_surge(self, max_surge: usize) -> Worker {
+        let mut id = (*self.id).clone();
+        id.max_surge = max_surge;
+        Worker {
+            id: Arc::new(id),
+            state: self.state,
         }
     }
 
@@ -102,9 +130,42 @@ impl<S> Worker<S> {
         self.id.pid
     }
 
-    /// How many slots the pool has.
+    /// How many slots the pool has: the size this worker was forked for. A `SIGTTIN` forks its
+    /// workers for the size the pool grows to, and running workers do not see a later resize.
     pub fn pool_size(&self) -> usize {
         self.id.pool_size
+    }
+
+    /// The master's generation when it forked this worker: 1 for the first pool, one more after each
+    /// reload (`SIGHUP`), as in the master's process title (`gen G`) and log. A recycle or a resize
+    /// keeps the generation; a new master (binary upgrade) starts again at 1.
+    pub fn generation(&self) -> u64 {
+        self.id.generation
+    }
+
+    /// The most extra workers the master keeps alive beside the pool during a reload, a recycle or a
+    /// `SIGTTIN` (`--max-surge`, as it was when this worker was forked).
+    pub fn max_surge(&self) -> usize {
+        self.id.max_surge
+    }
+
+    /// This worker's share of a budget the whole pool draws on, such as the database's
+    /// `max_connections`: `floor(total / (pool_size + max_surge))`. The master never keeps more
+    /// workers alive than that divisor (the smallest of every live worker's, draining and surge workers
+    /// included, see `--max-surge`), so the shares of all live workers never add up to more than
+    /// `total`, during reloads, recycles, `SIGTTIN` and `SIGTTOU` too. A binary upgrade (`SIGUSR2`)
+    /// runs two whole pools for a moment and is not covered.
+    ///
+    /// An error when `total` is smaller than `pool_size + max_surge` (the share would be 0); returned
+    /// from a `try_app` factory, it fails the worker's boot with a message naming the minimum.
+    ///
+    /// ```
+    /// let worker = hyperfork::Worker::new(0, 1234, 3);
+    /// assert_eq!(worker.share_of(30).unwrap(), 7); // 30 / (3 workers + surge 1)
+    /// assert!(worker.share_of(3).is_err());
+    /// ```
+    pub fn share_of(&self, total: usize) -> Result<usize, crate::app::ShareError> {
+        crate::app::share::share(total, self.id.pool_size, self.id.max_surge)
     }
 
     /// Whether this is slot 0, the primary worker (the one that runs scheduled jobs).

@@ -132,6 +132,16 @@ settings! {
             value_name: "DURATION",
         }
 
+        /// Most extra workers a reload, recycle or SIGTTIN keeps alive beside the pool, draining ones
+        /// included: a slot's new worker starts only when fewer than workers + N are alive
+        pub max_surge: usize = MAX_SURGE: Positive {
+            flag: "--max-surge",
+            env: ["HYPERFORK_MAX_SURGE"],
+            toml: "max_surge",
+            default: "1",
+            value_name: "N",
+        }
+
         /// Log level; RUST_LOG, when set, takes precedence
         pub log_level: LogLevel = LOG_LEVEL: Choice<LogLevel> {
             flag: "--log-level",

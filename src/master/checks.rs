@@ -140,7 +140,7 @@ impl Master<'_> {
     }
 
     /// A worker whose event loop stopped: `SIGTERM` now, `SIGKILL` after [`KILL_GRACE`], and a
-    /// replacement at once (it is not serving anyway).
+    /// replacement as soon as the surge bound allows (it is not serving anyway).
     fn replace_silent(&mut self, slot: usize, pid: Pid, silent: Duration) {
         tracing::error!(
             "worker {slot} (pid {pid}) silent for {} (--timeout {}); sending SIGTERM, SIGKILL in {}, \
@@ -150,13 +150,18 @@ impl Master<'_> {
             humantime::format_duration(KILL_GRACE)
         );
         self.retire(pid, KILL_GRACE);
-        if self.replacement().is_some_and(|r| r.slot == slot) {
+        if self
+            .replacement()
+            .is_some_and(|r| r.in_flight().contains(&slot))
+        {
             // The slot's new worker of a reload or recycle was the silent one: let the reload
             // carry on with the next attempt.
             self.pool.fork_failed(slot, Instant::now());
-            return;
+        } else {
+            // Forked by the next refill, once the surge bound has room (at once, unless a
+            // replacement uses the surge: then when the silent one or an old worker exits).
+            self.pool.vacate(slot, Instant::now());
         }
-        self.spawn(slot);
     }
 
     /// Replaces the worker of `slot` the zero-downtime way: its successor first, then it drains. One

@@ -36,6 +36,9 @@ pub(super) struct Child {
     pub phase: ChildPhase,
     /// Sent `SIGKILL` for not being ready within the boot timeout (its death is a boot failure).
     pub boot_killed: bool,
+    /// What it counts for under the surge bound: the pool size it was forked for plus the surge
+    /// allowed then (see [`super::surge`]).
+    pub parts: usize,
 }
 
 /// Where a worker is in its life.
@@ -105,10 +108,12 @@ impl Master<'_> {
         self.ready_count() == self.pool.size()
     }
 
-    /// Forks a worker into `slot`, which has no holder: the one place a record is added.
+    /// Forks a worker into `slot`, which has no holder: the one place a record is added. The caller
+    /// checked the surge bound ([`Master::has_room`]).
     pub(super) fn spawn(&mut self, slot: usize) {
         debug_assert!(self.holder_of(slot).is_none(), "slot {slot} is held");
         let now = Instant::now();
+        let (pool_size, max_surge) = (self.spawn_size(), self.args.max_surge);
         let (order_read, order_write) = match control::order_pipe() {
             Ok(p) => p,
             Err(e) => {
@@ -133,7 +138,7 @@ impl Master<'_> {
         match unsafe { fork() } {
             Ok(ForkResult::Child) => worker::run_child(ChildArgs {
                 slot,
-                pool_size: self.pool.size(),
+                pool_size,
                 master_pid: self.pid,
                 listeners: &self.args.listeners,
                 close_fds,
@@ -146,6 +151,8 @@ impl Master<'_> {
                 health: self.args.health,
                 app: self.args.app,
                 balance: self.balance,
+                generation: self.generation,
+                max_surge,
             }),
             Ok(ForkResult::Parent { child }) => {
                 drop(order_read);
@@ -157,6 +164,7 @@ impl Master<'_> {
                     recycle: None,
                     boot_killed: false,
                     phase: ChildPhase::Booting,
+                    parts: super::surge::parts(pool_size, max_surge),
                 };
                 self.children.insert(child, record);
                 tracing::info!("booting worker {slot} (pid {child})");

@@ -12,10 +12,12 @@
 //! A reload (`SIGHUP`) re-reads the configuration and replaces the workers slot by slot: fork the new
 //! worker, wait for its ready message, then gracefully stop the old one; a new configuration that does
 //! not validate, or a socket that cannot be bound, leaves the old pool serving. A worker past its
-//! request or memory limit is recycled the same way, alone. `SIGTTIN` / `SIGTTOU` add or gracefully
-//! remove the highest slot. Stopped workers drain for at most the graceful timeout. `SIGUSR2` starts a
-//! new master from the executable on disk and hands everything over to it once its workers are ready
-//! (see [`crate::master::upgrade`]).
+//! request or memory limit is recycled the same way, alone. `SIGTTIN` replaces every worker for the
+//! larger pool, then adds the highest slot; `SIGTTOU` gracefully removes the highest slot. Every fork
+//! waits for room under the surge bound (`--max-surge`, see [`surge`]): at most that many workers
+//! beyond the pool are alive, draining ones included. Stopped workers drain for at most the graceful
+//! timeout. `SIGUSR2` starts a new master from the executable on disk and hands everything over to it
+//! once its workers are ready (see [`crate::master::upgrade`]).
 
 mod checks;
 mod children;
@@ -25,6 +27,7 @@ pub(crate) mod pidfile;
 pub(crate) mod pool;
 mod reload;
 pub(crate) mod signals;
+mod surge;
 pub(crate) mod systemd;
 pub(crate) mod upgrade;
 
@@ -97,6 +100,8 @@ pub(crate) struct MasterArgs<'a> {
     pub pid_file: Option<std::path::PathBuf>,
     /// How workers share new connections.
     pub accept: crate::config::values::Accept,
+    /// Most extra workers alive during a replacement (`--max-surge`).
+    pub max_surge: usize,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
@@ -303,7 +308,12 @@ impl Master<'_> {
             .min();
         let (phase, health) = match self.phase {
             Phase::Stopping { kill_at, .. } => (kill_at, None),
-            _ => (self.pool.next_refill(), self.health_deadline()),
+            // A refill waiting for room is woken by the exit that makes it (SIGCHLD), not by a
+            // deadline already past.
+            _ => (
+                self.pool.next_refill().filter(|_| self.has_room()),
+                self.health_deadline(),
+            ),
         };
         let upgrade = self.successor.as_ref().and_then(|s| s.deadline());
         [
@@ -468,15 +478,20 @@ impl Master<'_> {
     }
 
     /// Keeps the pool whole while serving: gives up a stuck replacement (or the whole master, when
-    /// no slot can boot), refills empty slots, checks the workers' health, and grants the lease.
+    /// no slot can boot), refills empty slots and moves a replacement on as far as the surge bound
+    /// allows, checks the workers' health, and grants the lease.
     fn maintain_pool(&mut self, now: Instant) -> Option<Outcome> {
         self.abort_stuck_replacement();
         if self.pool.gave_up() {
             return Some(Outcome::GaveUp(self.give_up()));
         }
         for slot in self.pool.due(now) {
+            if !self.has_room() {
+                break;
+            }
             self.spawn(slot);
         }
+        self.step_replacement();
         self.check_health(now);
         self.maybe_grant_lease();
         None

@@ -98,6 +98,11 @@ impl Pool {
         self.slots[slot].refill_at = None;
     }
 
+    /// The worker of `slot` left it (a silent worker being killed): refill it from `now` on.
+    pub fn vacate(&mut self, slot: usize, now: Instant) {
+        self.slots[slot].refill_at = Some(now);
+    }
+
     /// Records a failed fork: retry after the back-off.
     pub fn fork_failed(&mut self, slot: usize, now: Instant) {
         let s = &mut self.slots[slot];

@@ -1,24 +1,32 @@
 //! The master's live changes of the pool: `SIGHUP` reloads (re-read the configuration, replace the
 //! workers slot by slot, each new worker ready before the old one stops), recycles (the same
 //! replacement for one worker past a limit) and `SIGTTIN` / `SIGTTOU`.
+//!
+//! A replacement is a list of [`Step`]s started in order, each only when the surge bound allows one
+//! more live worker (see [`crate::master::surge`]): with the default `--max-surge 1`, a slot's new
+//! worker starts only once the previous slot's old worker has exited. `SIGTTIN` is a replacement too:
+//! the existing slots get workers forked for the larger pool first (smaller shares of a budget, see
+//! `Worker::share_of`), then the new slot is added. A reload that shrinks the pool stops the highest
+//! slots first, then replaces the others.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{Master, Phase, Reloaded};
 use crate::jobs::Job;
 use crate::master::pool::GIVE_UP_AFTER;
 
-/// A replacement of workers, one slot at a time: each new worker is ready before the old one of its
-/// slot stops.
+/// A replacement of workers, slot by slot: each new worker is ready before the old one of its slot
+/// stops, and at most `--max-surge` extra workers are alive at any moment.
 #[derive(Debug)]
 pub(super) struct Replacement {
     /// Why the workers are replaced.
     pub kind: Replace,
-    /// The slot being replaced; the slots before it run new workers.
-    pub slot: usize,
-    /// Slots `slot..end` are replaced.
-    pub end: usize,
-    /// The pool's size once done.
+    /// The steps not started yet, in order.
+    pending: VecDeque<Step>,
+    /// Slots whose new worker was forked (or is due for a refill) and has not reported ready yet.
+    in_flight: Vec<usize>,
+    /// The pool's size once done; the new workers are forked for it.
     pub size: usize,
     /// A `SIGHUP` arrived meanwhile: reload (again) once this one ends.
     pub reload_after: bool,
@@ -32,33 +40,95 @@ pub(super) struct Replacement {
 pub(super) enum Replace {
     /// `SIGHUP`: every slot, into the re-read configuration; the pool ends at its new size.
     Reload,
-    /// One worker past its request or memory limit, in its own configuration.
-    Recycle,
+    /// `SIGTTIN`: every slot, in the same configuration, for a pool one larger; then the new slot.
+    Grow,
+    /// The worker of this slot, past its request or memory limit, in its own configuration.
+    Recycle(usize),
+}
+
+/// One slot of a replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Fork a new worker into a slot that has one; the old one drains once the new one is ready.
+    Replace(usize),
+    /// Fork a worker into a new slot.
+    Add(usize),
+}
+
+impl Step {
+    /// The slot it forks into.
+    pub fn slot(self) -> usize {
+        match self {
+            Step::Replace(slot) | Step::Add(slot) => slot,
+        }
+    }
 }
 
 impl Replacement {
-    /// A reload into a pool of `size` slots.
-    pub fn reload(size: usize, during_start: bool) -> Replacement {
+    fn new(kind: Replace, steps: VecDeque<Step>, size: usize, during_start: bool) -> Replacement {
         Replacement {
-            kind: Replace::Reload,
-            slot: 0,
-            end: size,
+            kind,
+            pending: steps,
+            in_flight: Vec::new(),
             size,
             reload_after: false,
             during_start,
         }
     }
 
+    /// The steps from a pool of `from` slots to one of `to`: replace the slots both have, then add
+    /// the new ones. Slots beyond `to` are not in it: the master stops them before it begins.
+    fn steps(from: usize, to: usize) -> VecDeque<Step> {
+        (0..from.min(to))
+            .map(Step::Replace)
+            .chain((from..to).map(Step::Add))
+            .collect()
+    }
+
+    /// A reload from a pool of `from` slots into one of `to`.
+    pub fn reload(from: usize, to: usize, during_start: bool) -> Replacement {
+        Replacement::new(Replace::Reload, Self::steps(from, to), to, during_start)
+    }
+
+    /// `SIGTTIN`: from `from` slots to `from + 1`.
+    pub fn grow(from: usize, during_start: bool) -> Replacement {
+        let to = from + 1;
+        Replacement::new(Replace::Grow, Self::steps(from, to), to, during_start)
+    }
+
     /// The recycle of the worker of `slot`, in a pool of `size` slots.
     pub fn recycle(slot: usize, size: usize, during_start: bool) -> Replacement {
-        Replacement {
-            kind: Replace::Recycle,
-            slot,
-            end: slot + 1,
-            size,
-            reload_after: false,
-            during_start,
-        }
+        let steps = VecDeque::from([Step::Replace(slot)]);
+        Replacement::new(Replace::Recycle(slot), steps, size, during_start)
+    }
+
+    /// The next step to start, if any is left.
+    pub fn next_step(&self) -> Option<Step> {
+        self.pending.front().copied()
+    }
+
+    /// Starts the next step: its slot waits for its new worker's ready message.
+    pub fn start_next(&mut self) -> Option<Step> {
+        let step = self.pending.pop_front()?;
+        self.in_flight.push(step.slot());
+        Some(step)
+    }
+
+    /// The slots waiting for their new worker.
+    pub fn in_flight(&self) -> &[usize] {
+        &self.in_flight
+    }
+
+    /// The worker of `slot` reported ready: whether the replacement was waiting for it.
+    pub fn ready(&mut self, slot: usize) -> bool {
+        let before = self.in_flight.len();
+        self.in_flight.retain(|&s| s != slot);
+        self.in_flight.len() < before
+    }
+
+    /// Whether every step started and every new worker is ready.
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty() && self.in_flight.is_empty()
     }
 
     /// The phase the master goes back to when this ends.
@@ -82,8 +152,18 @@ impl Master<'_> {
         }
         let size = self.pool.size();
         if delta > 0 {
-            self.pool.grow(1, Instant::now());
-            tracing::info!("SIGTTIN: workers {size} -> {}", size + 1);
+            if self.upgrading() {
+                tracing::warn!("SIGTTIN ignored: a binary upgrade is in progress");
+                return;
+            }
+            tracing::info!(
+                "SIGTTIN: workers {size} -> {}; replacing the workers for the larger pool first, \
+                 then adding slot {size}",
+                size + 1
+            );
+            let during_start = matches!(self.phase, Phase::Starting);
+            self.phase = Phase::Replacing(Replacement::grow(size, during_start));
+            self.step_replacement();
         } else if size <= 1 {
             tracing::warn!("SIGTTOU ignored: the pool keeps at least 1 worker");
         } else {
@@ -125,8 +205,16 @@ impl Master<'_> {
                 changes.join("; ")
             }
         );
+        let from = self.pool.size();
+        if workers < from {
+            // Before any new worker starts: the new workers' shares of a budget assume the smaller
+            // pool, so the slots it drops must not outlive them.
+            tracing::info!("reload: stopping slots {workers}..{from} first");
+            self.shrink_pool(workers);
+        }
         let during_start = matches!(self.phase, Phase::Starting);
-        self.phase = Phase::Replacing(Replacement::reload(workers, during_start));
+        let replacement = Replacement::reload(self.pool.size(), workers, during_start);
+        self.phase = Phase::Replacing(replacement);
         self.step_replacement();
     }
 
@@ -195,6 +283,12 @@ impl Master<'_> {
                 new.plan.workers
             ));
         }
+        if settings.max_surge != args.max_surge {
+            changes.push(format!(
+                "max surge {} -> {}",
+                args.max_surge, settings.max_surge
+            ));
+        }
         if settings.threads != args.threads {
             changes.push(format!("threads {} -> {}", args.threads, settings.threads));
         }
@@ -229,21 +323,21 @@ impl Master<'_> {
         args.limits = limits;
         args.health = health;
         args.threads = settings.threads;
+        args.max_surge = settings.max_surge;
         args.graceful_timeout = settings.graceful_timeout;
         args.jobs = new.jobs;
         changes
     }
 
-    /// The new worker of `slot` is ready: if it is the slot a replacement waits for, stop the old
-    /// worker and move on to the next slot.
+    /// The new worker of `slot` is ready: if a replacement waits for it, stop the old worker of that
+    /// slot and start what the surge bound allows next.
     pub(super) fn replacement_ready(&mut self, slot: usize, pid: nix::unistd::Pid) {
         let Phase::Replacing(r) = &mut self.phase else {
             return;
         };
-        if r.slot != slot {
+        if !r.ready(slot) {
             return;
         }
-        r.slot += 1;
         if let Some(old) = self.replaced_in(slot) {
             tracing::info!("worker {slot}: new pid {pid} ready, stopping old pid {old}");
             self.retire(old, self.args.graceful_timeout);
@@ -251,20 +345,33 @@ impl Master<'_> {
         self.step_replacement();
     }
 
-    /// Replaces the next slot, or finishes the replacement.
+    /// Starts every next step the surge bound allows now, or finishes the replacement. Called again
+    /// on every turn of the loop, so a step waiting for an old worker to exit starts once it is
+    /// reaped.
     pub(super) fn step_replacement(&mut self) {
-        let Some(r) = self.replacement() else {
-            return;
-        };
-        if r.slot >= r.end {
-            return self.finish_replacement();
+        loop {
+            let Some(r) = self.replacement() else {
+                return;
+            };
+            if r.is_done() {
+                return self.finish_replacement();
+            }
+            if r.next_step().is_none() || !self.has_room() {
+                return;
+            }
+            let Some(step) = (match &mut self.phase {
+                Phase::Replacing(r) => r.start_next(),
+                _ => None,
+            }) else {
+                return;
+            };
+            let slot = step.slot();
+            if slot >= self.pool.size() {
+                self.pool.grow(slot + 1 - self.pool.size(), Instant::now());
+            }
+            self.replace_holder(slot);
+            self.spawn(slot);
         }
-        let slot = r.slot;
-        if slot >= self.pool.size() {
-            self.pool.grow(slot + 1 - self.pool.size(), Instant::now());
-        }
-        self.replace_holder(slot);
-        self.spawn(slot);
     }
 
     /// Every slot of the replacement has its new worker: settle the pool's size and go on.
@@ -274,7 +381,8 @@ impl Master<'_> {
         };
         self.shrink_pool(r.size);
         match r.kind {
-            Replace::Recycle => tracing::info!("worker {} recycled", r.end.saturating_sub(1)),
+            Replace::Recycle(slot) => tracing::info!("worker {slot} recycled"),
+            Replace::Grow => tracing::info!("SIGTTIN complete: {} workers", r.size),
             Replace::Reload => tracing::info!(
                 "reload complete: generation {}, {} workers",
                 self.generation,
@@ -298,15 +406,17 @@ impl Master<'_> {
         }
     }
 
-    /// Stops a replacement whose new worker keeps failing to boot; the slot keeps its old worker.
+    /// Stops a replacement whose new worker keeps failing to boot: the slots it has not replaced
+    /// keep their old workers.
     pub(super) fn abort_stuck_replacement(&mut self) {
         let Some(r) = self.replacement() else {
             return;
         };
-        let slot = r.slot;
-        if slot >= self.pool.size() || self.pool.slot(slot).boot_failures < GIVE_UP_AFTER {
+        let Some(slot) = r.in_flight().iter().copied().find(|&slot| {
+            slot < self.pool.size() && self.pool.slot(slot).boot_failures >= GIVE_UP_AFTER
+        }) else {
             return;
-        }
+        };
         let error = self
             .pool
             .slot(slot)
@@ -316,31 +426,46 @@ impl Master<'_> {
         let Some(r) = self.end_replacement() else {
             return;
         };
-        if let Some(pid) = self.holder_of(slot) {
-            self.kill_now(pid);
+        for &s in r.in_flight() {
+            self.give_back(s, s == slot);
         }
-        match self.replaced_in(slot) {
-            Some(old) => self.reattach(slot, old),
-            None => self.pool.fork_failed(slot, Instant::now()),
-        }
+        let why =
+            format!("the new worker of slot {slot} failed to boot {GIVE_UP_AFTER} times ({error})");
         match r.kind {
-            Replace::Recycle => {
-                tracing::error!(
-                    "recycling aborted: the new worker of slot {slot} failed to boot {GIVE_UP_AFTER} \
-                     times ({error}); the old worker keeps serving"
-                );
-                if r.reload_after {
-                    self.begin_reload();
-                }
+            Replace::Recycle(_) => {
+                tracing::error!("recycling aborted: {why}; the old worker keeps serving");
             }
+            Replace::Grow => tracing::error!(
+                "SIGTTIN aborted: {why}; the slots not replaced yet keep their old workers"
+            ),
             Replace::Reload => {
                 tracing::error!(
-                    "reload aborted: the new worker of slot {slot} failed to boot {GIVE_UP_AFTER} \
-                     times ({error}); slot {slot} and the slots after it keep their old workers"
+                    "reload aborted: {why}; the slots not replaced yet keep their old workers"
                 );
                 let status = self.status_line();
                 self.notifier.ready(&status);
+                return;
             }
+        }
+        if r.reload_after {
+            self.begin_reload();
+        }
+    }
+
+    /// An aborted replacement gives `slot` back to its old worker, stopping the new one. A slot
+    /// without an old worker keeps its new one, unless that one is `stuck`: then it is retried
+    /// after the back-off.
+    fn give_back(&mut self, slot: usize, stuck: bool) {
+        let old = self.replaced_in(slot);
+        if old.is_none() && !stuck {
+            return;
+        }
+        if let Some(pid) = self.holder_of(slot) {
+            self.kill_now(pid);
+        }
+        match old {
+            Some(old) => self.reattach(slot, old),
+            None => self.pool.fork_failed(slot, Instant::now()),
         }
     }
 }
@@ -357,18 +482,74 @@ fn join(specs: &[crate::shared::listener::BindSpec]) -> String {
 mod tests {
     use super::*;
 
+    fn steps(r: &mut Replacement) -> Vec<Step> {
+        std::iter::from_fn(|| r.start_next()).collect()
+    }
+
     #[test]
     fn a_reload_replaces_every_slot_of_the_new_size() {
-        let r = Replacement::reload(3, false);
-        assert_eq!((r.kind, r.slot, r.end, r.size), (Replace::Reload, 0, 3, 3));
+        let mut r = Replacement::reload(3, 3, false);
+        assert_eq!((r.kind, r.size), (Replace::Reload, 3));
         assert!(!r.reload_after);
         assert!(matches!(r.resume(), Phase::Running));
+        assert_eq!(
+            steps(&mut r),
+            [Step::Replace(0), Step::Replace(1), Step::Replace(2)]
+        );
+    }
+
+    #[test]
+    fn a_growing_reload_replaces_the_old_slots_before_adding_new_ones() {
+        let mut r = Replacement::reload(2, 4, false);
+        assert_eq!(
+            steps(&mut r),
+            [
+                Step::Replace(0),
+                Step::Replace(1),
+                Step::Add(2),
+                Step::Add(3)
+            ]
+        );
+        // Shrinking: the master stops the dropped slots first, then replaces the others.
+        let mut r = Replacement::reload(2, 2, false);
+        assert_eq!(steps(&mut r), [Step::Replace(0), Step::Replace(1)]);
+    }
+
+    #[test]
+    fn sigttin_replaces_every_slot_for_the_larger_pool_then_adds_one() {
+        let mut r = Replacement::grow(3, false);
+        assert_eq!((r.kind, r.size), (Replace::Grow, 4));
+        assert_eq!(
+            steps(&mut r),
+            [
+                Step::Replace(0),
+                Step::Replace(1),
+                Step::Replace(2),
+                Step::Add(3)
+            ]
+        );
     }
 
     #[test]
     fn a_recycle_replaces_one_slot_and_keeps_the_size() {
-        let r = Replacement::recycle(2, 4, false);
-        assert_eq!((r.kind, r.slot, r.end, r.size), (Replace::Recycle, 2, 3, 4));
+        let mut r = Replacement::recycle(2, 4, false);
+        assert_eq!((r.kind, r.size), (Replace::Recycle(2), 4));
+        assert_eq!(steps(&mut r), [Step::Replace(2)]);
+    }
+
+    #[test]
+    fn a_replacement_is_done_once_every_started_slot_is_ready() {
+        let mut r = Replacement::reload(2, 2, false);
+        assert_eq!(r.start_next(), Some(Step::Replace(0)));
+        assert_eq!(r.start_next(), Some(Step::Replace(1)));
+        assert_eq!(r.in_flight(), [0, 1]);
+        assert!(!r.ready(5), "not a slot it waits for");
+        assert!(r.ready(1));
+        assert!(!r.is_done());
+        assert!(!r.ready(1), "already ready");
+        assert!(r.ready(0));
+        assert!(r.is_done());
+        assert_eq!(r.next_step(), None);
     }
 
     #[test]
@@ -378,7 +559,11 @@ mod tests {
             Phase::Starting
         ));
         assert!(matches!(
-            Replacement::reload(2, true).resume(),
+            Replacement::reload(2, 2, true).resume(),
+            Phase::Starting
+        ));
+        assert!(matches!(
+            Replacement::grow(2, true).resume(),
             Phase::Starting
         ));
     }

@@ -57,6 +57,10 @@ pub(crate) struct ChildArgs<'a> {
     pub health: crate::config::health::Health,
     pub app: &'a App,
     pub balance: Option<crate::shared::balance::Table>,
+    /// The master's generation at the fork (1 for the first pool).
+    pub generation: u64,
+    /// The surge bound at the fork (`--max-surge`), for `Worker::share_of`.
+    pub max_surge: usize,
 }
 
 /// Runs the worker in the child process. Never returns.
@@ -75,7 +79,9 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
         return i32::from(EXIT_RUNTIME);
     }
     let pid = std::process::id();
-    let worker = Worker::new(args.slot, pid, args.pool_size);
+    let worker = Worker::new(args.slot, pid, args.pool_size)
+        .with_generation(args.generation)
+        .with_max_surge(args.max_surge);
     let booted = match boot(&args, &worker) {
         Ok(b) => b,
         Err(text) => {

@@ -58,6 +58,7 @@ pub fn command(bin: &PathBuf) -> Command {
         "HYPERFORK_FAULT",
         "HYPERFORK_SOCKET_MODE",
         "HYPERFORK_UMASK",
+        "HYPERFORK_MAX_SURGE",
         "RUST_LOG",
     ] {
         c.env_remove(var);
