@@ -197,3 +197,24 @@ fn the_app_extends_the_command_line_with_its_name_flags_and_subcommands() {
     let r = get(p.port, "/").expect("GET /");
     assert!(r.body.starts_with("from-the-flag 0 "), "{:?}", r.body);
 }
+
+#[test]
+fn the_stop_hook_runs_when_a_worker_is_recycled() {
+    let mut p = hooks(&["--workers", "1", "--max-requests", "5"], &[]);
+    p.wait_serving();
+    let first = p.worker_pids();
+    for _ in 0..10 {
+        let _ = get(p.port, "/");
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || stop_hooks(&p.stderr()) >= 1),
+        "no stop hook after the recycle:\n{}",
+        p.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || first.iter().all(|&w| !alive(w))),
+        "{}",
+        p.stderr()
+    );
+    assert!(p.stderr().contains("recycled"), "{}", p.stderr());
+}
