@@ -84,16 +84,7 @@ fn the_postgres_app_keeps_its_budget_and_runs_each_tick_once_through_reloads_and
     let load = Load::start(p.port, 8);
     std::thread::sleep(Duration::from_millis(1500));
     for n in 1..=2 {
-        p.signal(libc::SIGHUP);
-        assert!(
-            wait_until(Duration::from_secs(60), || p
-                .stderr()
-                .matches("reload complete")
-                .count()
-                >= n),
-            "reload {n}:\n{}",
-            p.stderr()
-        );
+        p.reload(n);
         std::thread::sleep(Duration::from_millis(1500));
     }
     // SIGKILL the scheduler's worker: its connections are cut, its slot is refilled, the lease moves.

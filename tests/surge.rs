@@ -68,16 +68,7 @@ fn peak_over_two_reloads(args: &[&str]) -> usize {
     std::thread::sleep(Duration::from_millis(300));
     let peak = Peak::watch(p.pid());
     for n in 1..=2 {
-        p.signal(libc::SIGHUP);
-        assert!(
-            wait_until(Duration::from_secs(60), || p
-                .stderr()
-                .matches("reload complete")
-                .count()
-                >= n),
-            "reload {n} did not complete:\n{}",
-            p.stderr()
-        );
+        p.reload(n);
     }
     // Watch until every old worker of both reloads is gone.
     assert!(

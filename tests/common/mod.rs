@@ -186,6 +186,20 @@ impl Proc {
         }
     }
 
+    /// Sends SIGHUP and waits (bounded) until the log holds `n` "reload complete" lines.
+    pub fn reload(&self, n: usize) {
+        self.signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(60), || self
+                .stderr()
+                .matches("reload complete")
+                .count()
+                >= n),
+            "reload {n} did not complete:\n{}",
+            self.stderr()
+        );
+    }
+
     /// Sends SIGUSR2 and waits (bounded) for the hand-over; returns a guard that kills the new
     /// master, found by its pid in the log.
     pub fn upgrade_from_log(&self) -> PidGuard {
