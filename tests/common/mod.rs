@@ -33,6 +33,23 @@ pub fn example_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Spawns `cmd`, retrying (bounded) while the kernel says the executable is busy (ETXTBSY): a binary
+/// a test has just written can still be open for writing in a child another test thread forked and
+/// has not yet exec'd.
+pub fn spawn_retrying(cmd: &mut Command) -> Child {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn process: {e}"),
+        }
+    }
+}
+
 /// A port that was free a moment ago, on 127.0.0.1.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -81,7 +98,7 @@ impl Proc {
         cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn process");
+        let mut child = spawn_retrying(&mut cmd);
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr piped");
         let sink = stderr.clone();
