@@ -17,7 +17,9 @@
 //! - `/alloc?mb=N`: allocates N MiB, touches every page, and keeps it for the worker's life;
 //! - `/share?total=N`: this worker's `share_of(N)`, generation, pool size, surge and pid, as JSON
 //!   (`{"share":7,"generation":1,"pool_size":3,"max_surge":1,"pid":PID}`); `500` with the error when
-//!   N is too small.
+//!   N is too small;
+//! - `/client`: the request's `hyperfork::ClientAddr` (the peer, or the trusted proxy's
+//!   `X-Forwarded-For` client), as text.
 //!
 //! ```text
 //! HYPERFORK_FAULT=boot-error cargo run --example faults -- --workers 2
@@ -37,8 +39,8 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::service::Service;
 use hyper::{Request, Response};
-use hyperfork::BuiltinApp;
 use hyperfork::Worker;
+use hyperfork::{BuiltinApp, ClientAddr};
 
 /// Memory `/alloc` keeps.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
@@ -94,6 +96,7 @@ impl Service<Request<Incoming>> for Faults {
         let total = param(&req, "total").unwrap_or(0);
         let worker = self.worker.clone();
         let path = req.uri().path().to_string();
+        let client = req.extensions().get::<ClientAddr>().cloned();
         let builtin = self.builtin.call(req);
         Box::pin(async move {
             let mut resp = match path.as_str() {
@@ -115,6 +118,7 @@ impl Service<Request<Incoming>> for Faults {
                     text(format!("holding {mb} MiB more\n"))
                 }
                 "/share" => share(&worker, total),
+                "/client" => text(client.map_or_else(|| "none".into(), |c| c.to_string())),
                 _ => builtin.await?,
             };
             resp.headers_mut().insert("x-worker", slot);

@@ -27,7 +27,10 @@ mod shared;
 mod worker;
 
 // The public API: the server builder, what an app and its jobs are given, and the exit codes.
-pub use app::{BoxError, BuiltinApp, JobStatus, SchedulerStatus, ShareError, Worker};
+pub use app::{
+    BoxError, BuiltinApp, ClientAddr, ForwardedProto, JobStatus, SchedulerStatus, ShareError,
+    Worker,
+};
 pub use error::{EXIT_BOOT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 pub use jobs::schedule::{Cron, Every, Schedule, ScheduleError};
 pub use jobs::{Job, JobContext, JobResult};

@@ -2,12 +2,14 @@
 //! scheduler status, a worker's share of a budget ([`ShareError`]), and the error type.
 
 mod builtin;
+mod client;
 pub(crate) mod share;
 pub(crate) mod state;
 pub(crate) mod status;
 mod worker;
 
 pub use builtin::BuiltinApp;
+pub use client::{ClientAddr, ForwardedProto};
 pub use share::ShareError;
 pub use status::{JobStatus, SchedulerStatus};
 pub use worker::Worker;

@@ -64,6 +64,7 @@ impl Cli {
         cmd.subcommand(clap::Command::new("serve").about("Run the server (the default)"))
             .subcommand(plan)
             .args(ALL.iter().filter_map(|d| arg(*d)))
+            .args(ALL.iter().filter_map(|d| negation(*d)))
     }
 
     /// The command line clap matched.
@@ -84,6 +85,9 @@ impl Cli {
             let id = flag.trim_start_matches('-');
             let values: Vec<String> = match form {
                 Form::Switch if matches.get_flag(id) => vec!["true".to_string()],
+                Form::Switch if negatable(*d) && matches.get_flag(&format!("no-{id}")) => {
+                    vec!["false".to_string()]
+                }
                 Form::Switch | Form::Tables => continue,
                 Form::Value | Form::Repeated => match matches.get_many::<String>(id) {
                     Some(v) => v.cloned().collect(),
@@ -113,6 +117,34 @@ impl Cli {
     }
 }
 
+/// Whether a switch is on by default, so it has a `--no-` flag to turn it off.
+fn negatable(d: &dyn Declared) -> bool {
+    d.form() == Form::Switch && d.about().default == Some("true")
+}
+
+/// `no-ID`, kept for the process's life as clap's ids are static (a few bytes, once per command).
+fn no_flag(id: &str) -> &'static str {
+    Box::leak(format!("no-{id}").into_boxed_str())
+}
+
+/// The `--no-NAME` flag of a switch on by default (uvicorn's `--no-access-log`), the last of the two
+/// on the command line winning.
+fn negation(d: &dyn Declared) -> Option<Arg> {
+    if !negatable(d) {
+        return None;
+    }
+    let id = d.about().flag?.trim_start_matches('-');
+    let no = no_flag(id);
+    Some(
+        Arg::new(no)
+            .long(no)
+            .global(true)
+            .action(ArgAction::SetTrue)
+            .overrides_with(id)
+            .help(format!("Turn --{id} off")),
+    )
+}
+
 /// The flag of a declared setting, `None` for settings without one.
 fn arg(d: &dyn Declared) -> Option<Arg> {
     let about = d.about();
@@ -128,6 +160,7 @@ fn arg(d: &dyn Declared) -> Option<Arg> {
         arg = arg.value_name(name);
     }
     Some(match d.form() {
+        Form::Switch if negatable(d) => arg.action(ArgAction::SetTrue).overrides_with(no_flag(id)),
         Form::Switch => arg.action(ArgAction::SetTrue),
         Form::Repeated => arg.action(ArgAction::Append).value_parser(d.value_parser()),
         Form::Value | Form::Tables => arg.action(ArgAction::Set).value_parser(d.value_parser()),

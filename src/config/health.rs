@@ -92,6 +92,8 @@ pub struct Limits {
     pub limit_request_fields: usize,
     /// Requests whose request line and headers are larger (bytes) get 431.
     pub limit_request_header_size: u64,
+    /// The access log and the proxy headers.
+    pub access: crate::config::access::AccessSettings,
 }
 
 #[cfg(test)]

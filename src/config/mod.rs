@@ -11,6 +11,7 @@
 //! The other modules: [`values`] (domain enums and text parsers), [`kinds`] (how each type of value
 //! is read in each layer), [`job_tables`] (`[[jobs]]`), [`sizing`], [`cores`], [`health`].
 
+pub(crate) mod access;
 pub(crate) mod cli;
 pub(crate) mod cores;
 pub(crate) mod declare;
@@ -61,6 +62,15 @@ impl Settings {
             limit_request_body: self.limit_request_body,
             limit_request_fields: self.limit_request_fields,
             limit_request_header_size: self.limit_request_header_size,
+            access: crate::config::access::AccessSettings {
+                format: self.access_log.then(|| {
+                    self.access_log_format.clone().unwrap_or_else(|| {
+                        std::sync::Arc::new(access::AccessFormat::default_line())
+                    })
+                }),
+                proxy_headers: self.proxy_headers,
+                trusted: self.forwarded_allow_ips.clone(),
+            },
         }
     }
 

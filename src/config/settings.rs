@@ -8,8 +8,10 @@
 //! `config/hyperfork.toml` and regenerate the docs table. Tests check both.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::access::{AccessFormat, LogFormat, Trusted, TrustedIps};
 use super::declare::settings;
 use super::job_tables::jobs;
 use super::kinds::{
@@ -167,6 +169,43 @@ settings! {
             toml: "log_file",
             unset: "stderr",
             value_name: "FILE",
+        }
+
+        /// Log one line per request (INFO, target hyperfork::access); --no-access-log turns it off
+        pub access_log: bool = ACCESS_LOG: Switch {
+            flag: "--access-log",
+            env: ["HYPERFORK_ACCESS_LOG"],
+            toml: "access_log",
+            default: "true",
+        }
+
+        /// The access-log line, with gunicorn's atoms such as %(h)s %(r)s %(s)s %(b)s %(D)s
+        /// %({header}i)s (see docs/operations.md)
+        pub access_log_format: Option<Arc<AccessFormat>> = ACCESS_LOG_FORMAT: LogFormat {
+            flag: "--access-log-format",
+            env: ["HYPERFORK_ACCESS_LOG_FORMAT"],
+            toml: "access_log_format",
+            unset: "CLIENT - \"REQUEST LINE\" STATUS BYTES 0.4ms",
+            value_name: "FORMAT",
+        }
+
+        /// Believe X-Forwarded-For and X-Forwarded-Proto from the --forwarded-allow-ips peers;
+        /// --no-proxy-headers turns it off
+        pub proxy_headers: bool = PROXY_HEADERS: Switch {
+            flag: "--proxy-headers",
+            env: ["HYPERFORK_PROXY_HEADERS"],
+            toml: "proxy_headers",
+            default: "true",
+        }
+
+        /// Peers trusted to send proxy headers: comma-separated IPs, CIDRs or *; unix-socket peers
+        /// are always trusted
+        pub forwarded_allow_ips: Trusted = FORWARDED_ALLOW_IPS: TrustedIps {
+            flag: "--forwarded-allow-ips",
+            env: ["FORWARDED_ALLOW_IPS", "HYPERFORK_FORWARDED_ALLOW_IPS"],
+            toml: "forwarded_allow_ips",
+            default: "127.0.0.1",
+            value_name: "IPS",
         }
 
         /// Write the master's pid to this file (atomically), removed on exit

@@ -16,6 +16,8 @@ use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Version};
 
 use crate::app::BoxError;
+use crate::config::access::AccessSettings;
+use crate::worker::access::{self, Logged, Peer, Record};
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
 
 /// Called with the request count when a worker reaches its request limit.
@@ -37,13 +39,25 @@ pub(crate) struct Guarded<S> {
     pub(crate) max_requests: Option<(u64, OnMaxRequests)>,
     /// This connection's requests, for its deadlines (set per connection).
     pub(crate) conn: Option<Arc<ConnRequests>>,
+    /// The access log and proxy-header settings.
+    pub(crate) access: Arc<AccessSettings>,
+    /// This connection's peer (set per connection).
+    pub(crate) peer: Peer,
+    /// Whether the peer may set proxy headers (unix-socket peers may).
+    pub(crate) peer_trusted: bool,
 }
 
 impl<S: Clone> Guarded<S> {
-    /// A copy for one connection.
-    pub(crate) fn for_connection(&self, conn: Arc<ConnRequests>) -> Guarded<S> {
+    /// A copy for one connection, from `peer`.
+    pub(crate) fn for_connection(&self, conn: Arc<ConnRequests>, peer: Peer) -> Guarded<S> {
+        let peer_trusted = match peer {
+            Peer::Tcp(addr) => self.access.trusted.contains(addr.ip()),
+            Peer::Unix => true,
+        };
         Guarded {
             conn: Some(conn),
+            peer,
+            peer_trusted,
             ..self.clone()
         }
     }
@@ -58,8 +72,12 @@ impl Drop for InFlight {
     }
 }
 
-/// The response body: the app's, tracked until sent, or an empty one hyperfork answered with.
-pub(crate) type GuardedBody<B> = Either<Tracked<B>, Empty<<B as Body>::Data>>;
+/// The response body: the app's, tracked until sent, or an empty one hyperfork answered with; logged
+/// when the access log is on.
+pub(crate) type GuardedBody<B> = Logged<Inner<B>>;
+
+/// The app's body or hyperfork's empty one.
+pub(crate) type Inner<B> = Either<Tracked<B>, Empty<<B as Body>::Data>>;
 
 pin_project_lite::pin_project! {
     /// A response body that holds its request's guard until it is sent in full or dropped, so the
@@ -127,7 +145,32 @@ where
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let (client, proto) = access::client(&req, self.peer, self.peer_trusted, &self.access);
+        let record = self
+            .access
+            .format
+            .as_ref()
+            .map(|format| Box::new(Record::new(format, &req, client.clone())));
+        let extensions = req.extensions_mut();
+        extensions.insert(client);
+        if let Some(proto) = proto {
+            extensions.insert(proto);
+        }
+        self.answer(req, record)
+    }
+}
+
+impl<S, B> Guarded<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+{
+    /// The checks, then the app's answer; `record` is the request's access-log line, if logged.
+    fn answer(&self, req: Request<Incoming>, record: Option<Box<Record>>) -> Answer<B> {
         let http1 = req.version() <= Version::HTTP_11;
         let draining = self.draining.clone();
         // The header is complete: the connection's header deadline no longer applies.
@@ -135,7 +178,7 @@ where
         if http1 {
             if let Some(why) = bad_host(&req) {
                 tracing::debug!("{} {}: {why}; answered 400", req.method(), req.uri().path());
-                return ready(closing(StatusCode::BAD_REQUEST));
+                return ready(closing(StatusCode::BAD_REQUEST), record);
             }
         }
         if let Some((max, on_max)) = &self.max_requests {
@@ -157,7 +200,7 @@ where
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                return ready(resp);
+                return ready(resp, record);
             }
         }
         let now = self.inflight.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +214,7 @@ where
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            return ready(resp);
+            return ready(resp, record);
         }
         let (method, uri) = (req.method().clone(), req.uri().clone());
         // A panicking handler costs its request a 500, not the worker or the connection.
@@ -199,7 +242,7 @@ where
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(resp)
+            Ok(logged(resp, record))
         })
     }
 }
@@ -207,22 +250,36 @@ where
 type Answer<B> = Pin<Box<dyn Future<Output = Result<Response<GuardedBody<B>>, BoxError>> + Send>>;
 
 /// A response hyperfork gives on the app's behalf, as the service's future.
-fn ready<B: Body + Send + 'static>(resp: Response<GuardedBody<B>>) -> Answer<B>
+fn ready<B: Body + Send + 'static>(
+    resp: Response<Inner<B>>,
+    record: Option<Box<Record>>,
+) -> Answer<B>
 where
     B::Data: Send,
 {
-    Box::pin(std::future::ready(Ok(resp)))
+    Box::pin(std::future::ready(Ok(logged(resp, record))))
+}
+
+/// `resp` with its body logged by `record`, if any.
+fn logged<B: Body>(
+    resp: Response<Inner<B>>,
+    mut record: Option<Box<Record>>,
+) -> Response<GuardedBody<B>> {
+    if let Some(record) = record.as_mut() {
+        record.respond(&resp);
+    }
+    resp.map(|body| Logged::new(body, record))
 }
 
 /// An empty response with `status`.
-fn empty<B: Body>(status: StatusCode) -> Response<GuardedBody<B>> {
+fn empty<B: Body>(status: StatusCode) -> Response<Inner<B>> {
     let mut resp = Response::new(Either::Right(Empty::new()));
     *resp.status_mut() = status;
     resp
 }
 
 /// An empty response with `status` after which the connection closes.
-fn closing<B: Body>(status: StatusCode) -> Response<GuardedBody<B>> {
+fn closing<B: Body>(status: StatusCode) -> Response<Inner<B>> {
     let mut resp = empty(status);
     resp.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -17,6 +17,7 @@
 //! Exit status 3 means the app failed to boot; the master counts those towards giving up.
 
 mod accept;
+mod access;
 mod connection;
 pub(crate) mod deadlines;
 mod guard;

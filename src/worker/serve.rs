@@ -27,6 +27,7 @@ use crate::config::health::Limits;
 use crate::shared::balance::{Balancer, Member};
 use crate::shared::listener::Listener;
 use crate::worker::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
+use crate::worker::access::Peer;
 use crate::worker::connection::{self, Idle, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
@@ -64,6 +65,12 @@ impl std::fmt::Debug for ServeControl {
             .finish_non_exhaustive()
     }
 }
+
+/// The peer of a TCP connection whose address cannot be read (it closed at once).
+const UNKNOWN_PEER: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
 
 /// The header-field limit hyper applies when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
@@ -150,6 +157,9 @@ where
         served: Arc::new(AtomicU64::new(0)),
         max_requests,
         conn: None,
+        access: Arc::new(limits.access.clone()),
+        peer: Peer::Unix,
+        peer_trusted: true,
     };
     let timing = Timing {
         keep_alive: limits.timeout_keep_alive,
@@ -259,14 +269,14 @@ struct Conns<S> {
 
 impl<S> Conns<S> {
     /// Serves one accepted connection on its own task.
-    fn spawn<B, I>(&self, io: I, open: Option<crate::shared::balance::OpenConnection>)
+    fn spawn<B, I>(&self, io: I, peer: Peer, open: Option<crate::shared::balance::OpenConnection>)
     where
         S: HttpService<B>,
         B: ResponseBody,
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let requests = Arc::new(ConnRequests::default());
-        let service = self.service.for_connection(requests.clone());
+        let service = self.service.for_connection(requests.clone(), peer);
         let io = Deadlines::new(
             io,
             requests.clone(),
@@ -329,9 +339,11 @@ async fn accept_loop<S, B>(
                 match io {
                     Stream::Tcp(s) => {
                         let _ = s.set_nodelay(true);
-                        conns.spawn::<B, _>(s, open);
+                        // A peer gone already fails its first read; it is logged as the wildcard.
+                        let peer = s.peer_addr().unwrap_or(UNKNOWN_PEER);
+                        conns.spawn::<B, _>(s, Peer::Tcp(peer), open);
                     }
-                    Stream::Unix(s) => conns.spawn::<B, _>(s, open),
+                    Stream::Unix(s) => conns.spawn::<B, _>(s, Peer::Unix, open),
                 }
             }
             Err(e) if is_connection_error(&e) => {}
