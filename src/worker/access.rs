@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Buf, Frame, SizeHint};
 use hyper::header::HeaderValue;
@@ -113,12 +113,15 @@ impl Record {
 
     /// Writes the line.
     fn emit(&self) {
-        tracing::info!(target: "hyperfork::access", "{self}");
+        let line = Line {
+            record: self,
+            elapsed: self.start.elapsed(),
+        };
+        tracing::info!(target: "hyperfork::access", "{line}");
     }
 
-    /// One atom's text.
-    fn atom(&self, atom: &Atom, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let elapsed = self.start.elapsed();
+    /// One atom's text, the request having taken `elapsed`.
+    fn atom(&self, atom: &Atom, elapsed: Duration, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match atom {
             Atom::Literal(text) => f.write_str(text),
             Atom::Client => write!(f, "{}", self.client),
@@ -153,9 +156,19 @@ impl Record {
     }
 }
 
-impl fmt::Display for Record {
+/// A finished record, as its line (the clock read once).
+struct Line<'a> {
+    record: &'a Record,
+    elapsed: Duration,
+}
+
+impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.format.atoms.iter().try_for_each(|a| self.atom(a, f))
+        let r = self.record;
+        r.format
+            .atoms
+            .iter()
+            .try_for_each(|a| r.atom(a, self.elapsed, f))
     }
 }
 
