@@ -1,17 +1,14 @@
 //! The access log and the proxy headers, per request: who the client is ([`client`], uvicorn's rule
-//! for `X-Forwarded-For`), and the access-log [`Record`] carried by the response body ([`Logged`])
+//! for `X-Forwarded-For`), and the access-log [`Record`] carried by the response body (`guard::Tracked`)
 //! until the body is sent or dropped, then written as one INFO line under `hyperfork::access`.
 //!
 //! With the access log off, a request costs no allocation here: the body wrapper holds `None`.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Buf, Frame, SizeHint};
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 
@@ -112,7 +109,13 @@ impl Record {
     }
 
     /// Writes the line.
-    fn emit(&self) {
+    /// Counts `n` more body bytes sent.
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    /// Writes the line.
+    pub(crate) fn emit(&self) {
         let line = Line {
             record: self,
             elapsed: self.start.elapsed(),
@@ -183,68 +186,6 @@ fn header(f: &mut fmt::Formatter<'_>, value: Option<&Option<HeaderValue>>) -> fm
 /// The values of `names` in `map` (the first of each).
 fn headers(map: &HeaderMap, names: &[String]) -> Vec<Option<HeaderValue>> {
     names.iter().map(|n| map.get(n.as_str()).cloned()).collect()
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that counts the bytes sent and writes its request's access-log line when it
-    /// ends or is dropped.
-    pub(crate) struct Logged<B> {
-        #[pin]
-        inner: B,
-        record: Option<Box<Record>>,
-    }
-
-    impl<B> PinnedDrop for Logged<B> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(record) = this.project().record.take() {
-                record.emit();
-            }
-        }
-    }
-}
-
-impl<B> Logged<B> {
-    /// `inner`, logged with `record` (`None`: not logged).
-    pub(crate) fn new(inner: B, record: Option<Box<Record>>) -> Logged<B> {
-        Logged { inner, record }
-    }
-}
-
-impl<B: Body> Body for Logged<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = this.inner.poll_frame(cx);
-        if let Some(record) = this.record.as_mut() {
-            match &frame {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        record.bytes += data.remaining() as u64;
-                    }
-                }
-                Poll::Ready(None) => {
-                    if let Some(record) = this.record.take() {
-                        record.emit();
-                    }
-                }
-                _ => {}
-            }
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http_body_util::{Either, Empty};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Buf, Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode, Version};
 
 use crate::app::BoxError;
 use crate::config::access::AccessSettings;
-use crate::worker::access::{self, Logged, Peer, Record};
+use crate::worker::access::{self, Peer, Record};
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
 
 /// Called with the request count when a worker reaches its request limit.
@@ -72,20 +72,29 @@ impl Drop for InFlight {
     }
 }
 
-/// The response body: the app's, tracked until sent, or an empty one hyperfork answered with; logged
-/// when the access log is on.
-pub(crate) type GuardedBody<B> = Logged<Inner<B>>;
+/// The response body: the app's, or an empty one hyperfork answered with, tracked until sent.
+pub(crate) type GuardedBody<B> = Tracked<Inner<B>>;
 
 /// The app's body or hyperfork's empty one.
-pub(crate) type Inner<B> = Either<Tracked<B>, Empty<<B as Body>::Data>>;
+pub(crate) type Inner<B> = Either<B, Empty<<B as Body>::Data>>;
 
 pin_project_lite::pin_project! {
-    /// A response body that holds its request's guard until it is sent in full or dropped, so the
-    /// connection knows a response is still going out.
+    /// A response body with what ends when it is sent in full or dropped: its request's guard (the
+    /// connection knows a response is still going out) and its access-log record (the bytes sent
+    /// are counted, the line written at the end).
     pub(crate) struct Tracked<B> {
         #[pin]
         inner: B,
         request: Option<RequestGuard>,
+        record: Option<Box<Record>>,
+    }
+
+    impl<B> PinnedDrop for Tracked<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(record) = this.project().record.take() {
+                record.emit();
+            }
+        }
     }
 }
 
@@ -99,8 +108,19 @@ impl<B: Body> Body for Tracked<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.request.take();
+        match &frame {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(record), Some(data)) = (this.record.as_mut(), f.data_ref()) {
+                    record.sent(data.remaining());
+                }
+            }
+            Poll::Ready(None) => {
+                this.request.take();
+                if let Some(record) = this.record.take() {
+                    record.emit();
+                }
+            }
+            _ => {}
         }
         frame
     }
@@ -226,9 +246,7 @@ where
             };
             drop(guard);
             let mut resp = match resp {
-                Ok(resp) => resp
-                    .map_err(Into::into)?
-                    .map(|inner| Either::Left(Tracked { inner, request })),
+                Ok(resp) => resp.map_err(Into::into)?.map(Either::Left),
                 Err(panic) => {
                     tracing::error!(
                         "handler for {method} {} panicked ({}); answered 500",
@@ -242,7 +260,7 @@ where
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(logged(resp, record))
+            Ok(tracked(resp, request, record))
         })
     }
 }
@@ -257,18 +275,23 @@ fn ready<B: Body + Send + 'static>(
 where
     B::Data: Send,
 {
-    Box::pin(std::future::ready(Ok(logged(resp, record))))
+    Box::pin(std::future::ready(Ok(tracked(resp, None, record))))
 }
 
-/// `resp` with its body logged by `record`, if any.
-fn logged<B: Body>(
+/// `resp` with its body tracked: holding `request` and logged by `record`, if any.
+fn tracked<B: Body>(
     resp: Response<Inner<B>>,
+    request: Option<RequestGuard>,
     mut record: Option<Box<Record>>,
 ) -> Response<GuardedBody<B>> {
     if let Some(record) = record.as_mut() {
         record.respond(&resp);
     }
-    resp.map(|body| Logged::new(body, record))
+    resp.map(|inner| Tracked {
+        inner,
+        request,
+        record,
+    })
 }
 
 /// An empty response with `status`.
