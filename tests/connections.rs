@@ -144,6 +144,18 @@ fn h2_open(port: u16) -> TcpStream {
     s
 }
 
+/// Sends a complete `GET path` on stream `stream`.
+fn h2_get(s: &mut TcpStream, stream: u32, path: &str) {
+    let block = header_block(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "t"),
+        (":path", path),
+    ]);
+    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, stream, &block))
+        .expect("send a request");
+}
+
 /// Frames read until the server closes the connection or `limit` passes: (type, flags, stream).
 /// PINGs are not answered. Returns the frames and whether the connection closed.
 fn h2_frames_until_close(s: &mut TcpStream, limit: Duration) -> (Vec<(u8, u8, u32)>, bool) {
@@ -204,14 +216,7 @@ fn idle_and_half_sent_http2_connections_are_closed_after_the_timeout() {
     // Idle after a request: served, then closed.
     let after = std::thread::spawn(move || {
         let mut s = h2_open(port);
-        let block = header_block(&[
-            (":method", "GET"),
-            (":scheme", "http"),
-            (":authority", "t"),
-            (":path", "/health"),
-        ]);
-        s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
-            .unwrap();
+        h2_get(&mut s, 1, "/health");
         h2_frames_until_close(&mut s, Duration::from_secs(30))
     });
     for (name, t) in [
@@ -240,14 +245,7 @@ fn idle_and_half_sent_http2_connections_are_closed_after_the_timeout() {
 fn an_http2_request_longer_than_the_keep_alive_timeout_completes() {
     let p = faults(&["--workers", "1", "--timeout-keep-alive", "1"]);
     let mut s = h2_open(p.port);
-    let block = header_block(&[
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":authority", "t"),
-        (":path", "/sleep?ms=3000"),
-    ]);
-    s.write_all(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
-        .unwrap();
+    h2_get(&mut s, 1, "/sleep?ms=3000");
     let (frames, _closed) = h2_frames_until_close(&mut s, Duration::from_secs(30));
     assert!(
         frames
