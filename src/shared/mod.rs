@@ -1,8 +1,10 @@
 //! What crosses the fork: the control pipe between master and workers, the shared-memory accept
-//! table, the listening sockets, process titles, and the signal mask.
+//! table, the listening sockets, process titles, the signal mask, and the control socket's protocol.
 
 pub(crate) mod balance;
 pub(crate) mod control;
+#[allow(dead_code)] // Until the master serves it and `hyperfork ctl` sends it (in progress).
+pub(crate) mod ctl_wire;
 pub(crate) mod listener;
 pub(crate) mod proctitle;
 pub(crate) mod sigmask;
