@@ -446,6 +446,8 @@ impl<S: Send + Sync + 'static> Server<S> {
             pid_file: settings.pid_file.clone(),
             accept: settings.accept,
             max_surge: settings.max_surge,
+            metrics_bind: settings.metrics_bind,
+            control_socket: None,
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),

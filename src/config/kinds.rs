@@ -246,6 +246,24 @@ impl Kind for Text {
     }
 }
 
+/// A TCP address with an IP literal: `HOST:PORT`, `[IPv6]:PORT`, or `localhost:PORT`.
+pub(crate) struct TcpAddress;
+
+impl Kind for TcpAddress {
+    type Value = std::net::SocketAddr;
+    const EXPECTED: &'static str = "an address like 127.0.0.1:9100";
+    fn parse(text: &str) -> Result<std::net::SocketAddr, String> {
+        let t = text.trim();
+        let t = match t.strip_prefix("localhost:") {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => t.to_string(),
+        };
+        t.parse().map_err(|_| {
+            format!("expected an address like 127.0.0.1:9100 or [::1]:9100, got {text:?}")
+        })
+    }
+}
+
 /// A file path; an empty one is refused on the command line.
 pub(crate) struct Path;
 

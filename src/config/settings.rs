@@ -16,7 +16,7 @@ use super::declare::settings;
 use super::job_tables::jobs;
 use super::kinds::{
     Addresses, Backlog, Bytes, Choice, Mode, NonNegative, Path, Port, Positive, Seconds, Switch,
-    Tables, Text,
+    Tables, TcpAddress, Text,
 };
 use super::layers::Sourced;
 use super::rules::binds;
@@ -187,6 +187,16 @@ settings! {
             toml: "access_log_format",
             unset: "CLIENT - \"REQUEST LINE\" STATUS BYTES 0.4ms",
             value_name: "FORMAT",
+        }
+
+        /// Serve Prometheus metrics at http://ADDRESS/metrics from the master, e.g. 127.0.0.1:9100;
+        /// never on the app's port
+        pub metrics_bind: Option<std::net::SocketAddr> = METRICS_BIND: TcpAddress {
+            flag: "--metrics-bind",
+            env: ["HYPERFORK_METRICS_BIND"],
+            toml: "metrics_bind",
+            unset: "off",
+            value_name: "ADDRESS",
         }
 
         /// Believe X-Forwarded-For and X-Forwarded-Proto from the --forwarded-allow-ips peers;

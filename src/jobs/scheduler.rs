@@ -183,6 +183,11 @@ async fn apply_catch_up(job: &Arc<Job>, after: DateTime<Utc>, now: DateTime<Utc>
         );
         ctx.status
             .update(&job.name, |s| s.skipped += c.skipped as u64);
+        ctx.control.send(&Message::JobSkip {
+            pid: ctx.worker.pid() as i32,
+            count: c.skipped as u64,
+            job: job.name.clone(),
+        });
     }
     if c.coalesced > 0 {
         tracing::info!(
@@ -211,6 +216,11 @@ async fn fire(job: &Arc<Job>, tick: DateTime<Utc>, ctx: &LoopCtx) {
             rfc3339(tick)
         );
         ctx.status.update(&job.name, |s| s.skipped += 1);
+        ctx.control.send(&Message::JobSkip {
+            pid: ctx.worker.pid() as i32,
+            count: 1,
+            job: job.name.clone(),
+        });
         return;
     }
     // Report first: the master records the tick before the run can have any effect.
@@ -225,9 +235,10 @@ async fn fire(job: &Arc<Job>, tick: DateTime<Utc>, ctx: &LoopCtx) {
         s.last_tick = Some(rfc3339(tick));
     });
     let (job, status, worker) = (job.clone(), ctx.status.clone(), ctx.worker.clone());
-    let state = ctx.state.clone();
+    let (state, control) = (ctx.state.clone(), ctx.control);
     ctx.runs.spawn(async move {
         let started = Instant::now();
+        let worker_pid = worker.pid() as i32;
         let outcome = run_once(&job, tick, worker, &state).await;
         let took = started.elapsed();
         let ms = took.as_millis() as u64;
@@ -245,6 +256,12 @@ async fn fire(job: &Arc<Job>, tick: DateTime<Utc>, ctx: &LoopCtx) {
                 rfc3339(tick)
             ),
         }
+        control.send(&Message::JobEnd {
+            pid: worker_pid,
+            ok: outcome.is_ok(),
+            duration_ms: ms,
+            job: job.name.clone(),
+        });
         status.update(&job.name, |s| {
             s.running = s.running.saturating_sub(1);
             s.last_finished = Some(rfc3339(Utc::now()));

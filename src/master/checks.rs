@@ -7,6 +7,7 @@ use nix::unistd::Pid;
 
 use super::children::ChildPhase;
 use super::reload::Replacement;
+use super::tally::Cause;
 use super::{Master, Phase};
 use crate::config::health::{KILL_GRACE, MEMORY_SAMPLE, mib, rss_bytes};
 
@@ -41,6 +42,7 @@ impl Master<'_> {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             if let Some(c) = self.children.get_mut(&pid) {
                 c.boot_killed = true;
+                c.ending = Some(Cause::BootTimeout);
             }
         }
     }
@@ -114,6 +116,7 @@ impl Master<'_> {
                             mib(rss),
                             mib(limit)
                         ),
+                        Cause::Memory,
                     );
                 }
             }
@@ -129,13 +132,17 @@ impl Master<'_> {
             .children
             .iter()
             .filter(|(_, c)| c.is_ready())
-            .filter_map(|(pid, c)| c.recycle.as_ref().map(|(since, _)| (*since, c.slot, *pid)))
+            .filter_map(|(pid, c)| {
+                c.recycle
+                    .as_ref()
+                    .map(|(since, _, _)| (*since, c.slot, *pid))
+            })
             .min();
         let Some((_, slot, pid)) = next else {
             return;
         };
-        if let Some((_, why)) = self.children.get_mut(&pid).and_then(|c| c.recycle.take()) {
-            self.recycle(slot, pid, &why);
+        if let Some((_, why, cause)) = self.children.get_mut(&pid).and_then(|c| c.recycle.take()) {
+            self.recycle(slot, pid, &why, cause);
         }
     }
 
@@ -149,7 +156,7 @@ impl Master<'_> {
             humantime::format_duration(self.args.health.timeout),
             humantime::format_duration(KILL_GRACE)
         );
-        self.retire(pid, KILL_GRACE);
+        self.retire(pid, KILL_GRACE, Cause::Heartbeat);
         if self
             .replacement()
             .is_some_and(|r| r.in_flight().contains(&slot))
@@ -166,8 +173,8 @@ impl Master<'_> {
 
     /// Replaces the worker of `slot` the zero-downtime way: its successor first, then it drains. One
     /// slot at a time: while another replacement, a reload or an upgrade runs, the request waits its
-    /// turn.
-    pub(super) fn recycle(&mut self, slot: usize, pid: Pid, why: &str) {
+    /// turn. `cause` is what its exit counts as.
+    pub(super) fn recycle(&mut self, slot: usize, pid: Pid, why: &str, cause: Cause) {
         let during_start = match self.phase {
             Phase::Stopping { .. } => return,
             Phase::Starting | Phase::Running if !self.upgrading() => {
@@ -175,13 +182,13 @@ impl Master<'_> {
             }
             _ => {
                 if let Some(c) = self.children.get_mut(&pid).filter(|c| c.recycle.is_none()) {
-                    c.recycle = Some((Instant::now(), why.to_string()));
+                    c.recycle = Some((Instant::now(), why.to_string(), cause));
                 }
                 return;
             }
         };
         tracing::info!("worker {slot} (pid {pid}) {why}; replacing it");
-        let r = Replacement::recycle(slot, self.pool.size(), during_start);
+        let r = Replacement::recycle(slot, cause, self.pool.size(), during_start);
         self.phase = Phase::Replacing(r);
         self.step_replacement();
     }

@@ -11,10 +11,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid, fork};
 
 use super::Master;
+use super::tally::Cause;
 use crate::shared::control;
 use crate::worker::{self, ChildArgs};
 
@@ -31,7 +32,7 @@ pub(super) struct Child {
     pub last_beat: Option<Instant>,
     /// A replacement it needs (past its request or memory limit) that waits for its turn: since
     /// when, and why.
-    pub recycle: Option<(Instant, String)>,
+    pub recycle: Option<(Instant, String, super::tally::Cause)>,
     /// Where it is in its life.
     pub phase: ChildPhase,
     /// Sent `SIGKILL` for not being ready within the boot timeout (its death is a boot failure).
@@ -39,6 +40,14 @@ pub(super) struct Child {
     /// What it counts for under the surge bound: the pool size it was forked for plus the surge
     /// allowed then (see [`super::surge`]).
     pub parts: usize,
+    /// Why the master stopped it, once it did (its exit is counted under this cause).
+    pub ending: Option<Cause>,
+    /// When it reported ready.
+    pub ready_at: Option<Instant>,
+    /// The configuration generation it was forked with.
+    pub generation: u64,
+    /// Its CPU seconds when last sampled, and when: for the CPU use between two samples.
+    pub cpu_sample: Option<(Instant, f64)>,
 }
 
 /// Where a worker is in its life.
@@ -151,6 +160,7 @@ impl Master<'_> {
                 health: self.args.health,
                 app: self.args.app,
                 balance: self.balance,
+                stats: self.stats,
                 generation: self.generation,
                 max_surge,
             }),
@@ -165,8 +175,13 @@ impl Master<'_> {
                     boot_killed: false,
                     phase: ChildPhase::Booting,
                     parts: super::surge::parts(pool_size, max_surge),
+                    ending: None,
+                    ready_at: None,
+                    generation: self.generation,
+                    cpu_sample: None,
                 };
                 self.children.insert(child, record);
+                self.tally.spawned(slot);
                 tracing::info!("booting worker {slot} (pid {child})");
                 self.pool.spawned(slot);
             }
@@ -190,17 +205,27 @@ impl Master<'_> {
         self.pool.reattach(slot);
     }
 
-    /// Gracefully stops a worker: `SIGTERM` now, `SIGKILL` if it still runs after `grace`.
-    pub(super) fn retire(&mut self, pid: Pid, grace: Duration) {
+    /// Gracefully stops a worker for `cause`: `SIGTERM` now, `SIGKILL` if it still runs after
+    /// `grace`.
+    pub(super) fn retire(&mut self, pid: Pid, grace: Duration, cause: Cause) {
         let _ = kill(pid, Signal::SIGTERM);
         let kill_at = Some(Instant::now() + grace);
         self.set_phase(pid, ChildPhase::Draining { kill_at });
+        self.set_ending(pid, cause);
     }
 
-    /// Kills a worker at once.
-    pub(super) fn kill_now(&mut self, pid: Pid) {
+    /// Kills a worker at once, for `cause`.
+    pub(super) fn kill_now(&mut self, pid: Pid, cause: Cause) {
         let _ = kill(pid, Signal::SIGKILL);
         self.set_phase(pid, ChildPhase::Draining { kill_at: None });
+        self.set_ending(pid, cause);
+    }
+
+    /// Notes why the master stops `pid` (the first reason given stands).
+    pub(super) fn set_ending(&mut self, pid: Pid, cause: Cause) {
+        if let Some(c) = self.children.get_mut(&pid) {
+            c.ending.get_or_insert(cause);
+        }
     }
 
     fn set_phase(&mut self, pid: Pid, phase: ChildPhase) {
@@ -209,8 +234,8 @@ impl Master<'_> {
         }
     }
 
-    /// Stops the workers of the slots from `size` on, and removes those slots.
-    pub(super) fn shrink_pool(&mut self, size: usize) {
+    /// Stops the workers of the slots from `size` on (for `cause`), and removes those slots.
+    pub(super) fn shrink_pool(&mut self, size: usize, cause: Cause) {
         self.pool.truncate(size);
         let gone: Vec<Pid> = self
             .children
@@ -219,7 +244,7 @@ impl Master<'_> {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
-            self.retire(pid, self.args.graceful_timeout);
+            self.retire(pid, self.args.graceful_timeout, cause);
         }
     }
 
@@ -240,13 +265,39 @@ impl Master<'_> {
 
     /// Collects every exited child: the one place a record is removed.
     pub(super) fn reap(&mut self) {
-        while let Some((pid, how)) = reap_one() {
+        while let Some((pid, ended)) = reap_one() {
+            let how = ended.to_string();
             if self.successor.as_ref().is_some_and(|s| s.pid == pid) {
                 self.successor_exited(&how);
             } else if let Some(child) = self.children.remove(&pid) {
+                self.count_exit(pid, &child, &ended);
                 self.worker_died(pid, child, &how);
             }
         }
+    }
+
+    /// Counts a worker's exit under its cause, with its last counters and CPU time.
+    fn count_exit(&mut self, pid: Pid, child: &Child, ended: &Ended) {
+        let cause = child.ending.unwrap_or_else(|| {
+            if self.is_stopping() {
+                if self.successor.as_ref().is_some_and(|s| s.took_over()) {
+                    Cause::Upgrade
+                } else {
+                    Cause::Shutdown
+                }
+            } else if child.boot_killed {
+                Cause::BootTimeout
+            } else if matches!(ended.status, WaitStatus::Signaled(..)) {
+                Cause::Signal
+            } else if child.phase == ChildPhase::Booting {
+                Cause::BootFailure
+            } else {
+                Cause::Crash
+            }
+        });
+        let counts = self.stats.release(pid.as_raw() as u32);
+        self.tally
+            .exited(child.slot, cause, counts, ended.cpu_seconds);
     }
 
     /// Everything a worker's death changes.
@@ -303,20 +354,57 @@ impl Master<'_> {
     }
 }
 
-/// Collects one exited child without waiting: its pid and how it ended.
-fn reap_one() -> Option<(Pid, String)> {
+/// How a child ended: its wait status and the CPU time it used.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ended {
+    status: WaitStatus,
+    /// User plus system CPU seconds over its life.
+    cpu_seconds: f64,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            WaitStatus::Exited(_, code) => write!(f, "exited with status {code}"),
+            WaitStatus::Signaled(_, sig, core) => {
+                write!(f, "was killed by {sig}")?;
+                if core {
+                    f.write_str(" (core dumped)")?;
+                }
+                Ok(())
+            }
+            other => write!(f, "ended ({other:?})"),
+        }
+    }
+}
+
+/// Collects one exited child without waiting: its pid and how it ended (with `wait4`, which also
+/// gives the CPU time it used: `/proc` no longer has it).
+fn reap_one() -> Option<(Pid, Ended)> {
     loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                return Some((pid, format!("exited with status {code}")));
-            }
-            Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                let core = if core { " (core dumped)" } else { "" };
-                return Some((pid, format!("was killed by {sig}{core}")));
-            }
-            Ok(WaitStatus::StillAlive) | Err(_) => return None,
-            // Stopped or continued: not an exit.
-            Ok(_) => {}
+        let mut raw = 0;
+        // SAFETY: an all-zero `rusage` is a valid value of the plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only to the two out-pointers, which point to live locals of the right
+        // types.
+        let pid = unsafe { libc::wait4(-1, &mut raw, libc::WNOHANG, &mut usage) };
+        if pid <= 0 {
+            return None;
+        }
+        let pid = Pid::from_raw(pid);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let cpu_seconds = tv(usage.ru_utime) + tv(usage.ru_stime);
+        // Stopped or continued is not an exit (and not reported without WUNTRACED anyway).
+        if let Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
+            WaitStatus::from_raw(pid, raw)
+        {
+            return Some((
+                pid,
+                Ended {
+                    status,
+                    cpu_seconds,
+                },
+            ));
         }
     }
 }

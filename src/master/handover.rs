@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 
+use super::tally::Outcome;
 use super::{Master, Phase};
 use crate::master::upgrade::{self, Said, Stage, Step};
 
@@ -18,18 +19,20 @@ impl Master<'_> {
     pub(super) fn begin_upgrade(&mut self) {
         if self.upgrading() {
             tracing::warn!("SIGUSR2 ignored: a binary upgrade is already in progress");
-            return;
+            return self.upgrade_refused("a binary upgrade is already in progress");
         }
         if self.replacement().is_some() {
             tracing::warn!("SIGUSR2 ignored: a reload is in progress; send it again after it");
-            return;
+            return self.upgrade_refused("a reload is in progress; try again after it");
         }
         let Some(program) = self.args.program.as_ref() else {
             tracing::error!(
                 "SIGUSR2 ignored: the executable's path could not be read at start, so there is \
                  nothing to run"
             );
-            return;
+            return self.upgrade_refused(
+                "the executable's path could not be read at start, so there is nothing to run",
+            );
         };
         self.notifier.reloading();
         match upgrade::spawn(program, &self.args.listeners, self.args.activated) {
@@ -43,11 +46,28 @@ impl Master<'_> {
                 self.successor = Some(s);
             }
             Err(e) => {
-                tracing::error!("binary upgrade failed, this master keeps serving: {e}");
+                let message = format!("binary upgrade failed, this master keeps serving: {e}");
+                tracing::error!("{message}");
                 let status = self.status_line();
                 self.notifier.ready(&status);
+                self.upgrade_ended(Outcome::Aborted, message);
             }
         }
+    }
+
+    /// An upgrade refused before it started.
+    fn upgrade_refused(&mut self, why: &str) {
+        self.upgrade_ended(Outcome::Rejected, format!("binary upgrade refused: {why}"));
+    }
+
+    /// An upgrade ended: count it and answer whoever waits for it.
+    pub(super) fn upgrade_ended(&mut self, outcome: Outcome, message: String) {
+        self.tally.upgrade(outcome);
+        self.answer_waiters(
+            super::ctl::Awaited::Upgrade,
+            outcome == Outcome::Completed,
+            &message,
+        );
     }
 
     /// The old master's side of an upgrade: hand over when the new master is ready, give up on it
@@ -65,12 +85,14 @@ impl Master<'_> {
                 } else if now >= deadline {
                     s.stage = Stage::Abandoned;
                     let pid = s.pid;
-                    tracing::error!(
+                    let message = format!(
                         "binary upgrade failed: the new master (pid {pid}) was not ready within {}; \
                          stopping it, this master keeps serving",
                         humantime::format_duration(upgrade::READY_TIMEOUT)
                     );
+                    tracing::error!("{message}");
                     let _ = kill(pid, Signal::SIGTERM);
+                    self.upgrade_ended(Outcome::Aborted, message);
                 }
             }
             Stage::TookOver if s.channel.is_some() && self.lease.is_free() => {
@@ -96,6 +118,9 @@ impl Master<'_> {
         }
         // The new master owns the socket files and the pid file from now on.
         self.owns_files = false;
+        if let Some(ctl) = self.ctl.as_mut() {
+            ctl.hand_over();
+        }
         if let Some(p) = self.pid_file.take() {
             p.keep();
         }
@@ -109,6 +134,10 @@ impl Master<'_> {
             extended: None,
         };
         self.signal_all(Signal::SIGTERM);
+        self.upgrade_ended(
+            Outcome::Completed,
+            format!("upgraded: the new master (pid {new}) took over; this one drains and exits"),
+        );
     }
 
     /// The new master exited (it is this master's child until this one exits).
@@ -121,13 +150,17 @@ impl Master<'_> {
             return;
         }
         if !self.is_stopping() {
-            tracing::error!(
+            let message = format!(
                 "binary upgrade failed: the new master (pid {}) {how} before its workers were ready; \
                  this master keeps serving",
                 s.pid
             );
+            tracing::error!("{message}");
             let status = self.status_line();
             self.notifier.ready(&status);
+            if s.stage != Stage::Abandoned {
+                self.upgrade_ended(Outcome::Aborted, message);
+            }
         } else {
             tracing::debug!("the new master (pid {}) {how}", s.pid);
         }
@@ -181,6 +214,9 @@ impl Master<'_> {
         p.step = Step::Main;
         self.notifier.set_muted(false);
         self.owns_files = !self.args.activated;
+        if let Err(e) = self.open_ctl(true) {
+            tracing::error!("no control socket: {e}");
+        }
         if let Some(path) = self.args.pid_file.as_deref() {
             match crate::master::pidfile::PidFile::create(path) {
                 Ok(f) => self.pid_file = Some(f),

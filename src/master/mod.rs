@@ -19,16 +19,22 @@
 //! timeout. `SIGUSR2` starts a new master from the executable on disk and hands everything over to it
 //! once its workers are ready (see [`crate::master::upgrade`]).
 
+mod census;
 mod checks;
 mod children;
+mod ctl;
+mod endpoint;
+mod exposition;
 mod handover;
 pub(crate) mod lease;
+mod metrics;
 pub(crate) mod pidfile;
 pub(crate) mod pool;
 mod reload;
 pub(crate) mod signals;
 mod surge;
 pub(crate) mod systemd;
+mod tally;
 pub(crate) mod upgrade;
 
 use std::collections::HashMap;
@@ -102,6 +108,11 @@ pub(crate) struct MasterArgs<'a> {
     pub accept: crate::config::values::Accept,
     /// Most extra workers alive during a replacement (`--max-surge`).
     pub max_surge: usize,
+    /// Where to serve `/metrics` (`--metrics-bind`); `None`: nowhere.
+    pub metrics_bind: Option<std::net::SocketAddr>,
+    /// The control socket's path, and whether it was given explicitly (then failing to bind it is
+    /// fatal); `None`: no control socket.
+    pub control_socket: Option<(std::path::PathBuf, bool)>,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
@@ -158,16 +169,33 @@ struct Master<'a> {
     next_memory_sample: Instant,
     /// The accept-balancing table shared with the workers (balanced accept only).
     balance: Option<crate::shared::balance::Table>,
+    /// The workers' request counters, in shared memory.
+    stats: crate::shared::stats::Table,
+    /// What the master counts itself: exits by cause, reloads, jobs.
+    tally: tally::Tally,
+    /// When the master started.
+    started: Instant,
+    /// The `/metrics` socket (`--metrics-bind`).
+    metrics: Option<metrics::MetricsServer>,
+    /// The control socket (`hyperfork ctl`).
+    ctl: Option<ctl::CtlServer>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
 /// tokio.
 pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
     let mut master = Master::new(args)?;
+    // A new master of a binary upgrade binds it when it takes over.
+    if master.predecessor.is_none() {
+        master.open_ctl(false)?;
+    }
     let outcome = master.run_loop();
     if master.owns_files {
         crate::shared::listener::remove_unix_files(&master.args.listeners);
         crate::shared::listener::remove_unix_files(&master.retired_listeners);
+        if let Some(ctl) = &master.ctl {
+            ctl.remove_file();
+        }
     }
     Ok(outcome)
 }
@@ -201,6 +229,20 @@ impl<'a> Master<'a> {
             ),
             crate::config::values::Accept::Shared => None,
         };
+        let metrics = match args.metrics_bind {
+            Some(addr) => {
+                let server = metrics::MetricsServer::bind(addr)?;
+                if let Some(at) = server.local_addr() {
+                    tracing::info!("serving metrics at http://{at}/metrics");
+                }
+                Some(server)
+            }
+            None => None,
+        };
+        let stats = crate::shared::stats::Table::new().map_err(|source| StartError::Os {
+            what: "mapping the request counters' table",
+            source,
+        })?;
         Ok(Master {
             pool: Pool::new(args.workers, now),
             pid: nix::unistd::getpid(),
@@ -225,6 +267,11 @@ impl<'a> Master<'a> {
             title: String::new(),
             next_memory_sample: now,
             balance,
+            stats,
+            tally: tally::Tally::default(),
+            started: now,
+            metrics,
+            ctl: None,
         })
     }
 }
@@ -241,6 +288,8 @@ impl Master<'_> {
             self.drive_upgrade(now);
             self.kill_overdue_drains(now);
             self.report(now);
+            self.serve_metrics(now);
+            self.serve_ctl(now);
             let ended = if self.is_stopping() {
                 self.wind_down(now)
             } else {
@@ -293,6 +342,20 @@ impl Master<'_> {
         if let Some(p) = self.predecessor.as_ref() {
             fds.push(PollFd::new(p.channel.fd(), PollFlags::POLLIN));
         }
+        let endpoints = self
+            .metrics
+            .as_ref()
+            .map(|m| m.poll_fd())
+            .into_iter()
+            .chain(self.ctl.iter().flat_map(|c| c.poll_fds()));
+        for (fd, writing) in endpoints {
+            let flags = if writing {
+                PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
+            fds.push(PollFd::new(fd, flags));
+        }
         let _ = poll(&mut fds, PollTimeout::from(ms));
     }
 
@@ -322,6 +385,8 @@ impl Master<'_> {
             upgrade,
             health,
             self.notifier.watchdog_deadline(),
+            self.metrics.as_ref().and_then(|m| m.deadline()),
+            self.ctl.as_ref().and_then(|c| c.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -351,7 +416,9 @@ impl Master<'_> {
             }
             Intent::Reload => self.begin_reload(),
             Intent::Upgrade => self.begin_upgrade(),
-            Intent::ReopenLogs => self.reopen_logs(),
+            Intent::ReopenLogs => {
+                let _ = self.reopen_logs();
+            }
             Intent::AddWorker => self.resize(1),
             Intent::RemoveWorker => self.resize(-1),
         }
@@ -377,7 +444,7 @@ impl Master<'_> {
             Message::Recycle { served, .. } => {
                 if let Some(slot) = slot {
                     let why = format!("served {served} requests, its --max-requests limit");
-                    self.recycle(slot, pid, &why);
+                    self.recycle(slot, pid, &why, tally::Cause::MaxRequests);
                 }
             }
             Message::BootError { text, .. } => {
@@ -386,12 +453,31 @@ impl Master<'_> {
                 }
             }
             Message::JobStart { tick_ms, job, .. } => {
+                let t = self.tally.job(&job);
+                t.runs += 1;
+                t.running += 1;
                 if !self.lease.job_started(pid, &job, tick_ms) {
                     tracing::error!(
                         "pid {pid} reported a run of job {job:?} without holding the scheduler lease"
                     );
                 }
             }
+            Message::JobEnd {
+                ok,
+                duration_ms,
+                job,
+                ..
+            } => {
+                let t = self.tally.job(&job);
+                t.running = t.running.saturating_sub(1);
+                t.last_duration = Some(Duration::from_millis(duration_ms));
+                if ok {
+                    t.last_success = Some(SystemTime::now());
+                } else {
+                    t.failures += 1;
+                }
+            }
+            Message::JobSkip { count, job, .. } => self.tally.job(&job).skips += count,
             Message::Released { .. } => {
                 if self.lease.ended(pid) {
                     tracing::info!("pid {pid} released the scheduler lease");
@@ -405,9 +491,14 @@ impl Master<'_> {
         let Some(child) = self.children.get_mut(&pid).filter(|c| c.in_pool()) else {
             return;
         };
+        let now = Instant::now();
         child.phase = ChildPhase::Ready;
-        child.last_beat = Some(Instant::now());
+        child.last_beat = Some(now);
+        child.ready_at = Some(now);
         let slot = child.slot;
+        self.tally
+            .boot
+            .insert(slot, now.saturating_duration_since(child.started));
         self.pool.ready(slot);
         tracing::debug!("worker {slot} (pid {pid}) is ready");
         self.replacement_ready(slot, pid);
@@ -513,17 +604,28 @@ impl Master<'_> {
         }
     }
 
-    /// `SIGUSR1`: reopen the log file here and in every worker.
-    fn reopen_logs(&mut self) {
+    /// `SIGUSR1` (or `ctl reopen-logs`): reopen the log file here and in every worker. Returns what
+    /// happened, or why it failed.
+    fn reopen_logs(&mut self) -> Result<String, String> {
         match crate::logging::reopen() {
             Ok(Some(path)) => {
-                tracing::info!("SIGUSR1: reopened the log file {}", path.display());
+                let m = format!("reopened the log file {}", path.display());
+                tracing::info!("{m}");
                 for pid in self.children.keys() {
                     let _ = kill(*pid, Signal::SIGUSR1);
                 }
+                Ok(m)
             }
-            Ok(None) => tracing::info!("SIGUSR1: logging to stderr, no log file to reopen"),
-            Err(e) => tracing::error!("SIGUSR1: {e}; still writing to the file already open"),
+            Ok(None) => {
+                let m = "logging to stderr, no log file to reopen".to_string();
+                tracing::info!("{m}");
+                Ok(m)
+            }
+            Err(e) => {
+                let m = format!("{e}; still writing to the file already open");
+                tracing::error!("{m}");
+                Err(m)
+            }
         }
     }
 
@@ -638,6 +740,8 @@ fn sender(msg: &Message) -> Pid {
     let (Message::Ready { pid }
     | Message::BootError { pid, .. }
     | Message::JobStart { pid, .. }
+    | Message::JobEnd { pid, .. }
+    | Message::JobSkip { pid, .. }
     | Message::Released { pid }
     | Message::Alive { pid }
     | Message::Recycle { pid, .. }) = msg;

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::tally::{Cause, Outcome};
 use super::{Master, Phase, Reloaded};
 use crate::jobs::Job;
 use crate::master::pool::GIVE_UP_AFTER;
@@ -42,8 +43,9 @@ pub(super) enum Replace {
     Reload,
     /// `SIGTTIN`: every slot, in the same configuration, for a pool one larger; then the new slot.
     Grow,
-    /// The worker of this slot, past its request or memory limit, in its own configuration.
-    Recycle(usize),
+    /// The worker of this slot, past its request or memory limit (the cause its exit counts as), in
+    /// its own configuration.
+    Recycle(usize, Cause),
 }
 
 /// One slot of a replacement.
@@ -90,16 +92,24 @@ impl Replacement {
         Replacement::new(Replace::Reload, Self::steps(from, to), to, during_start)
     }
 
-    /// `SIGTTIN`: from `from` slots to `from + 1`.
-    pub fn grow(from: usize, during_start: bool) -> Replacement {
-        let to = from + 1;
+    /// `SIGTTIN` (one more) or `ctl workers add N`: from `from` slots to `to`.
+    pub fn grow(from: usize, to: usize, during_start: bool) -> Replacement {
         Replacement::new(Replace::Grow, Self::steps(from, to), to, during_start)
     }
 
+    /// What it is, for an answer: `a reload`, `a resize`, `the recycle of worker 2`.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            Replace::Reload => "a reload".into(),
+            Replace::Grow => "a resize".into(),
+            Replace::Recycle(slot, _) => format!("the recycle of worker {slot}"),
+        }
+    }
+
     /// The recycle of the worker of `slot`, in a pool of `size` slots.
-    pub fn recycle(slot: usize, size: usize, during_start: bool) -> Replacement {
+    pub fn recycle(slot: usize, cause: Cause, size: usize, during_start: bool) -> Replacement {
         let steps = VecDeque::from([Step::Replace(slot)]);
-        Replacement::new(Replace::Recycle(slot), steps, size, during_start)
+        Replacement::new(Replace::Recycle(slot, cause), steps, size, during_start)
     }
 
     /// The next step to start, if any is left.
@@ -124,6 +134,15 @@ impl Replacement {
         let before = self.in_flight.len();
         self.in_flight.retain(|&s| s != slot);
         self.in_flight.len() < before
+    }
+
+    /// What the exit of a worker this replaces counts as.
+    pub fn cause(&self) -> Cause {
+        match self.kind {
+            Replace::Reload => Cause::Reload,
+            Replace::Grow => Cause::Resize,
+            Replace::Recycle(_, cause) => cause,
+        }
     }
 
     /// Whether every step started and every new worker is ready.
@@ -162,12 +181,12 @@ impl Master<'_> {
                 size + 1
             );
             let during_start = matches!(self.phase, Phase::Starting);
-            self.phase = Phase::Replacing(Replacement::grow(size, during_start));
+            self.phase = Phase::Replacing(Replacement::grow(size, size + 1, during_start));
             self.step_replacement();
         } else if size <= 1 {
             tracing::warn!("SIGTTOU ignored: the pool keeps at least 1 worker");
         } else {
-            self.shrink_pool(size - 1);
+            self.shrink_pool(size - 1, Cause::Resize);
             tracing::info!(
                 "SIGTTOU: workers {size} -> {}, stopping slot {}",
                 size - 1,
@@ -210,7 +229,7 @@ impl Master<'_> {
             // Before any new worker starts: the new workers' shares of a budget assume the smaller
             // pool, so the slots it drops must not outlive them.
             tracing::info!("reload: stopping slots {workers}..{from} first");
-            self.shrink_pool(workers);
+            self.shrink_pool(workers, Cause::Reload);
         }
         let during_start = matches!(self.phase, Phase::Starting);
         let replacement = Replacement::reload(self.pool.size(), workers, during_start);
@@ -222,6 +241,20 @@ impl Master<'_> {
         tracing::error!("reload rejected, the current workers keep serving: {e}");
         let status = self.status_line();
         self.notifier.ready(&status);
+        self.reload_ended(
+            Outcome::Rejected,
+            format!("reload rejected, the current workers keep serving: {e}"),
+        );
+    }
+
+    /// A reload ended: count it and answer whoever waits for it.
+    pub(super) fn reload_ended(&mut self, outcome: Outcome, message: String) {
+        self.tally.reload(outcome);
+        self.answer_waiters(
+            super::ctl::Awaited::Reload,
+            outcome == Outcome::Completed,
+            &message,
+        );
     }
 
     /// Binds the new configuration's new addresses before any old worker stops. Addresses kept from
@@ -338,9 +371,14 @@ impl Master<'_> {
         if !r.ready(slot) {
             return;
         }
+        let cause = r.cause();
         if let Some(old) = self.replaced_in(slot) {
-            tracing::info!("worker {slot}: new pid {pid} ready, stopping old pid {old}");
-            self.retire(old, self.args.graceful_timeout);
+            let message = format!("worker {slot}: new pid {pid} ready, stopping old pid {old}");
+            tracing::info!("{message}");
+            self.retire(old, self.args.graceful_timeout, cause);
+            if cause == Cause::Reload {
+                self.progress(super::ctl::Awaited::Reload, &message);
+            }
         }
         self.step_replacement();
     }
@@ -379,15 +417,18 @@ impl Master<'_> {
         let Some(r) = self.end_replacement() else {
             return;
         };
-        self.shrink_pool(r.size);
+        self.shrink_pool(r.size, r.cause());
         match r.kind {
-            Replace::Recycle(slot) => tracing::info!("worker {slot} recycled"),
+            Replace::Recycle(slot, _) => tracing::info!("worker {slot} recycled"),
             Replace::Grow => tracing::info!("SIGTTIN complete: {} workers", r.size),
-            Replace::Reload => tracing::info!(
-                "reload complete: generation {}, {} workers",
-                self.generation,
-                r.size
-            ),
+            Replace::Reload => {
+                let message = format!(
+                    "reload complete: generation {}, {} workers",
+                    self.generation, r.size
+                );
+                tracing::info!("{message}");
+                self.reload_ended(Outcome::Completed, message);
+            }
         }
         if r.reload_after {
             self.begin_reload();
@@ -427,23 +468,25 @@ impl Master<'_> {
             return;
         };
         for &s in r.in_flight() {
-            self.give_back(s, s == slot);
+            self.give_back(s, s == slot, r.cause());
         }
         let why =
             format!("the new worker of slot {slot} failed to boot {GIVE_UP_AFTER} times ({error})");
         match r.kind {
-            Replace::Recycle(_) => {
+            Replace::Recycle(..) => {
                 tracing::error!("recycling aborted: {why}; the old worker keeps serving");
             }
             Replace::Grow => tracing::error!(
                 "SIGTTIN aborted: {why}; the slots not replaced yet keep their old workers"
             ),
             Replace::Reload => {
-                tracing::error!(
+                let message = format!(
                     "reload aborted: {why}; the slots not replaced yet keep their old workers"
                 );
+                tracing::error!("{message}");
                 let status = self.status_line();
                 self.notifier.ready(&status);
+                self.reload_ended(Outcome::Aborted, message);
                 return;
             }
         }
@@ -455,13 +498,13 @@ impl Master<'_> {
     /// An aborted replacement gives `slot` back to its old worker, stopping the new one. A slot
     /// without an old worker keeps its new one, unless that one is `stuck`: then it is retried
     /// after the back-off.
-    fn give_back(&mut self, slot: usize, stuck: bool) {
+    fn give_back(&mut self, slot: usize, stuck: bool, cause: Cause) {
         let old = self.replaced_in(slot);
         if old.is_none() && !stuck {
             return;
         }
         if let Some(pid) = self.holder_of(slot) {
-            self.kill_now(pid);
+            self.kill_now(pid, cause);
         }
         match old {
             Some(old) => self.reattach(slot, old),
@@ -517,7 +560,7 @@ mod tests {
 
     #[test]
     fn sigttin_replaces_every_slot_for_the_larger_pool_then_adds_one() {
-        let mut r = Replacement::grow(3, false);
+        let mut r = Replacement::grow(3, 4, false);
         assert_eq!((r.kind, r.size), (Replace::Grow, 4));
         assert_eq!(
             steps(&mut r),
@@ -532,8 +575,9 @@ mod tests {
 
     #[test]
     fn a_recycle_replaces_one_slot_and_keeps_the_size() {
-        let mut r = Replacement::recycle(2, 4, false);
-        assert_eq!((r.kind, r.size), (Replace::Recycle(2), 4));
+        let mut r = Replacement::recycle(2, Cause::Memory, 4, false);
+        assert_eq!((r.kind, r.size), (Replace::Recycle(2, Cause::Memory), 4));
+        assert_eq!(r.cause(), Cause::Memory);
         assert_eq!(steps(&mut r), [Step::Replace(2)]);
     }
 
@@ -555,7 +599,7 @@ mod tests {
     #[test]
     fn a_replacement_begun_during_start_resumes_the_start() {
         assert!(matches!(
-            Replacement::recycle(0, 2, true).resume(),
+            Replacement::recycle(0, Cause::MaxRequests, 2, true).resume(),
             Phase::Starting
         ));
         assert!(matches!(
@@ -563,7 +607,7 @@ mod tests {
             Phase::Starting
         ));
         assert!(matches!(
-            Replacement::grow(2, true).resume(),
+            Replacement::grow(2, 3, true).resume(),
             Phase::Starting
         ));
     }

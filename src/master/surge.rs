@@ -231,11 +231,14 @@ mod tests {
                     let mut m = Model::new(n, s, seed);
                     m.run(Replacement::reload(n, n, false), n + s);
                     // SIGTTIN, then SIGTTIN again.
-                    m.run(Replacement::grow(n, false), n + s);
-                    m.run(Replacement::grow(n + 1, false), n + 1 + s);
+                    m.run(Replacement::grow(n, n + 1, false), n + s);
+                    m.run(Replacement::grow(n + 1, n + 2, false), n + 1 + s);
                     // SIGTTOU (the stopped worker still draining), then a recycle.
                     m.shrink(n + 1);
-                    m.run(Replacement::recycle(0, n + 1, false), n + 2 + s);
+                    m.run(
+                        Replacement::recycle(0, crate::master::tally::Cause::Memory, n + 1, false),
+                        n + 2 + s,
+                    );
                     // A reload that grows by 2, one that shrinks by 2 (dropped slots first).
                     m.run(Replacement::reload(n + 1, n + 3, false), n + 3 + s);
                     m.shrink(n + 1);

@@ -40,6 +40,27 @@ pub enum Message {
         /// The job's name (one line, at most 200 bytes).
         job: String,
     },
+    /// The lease holder finished a run of a job.
+    JobEnd {
+        /// The worker's pid.
+        pid: i32,
+        /// Whether the run succeeded.
+        ok: bool,
+        /// How long it took, milliseconds.
+        duration_ms: u64,
+        /// The job's name.
+        job: String,
+    },
+    /// The lease holder skipped ticks of a job (the previous run still going, or missed beyond the
+    /// grace).
+    JobSkip {
+        /// The worker's pid.
+        pid: i32,
+        /// Ticks skipped.
+        count: u64,
+        /// The job's name.
+        job: String,
+    },
     /// The lease holder stopped scheduling and every run it started has ended.
     Released {
         /// The worker's pid.
@@ -81,6 +102,22 @@ impl Message {
                     job.replace(['\n', '\r'], " ")
                 )
             }
+            Message::JobEnd {
+                pid,
+                ok,
+                duration_ms,
+                job,
+            } => format!(
+                "{pid} job-end {} {duration_ms} {}\n",
+                if *ok { "ok" } else { "failed" },
+                job.replace(['\n', '\r'], " ")
+            ),
+            Message::JobSkip { pid, count, job } => {
+                format!(
+                    "{pid} job-skip {count} {}\n",
+                    job.replace(['\n', '\r'], " ")
+                )
+            }
             Message::Released { pid } => format!("{pid} released\n"),
             Message::Alive { pid } => format!("{pid} alive\n"),
             Message::Recycle { pid, served } => format!("{pid} recycle {served}\n"),
@@ -100,6 +137,22 @@ impl Message {
             Some(Message::Recycle {
                 pid,
                 served: n.parse().ok()?,
+            })
+        } else if let Some(r) = rest.strip_prefix("job-end ") {
+            let (ok, r) = r.split_once(' ')?;
+            let (ms, job) = r.split_once(' ')?;
+            Some(Message::JobEnd {
+                pid,
+                ok: ok == "ok",
+                duration_ms: ms.parse().ok()?,
+                job: job.to_string(),
+            })
+        } else if let Some(r) = rest.strip_prefix("job-skip ") {
+            let (n, job) = r.split_once(' ')?;
+            Some(Message::JobSkip {
+                pid,
+                count: n.parse().ok()?,
+                job: job.to_string(),
             })
         } else if let Some(r) = rest.strip_prefix("job-start ") {
             let (tick, job) = r.split_once(' ')?;
@@ -279,6 +332,19 @@ mod tests {
         w.send(&Message::Released { pid: 7 });
         w.send(&Message::Alive { pid: 7 });
         w.send(&Message::Recycle { pid: 7, served: 51 });
+        let end = Message::JobEnd {
+            pid: 7,
+            ok: false,
+            duration_ms: 12,
+            job: "expire users".into(),
+        };
+        let skip = Message::JobSkip {
+            pid: 7,
+            count: 3,
+            job: "record usage".into(),
+        };
+        w.send(&end);
+        w.send(&skip);
         assert_eq!(
             pipe.drain(),
             vec![
@@ -289,7 +355,9 @@ mod tests {
                 },
                 Message::Released { pid: 7 },
                 Message::Alive { pid: 7 },
-                Message::Recycle { pid: 7, served: 51 }
+                Message::Recycle { pid: 7, served: 51 },
+                end,
+                skip,
             ]
         );
     }

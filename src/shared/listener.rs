@@ -172,6 +172,30 @@ impl Listener {
         }
     }
 
+    /// A TCP socket's accept queue: connections waiting to be accepted now, and the queue's limit
+    /// (from `TCP_INFO`: `tcpi_unacked` and `tcpi_sacked` on a listening socket). `None` for unix
+    /// sockets, which do not report it.
+    pub fn queue(&self) -> Option<(u32, u32)> {
+        let Listener::Tcp(l) = self else {
+            return None;
+        };
+        // SAFETY: an all-zero `tcp_info` is a valid value of the plain C struct.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: the fd is this listener's, open for its life; the kernel writes at most `len` bytes
+        // into `info` and updates `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some((info.tcpi_unacked, info.tcpi_sacked))
+    }
+
     /// Whether this socket serves `spec`: same path for unix sockets; for TCP the same port (any, when
     /// `spec` asks for port 0) and, when `spec`'s host is an IP address, the same address.
     pub fn serves(&self, spec: &BindSpec) -> bool {
@@ -400,7 +424,9 @@ impl Drop for UmaskGuard {
     }
 }
 
-fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, StartError> {
+/// Binds a unix socket at `path` with `mode`: a stale socket file (nobody listening) is replaced, a live
+/// one or another kind of file is an error; the file is never more open than `mode`, even briefly.
+pub fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, StartError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

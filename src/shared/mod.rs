@@ -8,3 +8,4 @@ pub(crate) mod ctl_wire;
 pub(crate) mod listener;
 pub(crate) mod proctitle;
 pub(crate) mod sigmask;
+pub(crate) mod stats;

@@ -27,6 +27,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::shared::stats::Counters;
+
 /// What the service tells the stream about one connection's requests.
 #[derive(Debug)]
 pub struct ConnRequests {
@@ -120,6 +122,8 @@ pub struct Deadlines<S> {
     armed: Armed,
     first: bool,
     http2: bool,
+    /// The worker's counters: bytes in and out.
+    counters: Counters,
 }
 
 impl<S> Deadlines<S> {
@@ -131,8 +135,10 @@ impl<S> Deadlines<S> {
         requests: Arc<ConnRequests>,
         keep_alive: Duration,
         header_timeout: Duration,
+        counters: Counters,
     ) -> Deadlines<S> {
         Deadlines {
+            counters,
             io,
             requests,
             keep_alive,
@@ -227,7 +233,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Deadlines<S> {
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.after_read(&buf.filled()[before..]);
+                let new = &buf.filled()[before..];
+                this.counters.read(new.len());
+                this.after_read(new);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -251,6 +259,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.counters.wrote(n);
+        }
         this.after_write(cx);
         r
     }
@@ -262,6 +273,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Deadlines<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.counters.wrote(n);
+        }
         this.after_write(cx);
         r
     }
@@ -305,6 +319,7 @@ mod tests {
                 requests.clone(),
                 Duration::from_secs(5),
                 Duration::from_secs(2),
+                Counters::private(),
             );
             let mut buf = [0u8; 64];
             client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
@@ -333,6 +348,7 @@ mod tests {
                 requests.clone(),
                 Duration::from_secs(1),
                 Duration::from_secs(8),
+                Counters::private(),
             );
             let mut buf = [0u8; 64];
             let start = Instant::now();
@@ -365,6 +381,7 @@ mod tests {
                 Arc::default(),
                 Duration::from_secs(5),
                 Duration::from_secs(2),
+                Counters::private(),
             );
             let mut buf = [0u8; 64];
             let e = conn.read(&mut buf).await.unwrap_err();
@@ -376,6 +393,7 @@ mod tests {
                 Arc::default(),
                 Duration::from_secs(5),
                 Duration::from_secs(2),
+                Counters::private(),
             );
             client
                 .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")

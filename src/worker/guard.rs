@@ -7,8 +7,9 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Buf, Frame, Incoming, SizeHint};
@@ -17,6 +18,7 @@ use hyper::{Request, Response, StatusCode, Version};
 
 use crate::app::BoxError;
 use crate::config::access::AccessSettings;
+use crate::shared::stats::Counters;
 use crate::worker::access::{self, Peer, Record};
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
 
@@ -29,7 +31,8 @@ pub(crate) type OnMaxRequests = Arc<dyn Fn(u64) + Send + Sync>;
 pub(crate) struct Guarded<S> {
     pub(crate) inner: S,
     pub(crate) draining: Arc<AtomicBool>,
-    pub(crate) inflight: Arc<AtomicUsize>,
+    /// The worker's counters in shared memory (in-flight requests, responses, rejections).
+    pub(crate) counters: Counters,
     pub(crate) limit: Option<usize>,
     /// Largest declared body; zero: no limit.
     pub(crate) limit_body: u64,
@@ -63,15 +66,6 @@ impl<S: Clone> Guarded<S> {
     }
 }
 
-/// Decrements the in-flight count when a request's response is ready (or abandoned).
-struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// The response body: the app's, or an empty one hyperfork answered with, tracked until sent.
 pub(crate) type GuardedBody<B> = Tracked<Inner<B>>;
 
@@ -87,14 +81,33 @@ pin_project_lite::pin_project! {
         inner: B,
         request: Option<RequestGuard>,
         record: Option<Box<Record>>,
+        counted: Option<Counted>,
     }
 
     impl<B> PinnedDrop for Tracked<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(record) = this.project().record.take() {
+            let this = this.project();
+            if let Some(counted) = this.counted.take() {
+                counted.done();
+            }
+            if let Some(record) = this.record.take() {
                 record.emit();
             }
         }
+    }
+}
+
+/// A response to count once it is sent in full (or abandoned): its status and when its request
+/// arrived.
+struct Counted {
+    counters: Counters,
+    start: Instant,
+    status: u16,
+}
+
+impl Counted {
+    fn done(self) {
+        self.counters.responded(self.status, self.start.elapsed());
     }
 }
 
@@ -116,6 +129,9 @@ impl<B: Body> Body for Tracked<B> {
             }
             Poll::Ready(None) => {
                 this.request.take();
+                if let Some(counted) = this.counted.take() {
+                    counted.done();
+                }
                 if let Some(record) = this.record.take() {
                     record.emit();
                 }
@@ -166,6 +182,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let start = Instant::now();
         let (client, proto) = access::client(&req, self.peer, self.peer_trusted, &self.access);
         let record = self
             .access
@@ -177,7 +194,7 @@ where
         if let Some(proto) = proto {
             extensions.insert(proto);
         }
-        self.answer(req, record)
+        self.answer(req, Finish { start, record })
     }
 }
 
@@ -189,8 +206,9 @@ where
     B: Body + Send + 'static,
     B::Data: Send,
 {
-    /// The checks, then the app's answer; `record` is the request's access-log line, if logged.
-    fn answer(&self, req: Request<Incoming>, record: Option<Box<Record>>) -> Answer<B> {
+    /// The checks, then the app's answer; `finish` counts it and logs it once it is sent.
+    fn answer(&self, req: Request<Incoming>, finish: Finish) -> Answer<B> {
+        let counters = self.counters;
         let http1 = req.version() <= Version::HTTP_11;
         let draining = self.draining.clone();
         // The header is complete: the connection's header deadline no longer applies.
@@ -198,7 +216,8 @@ where
         if http1 {
             if let Some(why) = bad_host(&req) {
                 tracing::debug!("{} {}: {why}; answered 400", req.method(), req.uri().path());
-                return ready(closing(StatusCode::BAD_REQUEST), record);
+                counters.rejected();
+                return ready(closing(StatusCode::BAD_REQUEST), counters, finish);
             }
         }
         if let Some((max, on_max)) = &self.max_requests {
@@ -220,13 +239,14 @@ where
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
-                return ready(resp, record);
+                counters.rejected();
+                return ready(resp, counters, finish);
             }
         }
-        let now = self.inflight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(self.inflight.clone());
-        if self.limit.is_some_and(|limit| now >= limit) {
+        let (now, guard) = counters.request_started();
+        if self.limit.is_some_and(|limit| now >= limit as u64) {
             drop(guard);
+            counters.limited();
             let mut resp = empty(StatusCode::SERVICE_UNAVAILABLE);
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -234,7 +254,7 @@ where
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            return ready(resp, record);
+            return ready(resp, counters, finish);
         }
         let (method, uri) = (req.method().clone(), req.uri().clone());
         // A panicking handler costs its request a 500, not the worker or the connection.
@@ -248,6 +268,7 @@ where
             let mut resp = match resp {
                 Ok(resp) => resp.map_err(Into::into)?.map(Either::Left),
                 Err(panic) => {
+                    counters.panicked();
                     tracing::error!(
                         "handler for {method} {} panicked ({}); answered 500",
                         uri.path(),
@@ -260,37 +281,56 @@ where
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Ok(tracked(resp, request, record))
+            Ok(tracked(resp, request, counters, finish))
         })
     }
 }
 
 type Answer<B> = Pin<Box<dyn Future<Output = Result<Response<GuardedBody<B>>, BoxError>> + Send>>;
 
+/// What happens once a response is sent: it is counted, and logged if the access log is on.
+struct Finish {
+    /// When the request's header arrived.
+    start: Instant,
+    /// The request's access-log line, if logged.
+    record: Option<Box<Record>>,
+}
+
 /// A response hyperfork gives on the app's behalf, as the service's future.
 fn ready<B: Body + Send + 'static>(
     resp: Response<Inner<B>>,
-    record: Option<Box<Record>>,
+    counters: Counters,
+    finish: Finish,
 ) -> Answer<B>
 where
     B::Data: Send,
 {
-    Box::pin(std::future::ready(Ok(tracked(resp, None, record))))
+    Box::pin(std::future::ready(Ok(tracked(
+        resp, None, counters, finish,
+    ))))
 }
 
-/// `resp` with its body tracked: holding `request` and logged by `record`, if any.
+/// `resp` with its body tracked: holding `request`, counted, and logged by the record, if any.
 fn tracked<B: Body>(
     resp: Response<Inner<B>>,
     request: Option<RequestGuard>,
-    mut record: Option<Box<Record>>,
+    counters: Counters,
+    finish: Finish,
 ) -> Response<GuardedBody<B>> {
+    let Finish { start, mut record } = finish;
     if let Some(record) = record.as_mut() {
         record.respond(&resp);
     }
+    let counted = Some(Counted {
+        counters,
+        start,
+        status: resp.status().as_u16(),
+    });
     resp.map(|inner| Tracked {
         inner,
         request,
         record,
+        counted,
     })
 }
 

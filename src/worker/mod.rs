@@ -58,6 +58,8 @@ pub(crate) struct ChildArgs<'a> {
     pub health: crate::config::health::Health,
     pub app: &'a App,
     pub balance: Option<crate::shared::balance::Table>,
+    /// The request counters' table (see [`crate::shared::stats`]).
+    pub stats: crate::shared::stats::Table,
     /// The master's generation at the fork (1 for the first pool).
     pub generation: u64,
     /// The surge bound at the fork (`--max-surge`), for `Worker::share_of`.
@@ -273,6 +275,7 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
     let scheduler = (args.slot == 0 && !args.jobs.is_empty())
         .then(|| Scheduler::new(args.jobs, worker.clone(), state.clone(), control));
     let balance = join_balance(args.balance, pid, args.slot);
+    let counters = join_stats(args.stats, pid, args.slot);
     let (orders, limits, app) = (args.orders, args.limits, args.app);
     runtime.block_on(async move {
         let (tx, rx) = watch::channel(Stop::Run);
@@ -303,6 +306,7 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
             limits,
             max_requests,
             balance,
+            counters,
         };
         runner(listeners, serving)
             .await
@@ -360,6 +364,21 @@ fn join_balance(
         tracing::warn!("the accept-balancing table is full; this worker accepts unbalanced");
     }
     member
+}
+
+/// This worker's entry in the counters' table; a private one, invisible to the master, if the table
+/// is full.
+fn join_stats(
+    table: crate::shared::stats::Table,
+    pid: u32,
+    slot: usize,
+) -> crate::shared::stats::Counters {
+    table.join(pid, slot).unwrap_or_else(|| {
+        tracing::warn!(
+            "the counters' table is full; this worker's requests are not in the metrics"
+        );
+        crate::shared::stats::Counters::private()
+    })
 }
 
 /// Reads the master's orders. End-of-file means the master is gone: the worker exits at once.

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -26,6 +26,7 @@ use crate::app::BoxError;
 use crate::config::health::Limits;
 use crate::shared::balance::{Balancer, Member};
 use crate::shared::listener::Listener;
+use crate::shared::stats::Counters;
 use crate::worker::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
 use crate::worker::access::Peer;
 use crate::worker::connection::{self, Idle, Registry, Served};
@@ -56,6 +57,8 @@ pub struct ServeControl {
     pub max_requests: Option<(u64, OnMaxRequests)>,
     /// This worker's entry in the accept-balancing table; `None`: plain shared accept.
     pub balance: Option<Member>,
+    /// This worker's counters in shared memory, read by the master for metrics and `ctl status`.
+    pub counters: Counters,
 }
 
 impl std::fmt::Debug for ServeControl {
@@ -146,12 +149,13 @@ where
         limits,
         max_requests,
         balance,
+        counters,
     } = control;
     let draining = Arc::new(AtomicBool::new(false));
     let service = Guarded {
         inner: service,
         draining: draining.clone(),
-        inflight: Arc::new(AtomicUsize::new(0)),
+        counters,
         limit: limits.limit_concurrency,
         limit_body: limits.limit_request_body,
         served: Arc::new(AtomicU64::new(0)),
@@ -275,6 +279,7 @@ impl<S> Conns<S> {
         B: ResponseBody,
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let counted = self.service.counters.connection_opened();
         let requests = Arc::new(ConnRequests::default());
         let service = self.service.for_connection(requests.clone(), peer);
         let io = Deadlines::new(
@@ -282,6 +287,7 @@ impl<S> Conns<S> {
             requests.clone(),
             self.timing.keep_alive,
             self.timing.header,
+            self.service.counters,
         );
         let conn = self
             .builder
@@ -296,7 +302,7 @@ impl<S> Conns<S> {
             if let Err(e) = connection::drive(conn, requests, registry, idle).await {
                 tracing::debug!("connection ended with an error: {e}");
             }
-            drop(open);
+            drop((open, counted));
         });
     }
 }

@@ -1,0 +1,170 @@
+//! A connection the master serves from its own loop, without blocking and without a thread: a
+//! `/metrics` scrape or a `ctl` client. Its socket is non-blocking; each turn of the loop reads what
+//! has arrived and writes what the socket takes, and a connection past its deadline or its input limit
+//! is dropped. So a slow or hostile client costs the master a few system calls per turn, never a wait.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
+
+/// What reading found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Input {
+    /// Nothing more for now; the connection is open.
+    Waiting,
+    /// The peer closed its side (or the connection failed).
+    Closed,
+    /// More than the limit arrived without what the caller looks for.
+    TooLong,
+}
+
+/// A non-blocking connection with its input and output buffers and a deadline.
+#[derive(Debug)]
+pub(super) struct Conn<S> {
+    stream: S,
+    /// What arrived so far.
+    pub input: Vec<u8>,
+    output: Vec<u8>,
+    sent: usize,
+    /// When the connection is dropped, whatever its state.
+    pub deadline: Instant,
+    /// Close once the output is sent.
+    closing: bool,
+}
+
+impl<S: Read + Write + AsFd> Conn<S> {
+    /// Wraps `stream`, which must already be non-blocking.
+    pub fn new(stream: S, deadline: Instant) -> Conn<S> {
+        Conn {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            sent: 0,
+            deadline,
+            closing: false,
+        }
+    }
+
+    /// The socket, to poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// Whether output is waiting to be written.
+    pub fn wants_write(&self) -> bool {
+        self.sent < self.output.len()
+    }
+
+    /// Reads what has arrived, keeping at most `limit` bytes of input.
+    pub fn read(&mut self, limit: usize) -> Input {
+        let mut buf = [0u8; 4096];
+        loop {
+            if self.input.len() > limit {
+                return Input::TooLong;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Input::Closed,
+                Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Input::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Input::Closed,
+            }
+        }
+    }
+
+    /// Queues `bytes` to send.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
+    }
+
+    /// Queues `bytes` as the last output: the connection closes once they are sent.
+    pub fn send_last(&mut self, bytes: &[u8]) {
+        self.send(bytes);
+        self.closing = true;
+    }
+
+    /// Writes what the socket takes now. Returns `false` once the connection is finished: its last
+    /// output sent, or the peer gone.
+    pub fn write(&mut self) -> bool {
+        while self.wants_write() {
+            match self.stream.write(&self.output[self.sent..]) {
+                Ok(0) => return false,
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        self.output.clear();
+        self.sent = 0;
+        !self.closing
+    }
+
+    /// Whether the deadline passed.
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
+    /// The stream.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    fn pair() -> (Conn<UnixStream>, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Conn::new(a, Instant::now() + Duration::from_secs(5)), b)
+    }
+
+    #[test]
+    fn reads_what_arrived_without_blocking() {
+        let (mut c, mut peer) = pair();
+        assert_eq!(c.read(100), Input::Waiting);
+        peer.write_all(b"hello").unwrap();
+        assert_eq!(c.read(100), Input::Waiting);
+        assert_eq!(c.input, b"hello");
+        drop(peer);
+        assert_eq!(c.read(100), Input::Closed);
+    }
+
+    #[test]
+    fn input_beyond_the_limit_is_refused() {
+        let (mut c, mut peer) = pair();
+        peer.write_all(&[b'x'; 64]).unwrap();
+        assert_eq!(c.read(10), Input::TooLong);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_never_blocks_the_writer() {
+        let (mut c, peer) = pair();
+        let big = vec![b'y'; 4 << 20];
+        c.send_last(&big);
+        assert!(
+            c.write(),
+            "the socket buffer fills: still open, output pending"
+        );
+        assert!(c.wants_write());
+        drop(peer);
+        assert!(!c.write(), "the peer is gone");
+    }
+
+    #[test]
+    fn the_connection_ends_once_its_last_output_is_sent() {
+        let (mut c, mut peer) = pair();
+        c.send(b"progress\n");
+        assert!(c.write());
+        c.send_last(b"done\n");
+        assert!(!c.write());
+        let mut got = String::new();
+        drop(c);
+        peer.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "progress\ndone\n");
+    }
+}
