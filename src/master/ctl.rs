@@ -215,6 +215,7 @@ impl Master<'_> {
                     Input::Closed => return false,
                     Input::TooLong => {
                         c.asked = true;
+                        c.conn.discard();
                         let r = Reply::failed(format!(
                             "the request is longer than {MAX_REQUEST} bytes"
                         ));

@@ -72,6 +72,18 @@ impl<S: Read + Write + AsFd> Conn<S> {
         }
     }
 
+    /// Reads and drops what has arrived (at most 64 KiB), so that closing after an error answer does
+    /// not reset the connection before the peer reads the answer.
+    pub fn discard(&mut self) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Queues `bytes` to send.
     pub fn send(&mut self, bytes: &[u8]) {
         self.output.extend_from_slice(bytes);

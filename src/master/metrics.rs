@@ -157,6 +157,7 @@ impl Master<'_> {
                     return;
                 }
                 Input::TooLong => {
+                    scrape.discard();
                     let r = response(
                         "431 Request Header Fields Too Large",
                         "text/plain",

@@ -358,6 +358,11 @@ impl Conn {
         })
     }
 
+    /// The socket, to write raw bytes.
+    pub fn reader_mut(&mut self) -> &mut TcpStream {
+        self.reader.get_mut()
+    }
+
     /// Sends a GET without reading the answer.
     pub fn send_get(&mut self, path: &str) -> std::io::Result<()> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
