@@ -345,6 +345,13 @@ impl Master<'_> {
                 names(&new.jobs)
             ));
         }
+        if settings.metrics_bind != args.metrics_bind {
+            changes.push(format!(
+                "the metrics address changes only on a restart (still {})",
+                args.metrics_bind
+                    .map_or_else(|| "off".to_string(), |a| a.to_string())
+            ));
+        }
         let limits = settings.limits();
         if limits != args.limits {
             changes.push(format!("limits {:?} -> {limits:?}", args.limits));
