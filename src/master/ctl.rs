@@ -260,7 +260,7 @@ impl Master<'_> {
                 }
             }
             Request::Workers { change } => self.ctl_workers(change),
-            Request::ReopenLogs => match self.reopen_logs() {
+            Request::ReopenLogs => match self.reopen_logs("ctl") {
                 Ok(m) => Reply::ok(m),
                 Err(m) => Reply::failed(m),
             },

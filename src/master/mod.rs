@@ -417,7 +417,7 @@ impl Master<'_> {
             Intent::Reload => self.begin_reload(),
             Intent::Upgrade => self.begin_upgrade(),
             Intent::ReopenLogs => {
-                let _ = self.reopen_logs();
+                let _ = self.reopen_logs("SIGUSR1");
             }
             Intent::AddWorker => self.resize(1),
             Intent::RemoveWorker => self.resize(-1),
@@ -606,11 +606,12 @@ impl Master<'_> {
 
     /// `SIGUSR1` (or `ctl reopen-logs`): reopen the log file here and in every worker. Returns what
     /// happened, or why it failed.
-    fn reopen_logs(&mut self) -> Result<String, String> {
+    /// `via` names the request in the log (`SIGUSR1`, `ctl`).
+    fn reopen_logs(&mut self, via: &str) -> Result<String, String> {
         match crate::logging::reopen() {
             Ok(Some(path)) => {
                 let m = format!("reopened the log file {}", path.display());
-                tracing::info!("{m}");
+                tracing::info!("{via}: {m}");
                 for pid in self.children.keys() {
                     let _ = kill(*pid, Signal::SIGUSR1);
                 }
@@ -618,12 +619,12 @@ impl Master<'_> {
             }
             Ok(None) => {
                 let m = "logging to stderr, no log file to reopen".to_string();
-                tracing::info!("{m}");
+                tracing::info!("{via}: {m}");
                 Ok(m)
             }
             Err(e) => {
                 let m = format!("{e}; still writing to the file already open");
-                tracing::error!("{m}");
+                tracing::error!("{via}: {m}");
                 Err(m)
             }
         }
