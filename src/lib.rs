@@ -18,6 +18,7 @@
 
 mod app;
 mod config;
+mod ctl;
 mod error;
 mod jobs;
 mod logging;

@@ -373,7 +373,8 @@ impl<S: Send + Sync + 'static> Server<S> {
         }
     }
 
-    /// [`Server::run`]'s steps: settings, the plan subcommand, logging, sockets, the master.
+    /// [`Server::run`]'s steps: settings, the `ctl` and `plan` subcommands, logging, sockets, the
+    /// master.
     fn try_run(self) -> Result<ExitCode, Failure> {
         // Recorded first: a binary upgrade runs the executable from this path.
         let exe = crate::master::upgrade::Program::current();
@@ -383,6 +384,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             crate::shared::proctitle::init();
         }
         let Server {
+            program,
             cli,
             start,
             app,
@@ -392,6 +394,10 @@ impl<S: Send + Sync + 'static> Server<S> {
         } = self;
         let cli = cli.map_err(Failure::Clap)?;
         let settings = Settings::resolve(&cli, &ProcessEnv).map_err(Failure::usage)?;
+        if let Some(Command::Ctl(args)) = &cli.command {
+            // The client: before logging, sockets or the master; it only connects.
+            return Ok(crate::ctl::run(&settings, args, &program));
+        }
         let plan = Plan::decide(&settings, cores::detect());
         match &cli.command {
             Some(Command::Plan { json }) => {
@@ -403,7 +409,7 @@ impl<S: Send + Sync + 'static> Server<S> {
                     "{name} is the app's own subcommand: handle it before calling Server::run"
                 ))));
             }
-            Some(Command::Serve) | None => {}
+            Some(Command::Serve | Command::Ctl(_)) | None => {}
         }
         let jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
         let factory = app.ok_or_else(|| {

@@ -1,18 +1,28 @@
 //! The command line shared by the `hyperfork` binary and every binary built on the library, built
 //! from the declared settings ([`super::settings`]): one global flag per setting, its help ending in
-//! `(env …)` and `[default: …]`, and the subcommands `serve` and `plan [--json]`.
+//! `(env …)` and `[default: …]`, and the subcommands `serve`, `plan [--json]` and `ctl …` (the
+//! control socket's client, see [`CtlArgs`]).
 //!
 //! Clap checks each value with the setting's parser; the parsed [`Cli`] keeps the values as written,
 //! and the layering ([`super::layers`]) turns them into values, falling back to the environment, the
 //! TOML file and the defaults for flags not given.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches};
 
 use super::declare::Declared;
-use super::kinds::Form;
+use super::kinds::{Form, Kind, Seconds};
 use super::settings::ALL;
+use super::values::parse_duration;
+use crate::shared::ctl_wire::Request;
+
+/// How long `hyperfork ctl` waits for the master's answer without `--wait`.
+pub const CTL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `hyperfork ctl reload --wait` and `upgrade --wait` wait for the master's answer: a reload
+/// replaces every worker one by one, each old one draining for up to `--graceful-timeout`.
+pub const CTL_WAIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Subcommands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +34,22 @@ pub enum Command {
         /// Print the plan as JSON.
         json: bool,
     },
+    /// Send a command to the running master over its control socket (`hyperfork ctl …`).
+    Ctl(CtlArgs),
     /// A subcommand of the app's own command line (see `Server::from_env_and_args_with`).
     App(String),
+}
+
+/// `hyperfork ctl`: the command for the master and how to wait for its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtlArgs {
+    /// The command, as sent on the control socket.
+    pub request: Request,
+    /// `ctl status --json`: print the master's status as JSON instead of a table.
+    pub json: bool,
+    /// How long to wait for the master's final answer (`--timeout`); `None` for no limit
+    /// (`--timeout 0`). Without the flag: [`CTL_TIMEOUT`], or [`CTL_WAIT_TIMEOUT`] with `--wait`.
+    pub timeout: Option<Duration>,
 }
 
 /// A parsed command line: the subcommand, and the flags given with their values as written.
@@ -63,6 +87,7 @@ impl Cli {
             );
         cmd.subcommand(clap::Command::new("serve").about("Run the server (the default)"))
             .subcommand(plan)
+            .subcommand(ctl_command())
             .args(ALL.iter().filter_map(|d| arg(*d)))
             .args(ALL.iter().filter_map(|d| negation(*d)))
     }
@@ -74,6 +99,7 @@ impl Cli {
                 json: sub.get_flag("json"),
             }),
             Some(("serve", _)) => Some(Command::Serve),
+            Some(("ctl", sub)) => Some(Command::Ctl(ctl_args(sub))),
             Some((name, _)) => Some(Command::App(name.to_string())),
             None => None,
         };
@@ -114,6 +140,147 @@ impl Cli {
     /// The values given with `flag` (e.g. `--workers`), `None` if it was not given.
     pub fn values(&self, flag: &str) -> Option<&[String]> {
         self.given.get(flag).map(Vec::as_slice)
+    }
+}
+
+/// The `ctl` subcommand and its own subcommands.
+///
+/// Its `--timeout` (the client's wait) takes the id of the global `--timeout` setting (a worker's
+/// heartbeat timeout), which clap then does not copy into `ctl`: within a `ctl` command line,
+/// `--timeout` is the client's, wherever it is written.
+fn ctl_command() -> clap::Command {
+    let switch = |id: &'static str, help: &'static str| {
+        Arg::new(id).long(id).action(ArgAction::SetTrue).help(help)
+    };
+    let count = |help: &'static str| {
+        Arg::new("N")
+            .required(true)
+            .value_parser(worker_count)
+            .help(help)
+    };
+    let workers = clap::Command::new("workers")
+        .about("Add or remove exactly N workers")
+        .subcommand_required(true)
+        .subcommand(
+            clap::Command::new("add")
+                .about("Add N workers")
+                .arg(count("Workers to add, 1 or more")),
+        )
+        .subcommand(
+            clap::Command::new("remove")
+                .about("Remove N workers, the highest slots first")
+                .arg(count("Workers to remove, 1 or more")),
+        );
+    let wait_help = "Answer only once it completed or failed; exit status 1 if it failed";
+    clap::Command::new("ctl")
+        .about("Send a command to the running master over its control socket")
+        .long_about(
+            "Send a command to the running master over its control socket, found from the same \
+             settings as the server's (--control-socket, RUNTIME_DIRECTORY, --pid, --bind; see \
+             docs/operations.md). Exit status 0 when the master answers that the command \
+             succeeded, 1 when it failed or the master could not be reached, 2 for a bad command \
+             line.",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .arg(
+            Arg::new("timeout")
+                .long("timeout")
+                .global(true)
+                .value_name("DURATION")
+                .value_parser(Seconds::value_parser())
+                .help(
+                    "How long to wait for the master's answer, e.g. 30s, 10m; 0 waits as long as \
+                     it takes [default: 5s; 15m with --wait]",
+                ),
+        )
+        .subcommand(
+            clap::Command::new("status")
+                .about("Print the master, its listeners and every worker")
+                .arg(switch("json", "Print the status as JSON")),
+        )
+        .subcommand(workers)
+        .subcommand(
+            clap::Command::new("reload")
+                .about("Re-read the configuration and replace every worker (like SIGHUP)")
+                .arg(switch("wait", wait_help)),
+        )
+        .subcommand(
+            clap::Command::new("upgrade")
+                .about("Start the executable on disk as a new master and hand over (like SIGUSR2)")
+                .arg(switch("wait", wait_help)),
+        )
+        .subcommand(
+            clap::Command::new("reopen-logs")
+                .about("Reopen the log file after rotation (like SIGUSR1)"),
+        )
+        .subcommand(
+            clap::Command::new("stop")
+                .about("Shut down gracefully (like SIGTERM)")
+                .arg(switch(
+                    "fast",
+                    "Shut down fast: in-flight requests get 2 s (like SIGINT)",
+                )),
+        )
+}
+
+/// A worker count for `ctl workers add|remove N`: 1 or more.
+fn worker_count(s: &str) -> Result<i64, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a number of workers, 1 or more".to_string()),
+    }
+}
+
+/// The parsed `ctl` subcommand.
+fn ctl_args(m: &ArgMatches) -> CtlArgs {
+    let count = |m: &ArgMatches| m.get_one::<i64>("N").copied().unwrap_or(1);
+    let (request, json) = match m.subcommand() {
+        Some(("status", s)) => (Request::Status, s.get_flag("json")),
+        Some(("workers", w)) => match w.subcommand() {
+            Some(("remove", r)) => (Request::Workers { change: -count(r) }, false),
+            Some((_, a)) => (Request::Workers { change: count(a) }, false),
+            None => (Request::Status, false),
+        },
+        Some(("reload", s)) => (
+            Request::Reload {
+                wait: s.get_flag("wait"),
+            },
+            false,
+        ),
+        Some(("upgrade", s)) => (
+            Request::Upgrade {
+                wait: s.get_flag("wait"),
+            },
+            false,
+        ),
+        Some(("reopen-logs", _)) => (Request::ReopenLogs, false),
+        Some(("stop", s)) => (
+            Request::Stop {
+                fast: s.get_flag("fast"),
+            },
+            false,
+        ),
+        // clap requires one of the above; a status changes nothing.
+        Some(_) | None => (Request::Status, false),
+    };
+    let waits = matches!(
+        request,
+        Request::Reload { wait: true } | Request::Upgrade { wait: true }
+    );
+    let timeout = match m
+        .get_one::<String>("timeout")
+        .and_then(|t| parse_duration(t).ok())
+    {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(t),
+        None if waits => Some(CTL_WAIT_TIMEOUT),
+        None => Some(CTL_TIMEOUT),
+    };
+    CtlArgs {
+        request,
+        json,
+        timeout,
     }
 }
 
@@ -198,6 +365,91 @@ mod tests {
         let cli = Cli::try_parse_from(["hyperfork", "serve", "--debug", "-c", "f.toml"]).unwrap();
         assert_eq!(cli.command, Some(Command::Serve));
         assert!(cli.values("--debug").is_some() && cli.values("--config").is_some());
+    }
+
+    fn ctl(args: &[&str]) -> CtlArgs {
+        let line: Vec<&str> = ["hyperfork", "ctl"].iter().chain(args).copied().collect();
+        match Cli::try_parse_from(&line).unwrap().command {
+            Some(Command::Ctl(c)) => c,
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ctl_commands_become_requests() {
+        let cases = [
+            (&["status"][..], Request::Status),
+            (&["workers", "add", "3"], Request::Workers { change: 3 }),
+            (&["workers", "remove", "2"], Request::Workers { change: -2 }),
+            (&["reload"], Request::Reload { wait: false }),
+            (&["reload", "--wait"], Request::Reload { wait: true }),
+            (&["upgrade", "--wait"], Request::Upgrade { wait: true }),
+            (&["reopen-logs"], Request::ReopenLogs),
+            (&["stop"], Request::Stop { fast: false }),
+            (&["stop", "--fast"], Request::Stop { fast: true }),
+        ];
+        for (args, request) in cases {
+            let c = ctl(args);
+            assert_eq!(c.request, request, "{args:?}");
+            assert!(!c.json);
+        }
+        assert!(ctl(&["status", "--json"]).json);
+    }
+
+    #[test]
+    fn ctl_waits_5s_or_15m_with_wait_unless_told() {
+        assert_eq!(ctl(&["status"]).timeout, Some(CTL_TIMEOUT));
+        assert_eq!(ctl(&["reload"]).timeout, Some(Duration::from_secs(5)));
+        assert_eq!(
+            ctl(&["reload", "--wait"]).timeout,
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(ctl(&["upgrade", "--wait"]).timeout, Some(CTL_WAIT_TIMEOUT));
+        let t = ctl(&["reload", "--wait", "--timeout", "2m"]).timeout;
+        assert_eq!(t, Some(Duration::from_secs(120)));
+        let t = ctl(&["--timeout", "500ms", "status"]).timeout;
+        assert_eq!(t, Some(Duration::from_millis(500)));
+        assert_eq!(ctl(&["stop", "--timeout", "0"]).timeout, None);
+        // Before `ctl` too: within a ctl command line, --timeout is the client's.
+        let cli = Cli::try_parse_from(["hyperfork", "--timeout", "7", "ctl", "status"]).unwrap();
+        match cli.command {
+            Some(Command::Ctl(c)) => assert_eq!(c.timeout, Some(Duration::from_secs(7))),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ctl_keeps_the_global_settings_after_it() {
+        let cli = Cli::try_parse_from(["hyperfork", "ctl", "status", "--control-socket", "/x.ctl"])
+            .unwrap();
+        assert_eq!(
+            cli.values("--control-socket"),
+            Some(&["/x.ctl".to_string()][..])
+        );
+        let cli = Cli::try_parse_from(["hyperfork", "--pid", "/run/a.pid", "ctl", "stop"]).unwrap();
+        assert_eq!(cli.values("--pid"), Some(&["/run/a.pid".to_string()][..]));
+        assert!(matches!(cli.command, Some(Command::Ctl(_))));
+    }
+
+    #[test]
+    fn ctl_usage_errors_are_clap_errors() {
+        for line in [
+            &["hyperfork", "ctl"][..],
+            &["hyperfork", "ctl", "frob"],
+            &["hyperfork", "ctl", "workers"],
+            &["hyperfork", "ctl", "workers", "add"],
+            &["hyperfork", "ctl", "status", "--fast"],
+            &["hyperfork", "ctl", "status", "--timeout", "soon"],
+            &["hyperfork", "ctl", "workers", "remove", "-1"],
+        ] {
+            assert!(Cli::try_parse_from(line).is_err(), "{line:?}");
+        }
+        for n in ["0", "two", "1.5"] {
+            let e = Cli::try_parse_from(["hyperfork", "ctl", "workers", "remove", n])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("expected a number of workers, 1 or more"), "{e}");
+        }
     }
 
     #[test]

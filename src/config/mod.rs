@@ -9,10 +9,12 @@
 //! settings together. An empty environment variable counts as unset.
 //!
 //! The other modules: [`values`] (domain enums and text parsers), [`kinds`] (how each type of value
-//! is read in each layer), [`job_tables`] (`[[jobs]]`), [`sizing`], [`cores`], [`health`].
+//! is read in each layer), [`job_tables`] (`[[jobs]]`), [`sizing`], [`cores`], [`health`], [`control`]
+//! (where the control socket of `hyperfork ctl` is).
 
 pub(crate) mod access;
 pub(crate) mod cli;
+pub(crate) mod control;
 pub(crate) mod cores;
 pub(crate) mod declare;
 pub(crate) mod file;

@@ -227,6 +227,16 @@ settings! {
             value_name: "FILE",
         }
 
+        /// The unix socket `hyperfork ctl` talks to the master through (mode 0600: the server's user
+        /// or root); see docs/operations.md
+        pub control_socket: Option<PathBuf> = CONTROL_SOCKET: Path {
+            flag: "--control-socket",
+            env: ["HYPERFORK_CONTROL_SOCKET"],
+            toml: "control_socket",
+            unset: "$RUNTIME_DIRECTORY/hyperfork.ctl, else the pid file's path with .ctl, else in $XDG_RUNTIME_DIR or /tmp",
+            value_name: "PATH",
+        }
+
         /// Close keep-alive connections idle for this long, e.g. 5, 65s
         pub timeout_keep_alive: Duration = TIMEOUT_KEEP_ALIVE: Seconds {
             flag: "--timeout-keep-alive",

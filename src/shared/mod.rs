@@ -3,7 +3,7 @@
 
 pub(crate) mod balance;
 pub(crate) mod control;
-#[allow(dead_code)] // Until the master serves it and `hyperfork ctl` sends it (in progress).
+#[allow(dead_code)] // `Reply::ok`, `failed` and `line`: until the master serves it (in progress).
 pub(crate) mod ctl_wire;
 pub(crate) mod listener;
 pub(crate) mod proctitle;
