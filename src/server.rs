@@ -427,6 +427,19 @@ impl<S: Send + Sync + 'static> Server<S> {
         announce(&settings, &opened.listeners, &plan, &jobs);
         let fixed = FixedAtStart::of(&settings);
         let reload = || reload(&cli, &lib_jobs, &fixed);
+        let control_socket = {
+            let c = crate::config::control::control_socket(&settings, &ProcessEnv);
+            match c.checked() {
+                Ok(path) => Some((path.to_path_buf(), c.is_explicit())),
+                Err(e) if c.is_explicit() => {
+                    return Err(Failure::usage(ConfigError::Invalid(e.to_string())));
+                }
+                Err(e) => {
+                    tracing::warn!("no control socket, `ctl` will not reach this master: {e}");
+                    None
+                }
+            }
+        };
         let outcome = master::run(MasterArgs {
             workers: plan.workers,
             threads: settings.threads,
@@ -453,7 +466,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             accept: settings.accept,
             max_surge: settings.max_surge,
             metrics_bind: settings.metrics_bind,
-            control_socket: None,
+            control_socket,
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),

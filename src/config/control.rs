@@ -64,7 +64,6 @@ pub(crate) struct PathTooLong {
 impl ControlPath {
     /// Whether the user named this path (`--control-socket`, its environment variable or TOML key),
     /// rather than a default rule choosing it.
-    #[allow(dead_code)] // For the master, which creates the socket (in progress).
     pub fn is_explicit(&self) -> bool {
         self.origin == Origin::Explicit
     }

@@ -3,7 +3,6 @@
 
 pub(crate) mod balance;
 pub(crate) mod control;
-#[allow(dead_code)] // `Reply::ok`, `failed` and `line`: until the master serves it (in progress).
 pub(crate) mod ctl_wire;
 pub(crate) mod listener;
 pub(crate) mod proctitle;

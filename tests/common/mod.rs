@@ -76,10 +76,19 @@ pub fn command(bin: &PathBuf) -> Command {
         "HYPERFORK_SOCKET_MODE",
         "HYPERFORK_UMASK",
         "HYPERFORK_MAX_SURGE",
+        "HYPERFORK_CONTROL_SOCKET",
+        "HYPERFORK_METRICS_BIND",
+        "HYPERFORK_PID",
+        "RUNTIME_DIRECTORY",
         "RUST_LOG",
     ] {
         c.env_remove(var);
     }
+    // The control socket's default path (without --control-socket, --pid or RUNTIME_DIRECTORY) is in
+    // XDG_RUNTIME_DIR: keep the tests' sockets out of the user's runtime directory and /tmp.
+    let run = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run");
+    let _ = std::fs::create_dir_all(&run);
+    c.env("XDG_RUNTIME_DIR", run);
     c
 }
 
