@@ -114,7 +114,7 @@ impl CtlServer {
         let mut v: Vec<(BorrowedFd<'_>, bool)> = self
             .clients
             .iter()
-            .filter(|c| !c.asked || c.conn.wants_write())
+            .filter(|c| !c.asked || c.conn.wants_write() || c.conn.lingering())
             .map(|c| (c.conn.fd(), c.conn.wants_write()))
             .collect();
         if let Some(l) = self
@@ -148,15 +148,13 @@ impl CtlServer {
             if let Err(why) = permitted(conn.stream()) {
                 tracing::warn!("control socket: refused a connection: {why}");
                 conn.send_last(Reply::failed(format!("refused: {why}")).line().as_bytes());
-                conn.write();
-                continue;
             }
             self.next_id += 1;
             self.clients.push(Client {
                 id: self.next_id,
+                asked: conn.wants_write(),
                 conn,
                 waiting: None,
-                asked: false,
             });
         }
     }

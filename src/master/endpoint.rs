@@ -2,10 +2,37 @@
 //! `/metrics` scrape or a `ctl` client. Its socket is non-blocking; each turn of the loop reads what
 //! has arrived and writes what the socket takes, and a connection past its deadline or its input limit
 //! is dropped. So a slow or hostile client costs the master a few system calls per turn, never a wait.
+//!
+//! After its last answer a connection is shut down for writing and kept until the peer closes (at most
+//! [`LINGER`]), reading and dropping whatever the peer still sends: closing a socket with unread input
+//! resets the connection, and a reset can discard the answer before the peer reads it.
 
 use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Instant;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// How long a connection waits for its peer to close after the last answer.
+pub(super) const LINGER: Duration = Duration::from_secs(1);
+
+/// A stream the master serves.
+pub(super) trait Socket: Read + Write + AsFd {
+    /// Shuts the writing side down (sends FIN).
+    fn shutdown_write(&self);
+}
+
+impl Socket for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl Socket for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
 
 /// What reading found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +57,11 @@ pub(super) struct Conn<S> {
     pub deadline: Instant,
     /// Close once the output is sent.
     closing: bool,
+    /// The last answer is sent: waiting for the peer to close.
+    lingering: bool,
 }
 
-impl<S: Read + Write + AsFd> Conn<S> {
+impl<S: Socket> Conn<S> {
     /// Wraps `stream`, which must already be non-blocking.
     pub fn new(stream: S, deadline: Instant) -> Conn<S> {
         Conn {
@@ -42,7 +71,13 @@ impl<S: Read + Write + AsFd> Conn<S> {
             sent: 0,
             deadline,
             closing: false,
+            lingering: false,
         }
+    }
+
+    /// Whether the last answer is sent and the connection waits for the peer to close.
+    pub fn lingering(&self) -> bool {
+        self.lingering
     }
 
     /// The socket, to poll.
@@ -96,8 +131,11 @@ impl<S: Read + Write + AsFd> Conn<S> {
     }
 
     /// Writes what the socket takes now. Returns `false` once the connection is finished: its last
-    /// output sent, or the peer gone.
+    /// output sent and the peer closed (or [`LINGER`] passed), or the peer gone.
     pub fn write(&mut self) -> bool {
+        if self.lingering {
+            return self.read_to_close();
+        }
         while self.wants_write() {
             match self.stream.write(&self.output[self.sent..]) {
                 Ok(0) => return false,
@@ -109,7 +147,27 @@ impl<S: Read + Write + AsFd> Conn<S> {
         }
         self.output.clear();
         self.sent = 0;
-        !self.closing
+        if !self.closing {
+            return true;
+        }
+        self.stream.shutdown_write();
+        self.lingering = true;
+        self.deadline = self.deadline.min(Instant::now() + LINGER);
+        self.read_to_close()
+    }
+
+    /// Reads and drops input; `false` once the peer closed.
+    fn read_to_close(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Whether the deadline passed.
@@ -168,15 +226,20 @@ mod tests {
     }
 
     #[test]
-    fn the_connection_ends_once_its_last_output_is_sent() {
+    fn the_connection_ends_once_its_last_output_is_read_and_the_peer_closed() {
         let (mut c, mut peer) = pair();
         c.send(b"progress\n");
         assert!(c.write());
         c.send_last(b"done\n");
-        assert!(!c.write());
+        assert!(c.write(), "sent; waiting for the peer to close");
+        assert!(c.lingering());
+        // The peer's late input is read and dropped, not left to reset the connection.
+        peer.write_all(b"late").unwrap();
+        assert!(c.write());
         let mut got = String::new();
-        drop(c);
         peer.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "progress\ndone\n");
+        assert_eq!(got, "progress\ndone\n", "the answer, then end of file");
+        drop(peer);
+        assert!(!c.write(), "finished once the peer closed");
     }
 }

@@ -149,8 +149,8 @@ impl Master<'_> {
             server.scrape = None;
             return;
         }
-        let answering = scrape.wants_write();
-        if !answering {
+        // Still reading the request (not answering, nor waiting for the scraper to close).
+        if !scrape.wants_write() && !scrape.lingering() {
             match scrape.read(MAX_REQUEST) {
                 Input::Closed => {
                     server.scrape = None;
