@@ -382,3 +382,40 @@ fn a_bad_metrics_address_is_a_usage_error() {
         "{err}"
     );
 }
+
+#[test]
+fn job_runs_and_failures_are_counted_by_the_master() {
+    let metrics = free_port();
+    let bind = format!("127.0.0.1:{metrics}");
+    let p = Proc::serve(
+        &example_bin("faults"),
+        &["--workers", "2", "--metrics-bind", bind.as_str()],
+        &[("HYPERFORK_FAULT", "job-panic")],
+    );
+    let mut s = Samples::default();
+    let job = [("job", "flaky")];
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            s = scrape(metrics);
+            s.get("hyperfork_job_runs_total", &job) >= 3.0
+                && s.get("hyperfork_job_failures_total", &job) >= 1.0
+        }),
+        "runs and failures of the flaky job: {s:?}"
+    );
+    let (runs, failures) = (
+        s.get("hyperfork_job_runs_total", &job),
+        s.get("hyperfork_job_failures_total", &job),
+    );
+    assert!(failures < runs, "it panics on every other run only");
+    assert!(s.get("hyperfork_job_last_duration_seconds", &job) >= 0.0);
+    assert_eq!(
+        s.get("hyperfork_scheduler_holder", &[("worker", "0")]),
+        1.0,
+        "slot 0 runs the jobs"
+    );
+    assert!(
+        s.get("hyperfork_scheduler_holder", &[("worker", "1")])
+            .is_nan()
+    );
+    drop(p);
+}
