@@ -1,6 +1,7 @@
 //! The access log and the proxy headers, per request: who the client is ([`client`], uvicorn's rule
 //! for `X-Forwarded-For`), and the access-log [`Record`] carried by the response body (`guard::Tracked`)
-//! until the body is sent or dropped, then written as one INFO line under `hyperfork::access`.
+//! until the body is sent or dropped, then written as one INFO line under `hyperfork::access` (by
+//! [`access_sink`](super::access_sink), in batches).
 //!
 //! With the access log off, a request costs no allocation here: the body wrapper holds `None`.
 
@@ -108,7 +109,6 @@ impl Record {
         self.response_headers = headers(resp.headers(), &self.format.response_headers);
     }
 
-    /// Writes the line.
     /// Counts `n` more body bytes sent.
     pub(crate) fn sent(&mut self, n: usize) {
         self.bytes += n as u64;
@@ -120,7 +120,7 @@ impl Record {
             record: self,
             elapsed: self.start.elapsed(),
         };
-        tracing::info!(target: "hyperfork::access", "{line}");
+        crate::worker::access_sink::write(line);
     }
 
     /// One atom's text, the request having taken `elapsed`.
