@@ -471,12 +471,13 @@ fn main() -> ExitCode {
             match measure(&kinds[i], &o, &benches) {
                 Ok(s) => {
                     eprintln!(
-                        "bench:   keep-alive {:.0} req/s, p99 {:.2} ms, {} failures; \
+                        "bench:   keep-alive {:.0} req/s, p99 {:.2} ms, {} failures, CPU {:.2} s/100k; \
                          connection per request {:.0} req/s, p99 {:.2} ms, {} failures; \
                          steady {:.0}/s p50 {:.2} ms, p99 {:.2} ms, {} failures, {} late",
                         s.rate,
                         s.p99,
                         s.failures,
+                        s.cpu_per_100k,
                         s.short.rate,
                         s.short.p99,
                         s.short.failures,

@@ -12,10 +12,9 @@
 //! `logging::owns_output`): under an application's own subscriber every line is a `tracing` event,
 //! as any other.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
@@ -54,15 +53,19 @@ pub(crate) fn open() -> bool {
     true
 }
 
-/// Writes one access line (`line` without the prefix and the newline).
-pub(crate) fn write(line: impl fmt::Display) {
+/// Writes one access line, finished at `now`: `line` appends its text (without the prefix and the
+/// newline).
+pub(crate) fn write(now: Instant, line: impl FnOnce(&mut Vec<u8>)) {
     if !BATCHED.load(Ordering::Relaxed) {
-        tracing::info!(target: TARGET, "{line}");
+        let mut text = Vec::new();
+        line(&mut text);
+        tracing::info!(target: TARGET, "{}", String::from_utf8_lossy(&text));
         return;
     }
     let mut buffer = lock();
     let was_empty = buffer.bytes.is_empty();
-    buffer.add(SystemTime::now(), line, &mut output);
+    let wall = buffer.wall_clock(now);
+    buffer.add(wall, line, &mut output);
     if was_empty && !buffer.bytes.is_empty() {
         PENDING.notify_one();
     }
@@ -106,6 +109,9 @@ struct Buffer {
     second: u64,
     /// `second` as `YYYY-MM-DDTHH:MM:SS`, empty until the first line.
     stamp: String,
+    /// The wall clock read at an instant, at most a second ago: a line's time is the anchor's plus
+    /// the monotonic time since, one clock read per line instead of two.
+    anchor: Option<(Instant, SystemTime)>,
 }
 
 impl Buffer {
@@ -116,7 +122,23 @@ impl Buffer {
             prefix: String::new(),
             second: 0,
             stamp: String::new(),
+            anchor: None,
         }
+    }
+
+    /// The wall-clock time at `now`, from the anchor, read again when it is a second old (so a
+    /// step of the system clock shows within a second).
+    fn wall_clock(&mut self, now: Instant) -> SystemTime {
+        if let Some((at, wall)) = self.anchor {
+            if let Some(since) = now.checked_duration_since(at) {
+                if since < Duration::from_secs(1) {
+                    return wall + since;
+                }
+            }
+        }
+        let wall = SystemTime::now();
+        self.anchor = Some((now, wall));
+        wall
     }
 
     /// Sets the prefix and reserves a batch.
@@ -128,14 +150,16 @@ impl Buffer {
     /// Appends `line` stamped `now` (stamp, prefix, line, newline). If the buffer is then over
     /// [`BATCH`], the lines before it go to `out` first, and then the line itself if it is a batch
     /// alone.
-    fn add(&mut self, now: SystemTime, line: impl fmt::Display, out: &mut impl FnMut(&[u8])) {
+    fn add(
+        &mut self,
+        now: SystemTime,
+        line: impl FnOnce(&mut Vec<u8>),
+        out: &mut impl FnMut(&[u8]),
+    ) {
         let start = self.bytes.len();
         self.push_stamp(now);
         self.bytes.extend_from_slice(self.prefix.as_bytes());
-        if fmt::write(&mut Bytes(&mut self.bytes), format_args!("{line}")).is_err() {
-            self.bytes.truncate(start);
-            return;
-        }
+        line(&mut self.bytes);
         self.bytes.push(b'\n');
         if self.bytes.len() > BATCH {
             if start > 0 {
@@ -181,19 +205,14 @@ impl Buffer {
     }
 }
 
-/// `fmt::Write` into a byte buffer.
-struct Bytes<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for Bytes<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line that appends `s`.
+    fn text(s: &str) -> impl FnOnce(&mut Vec<u8>) + '_ {
+        move |out| out.extend_from_slice(s.as_bytes())
+    }
 
     #[test]
     fn the_stamp_is_the_one_tracing_writes() {
@@ -220,12 +239,26 @@ mod tests {
     }
 
     #[test]
+    fn the_wall_clock_follows_the_monotonic_one_for_a_second() {
+        let mut b = Buffer::new();
+        let t0 = Instant::now();
+        let w0 = b.wall_clock(t0);
+        let ms = Duration::from_millis(1);
+        assert_eq!(b.wall_clock(t0 + 500 * ms), w0 + 500 * ms);
+        // A second later, or an instant before the anchor, the wall clock is read again.
+        assert!(b.wall_clock(t0 + 1000 * ms) < w0 + 500 * ms);
+        assert_eq!(b.anchor.map(|a| a.0), Some(t0 + 1000 * ms));
+        b.wall_clock(t0);
+        assert_eq!(b.anchor.map(|a| a.0), Some(t0));
+    }
+
+    #[test]
     fn a_line_is_stamp_prefix_text() {
         let mut b = Buffer::new();
         b.start("  INFO [worker 1 pid 7] ".into());
         b.add(
             UNIX_EPOCH + Duration::from_secs(60),
-            "GET / 200",
+            text("GET / 200"),
             &mut |_| panic!("nothing to write yet"),
         );
         assert_eq!(
@@ -241,23 +274,20 @@ mod tests {
         let written = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
         let mut out = |batch: &[u8]| written.borrow_mut().push(batch.to_vec());
         // Each line: 27-byte stamp + 72 + newline = 100 bytes; the 41st does not fit.
-        let text = "x".repeat(72);
+        let line = "x".repeat(72);
         for _ in 0..41 {
-            b.add(UNIX_EPOCH, &text, &mut out);
+            b.add(UNIX_EPOCH, text(&line), &mut out);
         }
         assert_eq!(written.borrow().len(), 1);
         assert_eq!(written.borrow()[0].len(), 4000);
         assert_eq!(b.bytes.len(), 100);
         // A line longer than a batch goes alone, right after the lines before it.
-        b.add(UNIX_EPOCH, "y".repeat(5000), &mut out);
+        b.add(UNIX_EPOCH, text(&"y".repeat(5000)), &mut out);
         assert!(b.bytes.is_empty());
         // Lines of many lengths, some with an inner newline from the format: every batch ends a line.
         for n in 0..300 {
-            b.add(
-                UNIX_EPOCH,
-                format!("{}\n{}", "z".repeat(n * 7 % 500), n),
-                &mut out,
-            );
+            let line = format!("{}\n{}", "z".repeat(n * 7 % 500), n);
+            b.add(UNIX_EPOCH, text(&line), &mut out);
         }
         b.write_all(&mut out);
         let batches = written.take();
