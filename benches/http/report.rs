@@ -565,7 +565,7 @@ const GAP_SHORT: &str = "The balanced accept's deferral (`accept_fd` in src/serv
     only while the worker has requests in flight). benches/README.md.";
 const GAP_ACCESS: &str = "Each line is formatted into the worker's buffer and written with the others \
     in one write(2) of at most 4 KiB (src/worker/access_sink.rs); what is left is the line's formatting \
-    and the file append. docs/operations.md#access-log has the profile.";
+    and the file append. benches/README.md (\"The access log's cost\") has the profile.";
 const GAP_NONE: &str = "Not expected: look at the timing list above for outliers.";
 
 /// Writes the report whole: to a temporary file beside it, then renamed over it.
