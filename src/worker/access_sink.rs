@@ -94,9 +94,20 @@ async fn flush_after_interval() {
     }
 }
 
-/// The buffer, even if a thread panicked holding it (the bytes are whole lines either way).
+/// The buffer. If a thread panicked holding it, the part of a line it was adding is dropped, so the
+/// buffer holds whole lines again.
 fn lock() -> MutexGuard<'static, Buffer> {
-    BUFFER.lock().unwrap_or_else(|e| e.into_inner())
+    BUFFER.lock().unwrap_or_else(|poisoned| {
+        let mut buffer = poisoned.into_inner();
+        let whole = buffer
+            .bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        buffer.bytes.truncate(whole);
+        BUFFER.clear_poison();
+        buffer
+    })
 }
 
 /// Lines waiting to be written, and what each starts with.
