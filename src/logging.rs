@@ -7,15 +7,19 @@
 //! With a log file, every process appends to it (`O_APPEND`, one `write` per line, so lines from
 //! different processes never interleave). [`reopen`] opens the path again, for log rotation: the master
 //! calls it on `SIGUSR1` and passes the signal to its workers, which call it too.
+//!
+//! Access lines take a shorter way in workers (`worker::access_sink`): formatted with the same
+//! [`prefix`] and [`SystemTime`] stamp straight into a buffer, and written here in batches of whole
+//! lines with [`write_lines`], when this module's subscriber is the one installed ([`owns_output`]).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -34,6 +38,10 @@ static PID: AtomicU32 = AtomicU32::new(0);
 /// another thread when it forks.
 static FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
 
+/// Whether the installed global subscriber is the one [`init`] built (an application may have
+/// installed its own).
+static OWNED: AtomicBool = AtomicBool::new(false);
+
 fn open(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
@@ -43,17 +51,29 @@ struct Sink;
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut file = FILE.lock().unwrap_or_else(|e| e.into_inner());
-        match file.as_mut() {
-            Some((_, f)) => f.write_all(buf)?,
-            None => io::stderr().write_all(buf)?,
-        }
+        write_lines(buf)?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Writes `lines` (whole lines) where every log line goes, the log file or stderr, with one `write`
+/// when the system takes it whole (it always does for a file, and for a pipe up to `PIPE_BUF` bytes).
+pub(crate) fn write_lines(lines: &[u8]) -> io::Result<()> {
+    let mut file = FILE.lock().unwrap_or_else(|e| e.into_inner());
+    match file.as_mut() {
+        Some((_, f)) => f.write_all(lines),
+        None => io::stderr().write_all(lines),
+    }
+}
+
+/// Whether log lines are formatted by [`init`]'s subscriber: then an access line written with
+/// [`write_lines`], [`prefix`] and [`SystemTime`]'s stamp is the line `tracing` would have written.
+pub(crate) fn owns_output() -> bool {
+    OWNED.load(Ordering::Relaxed)
 }
 
 /// Opens the log file again at its path (after it was moved away by log rotation). Returns the path,
@@ -94,6 +114,9 @@ pub fn init(level: LogLevel, file: Option<&Path>) -> Result<(), StartError> {
         .with_writer(|| Sink)
         .event_format(Prefixed)
         .try_init();
+    // `try_init` also fails when only its `log` bridge could not be set; ask the dispatcher instead.
+    let owned = tracing::dispatcher::get_default(|d| d.is::<Prefixed>());
+    OWNED.store(owned, Ordering::Relaxed);
     Ok(())
 }
 
@@ -115,6 +138,11 @@ pub fn who() -> String {
     }
 }
 
+/// What follows the time stamp on this process's lines at `level`, e.g. `"  INFO [worker 2 pid 4242] "`.
+pub(crate) fn prefix(level: Level) -> String {
+    format!(" {level:>5} [{}] ", who())
+}
+
 /// Routes panics through `tracing`, so a panic's line carries the prefix too.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
@@ -131,6 +159,7 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// The line format: time stamp, level, [`who`], then the event's fields.
 struct Prefixed;
 
 impl<S, N> FormatEvent<S, N> for Prefixed
@@ -145,7 +174,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         SystemTime.format_time(&mut writer)?;
-        write!(writer, " {:>5} [{}] ", event.metadata().level(), who())?;
+        writer.write_str(&prefix(*event.metadata().level()))?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }

@@ -1,6 +1,8 @@
 //! The access log and the proxy headers, against `examples/faults.rs`: the default line for a 200, a
-//! POST, a 404 and a 503; a custom format; `--no-access-log`; `X-Forwarded-For` believed from a trusted
-//! peer only (and seen by the app as `ClientAddr`); a bad format refused at start.
+//! POST, a 404 and a 503; a custom format; `--no-access-log`; the log level hiding access lines and
+//! `RUST_LOG` bringing them back; no line lost or split on a graceful stop (the built-in app, lines
+//! batched); `X-Forwarded-For` believed from a trusted peer only (and seen by the app as
+//! `ClientAddr`); a bad format refused at start.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Proc, command, example_bin, free_port, get, hyperfork_bin, wait_until};
+use common::{Conn, Proc, command, example_bin, free_port, get, hyperfork_bin, wait_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -119,6 +121,95 @@ fn no_access_log_writes_none() {
     std::thread::sleep(Duration::from_millis(300));
     let log = p.stderr();
     assert!(!log.contains("HTTP/1.1\""), "{log}");
+}
+
+#[test]
+fn access_lines_follow_the_log_level() {
+    let quiet = faults(&["--workers", "1", "--log-level", "warning"]);
+    assert_eq!(get(quiet.port, "/?t=hidden").unwrap().status, 200);
+    let env = [("RUST_LOG", "warn,hyperfork::access=info")];
+    let shown = Proc::serve(
+        &example_bin("faults"),
+        &["--workers", "1", "--log-level", "warning"],
+        &env,
+    );
+    assert_eq!(get(shown.port, "/?t=shown").unwrap().status, 200);
+    assert_default(
+        &line(&shown, "/?t=shown "),
+        "GET /?t=shown HTTP/1.1",
+        200,
+        "13",
+    );
+    // Lines are written within 100 ms; `shown` waited for its own already.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = quiet.stderr();
+    assert!(!log.contains("/?t=hidden"), "{log}");
+}
+
+/// Whether `line` is one whole log line: a time stamp, a level, who wrote it, and for an access line
+/// the whole default line, duration and all.
+fn whole(line: &str) -> bool {
+    let b = line.as_bytes();
+    let stamp = b.len() > 27
+        && b[..27].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            26 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    let who = line.contains(" [master pid ") || line.contains(" [worker ");
+    let access = !line.contains(" HTTP/1.1\" ")
+        || (line.contains(" INFO [worker ") && line.contains(" - \"GET /") && line.ends_with("ms"));
+    stamp && who && access
+}
+
+#[test]
+fn a_graceful_stop_loses_no_line() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let log = dir.path().join("hyperfork.log");
+    let file = log.to_str().expect("UTF-8 path");
+    let mut p = Proc::serve(
+        &hyperfork_bin(),
+        &["--workers", "2", "--log-file", file],
+        &[],
+    );
+    // 4 keep-alive clients, 50 requests each, spread over both workers; the stop comes right after
+    // the last answer, so lines are still in the workers' buffers.
+    let port = p.port;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(port).expect("connect");
+                for i in 0..50 {
+                    let r = conn.get(&format!("/?n={}", c * 50 + i)).expect("GET");
+                    assert_eq!(r.status, 200);
+                }
+                conn
+            })
+        })
+        .collect();
+    let conns: Vec<Conn> = clients
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    p.signal(libc::SIGTERM);
+    drop(conns);
+    assert!(
+        p.wait_exit(WAIT).is_some_and(|s| s.success()),
+        "no clean exit:\n{}",
+        p.stderr()
+    );
+    let text = std::fs::read_to_string(&log).expect("read the log file");
+    for n in 0..200 {
+        let needle = format!(" \"GET /?n={n} HTTP/1.1\" 200 13 ");
+        let count = text.matches(&needle).count();
+        assert_eq!(count, 1, "{count} lines for request {n}:\n{text}");
+    }
+    let broken: Vec<&str> = text.lines().filter(|l| !whole(l)).collect();
+    assert!(broken.is_empty(), "lines not whole: {broken:#?}");
+    assert!(text.contains("all workers exited"), "{text}");
 }
 
 #[test]

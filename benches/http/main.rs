@@ -14,10 +14,12 @@
 //! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server, shape and round),
 //! `--connections N` (keep-alive), `--short-connections N` (client loops of the
 //! connection-per-request shape), `--steady-rate R` (new connections per second of the steady shape),
-//! `--only NAME[,NAME]` (baseline, hyperfork, nginx, uvicorn), `--accept STRATEGY` (hyperfork's
-//! accept strategy), `--workers N[,N]` (hyperfork pool sizes), `--report FILE`. Besides the pools
-//! asked for, hyperfork runs at the default pool size with `--accept shared`, the reference of the
-//! short-connection target.
+//! `--only NAME[,NAME]` (baseline, hyperfork, access-log, nginx, uvicorn), `--accept STRATEGY`
+//! (hyperfork's accept strategy), `--workers N[,N]` (hyperfork pool sizes), `--report FILE`. Besides
+//! the pools asked for, hyperfork runs at the default pool size with `--accept shared`, the reference
+//! of the short-connection target. `access-log` is hyperfork with one worker per core, logging to a
+//! file at `--log-level info`, once with the access log on and once with `--no-access-log`: the
+//! access log's cost in CPU per request.
 
 mod baseline;
 mod load;
@@ -31,7 +33,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use servers::Kind;
+use servers::{Kind, Logging};
 
 /// What the run does.
 #[derive(Debug, Clone)]
@@ -198,6 +200,10 @@ pub struct Sample {
     pub steady: Figures,
     /// Steady-rate connections the generator started late (its own lag, not the server's).
     pub steady_late: u64,
+    /// 200 responses over the whole run of this server (warm-ups and all three shapes).
+    pub answered: u64,
+    /// Access-log lines of `200` answers in its log file after it stopped (the access-log rows).
+    pub access_lines: Option<u64>,
 }
 
 fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample, String> {
@@ -214,7 +220,7 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
             o.client_threads,
         )
     };
-    keep_alive(o.warm).finish();
+    let mut answered = keep_alive(o.warm).finish().ok;
     let pids = procs::tree(server.pid());
     let cpu_before = procs::cpu_time(&pids);
     let run = keep_alive(o.measure);
@@ -223,6 +229,7 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
     let mut out = run.finish();
     let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
     let keep = Figures::of(kind, "keep-alive", &mut out)?;
+    answered += out.ok;
 
     let per_request = |duration| {
         load::start(
@@ -235,13 +242,38 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
         )
         .finish()
     };
-    per_request(o.warm);
-    let short = Figures::of(kind, "connection-per-request", &mut per_request(o.measure))?;
+    answered += per_request(o.warm).ok;
+    let mut short = per_request(o.measure);
+    answered += short.ok;
+    let short = Figures::of(kind, "connection-per-request", &mut short)?;
     let mut steady =
         steady::start(server.addr, "/", o.steady_rate, o.measure, o.client_threads).finish();
+    answered += steady.load.ok;
     let steady_late = steady.late;
     let steady = Figures::of(kind, "steady-rate", &mut steady.load)?;
-    server.stop();
+    let access_lines = match kind {
+        Kind::Hyperfork {
+            logging: Logging::AccessOn,
+            ..
+        } => {
+            // Every answered request has its line once the server stopped gracefully (plus the
+            // start-up probe's): fewer means lines were lost.
+            let lines = server.stop_counting("\"GET / HTTP/1.1\" 200 ");
+            if lines.is_none_or(|n| n < answered) {
+                return Err(format!(
+                    "{}: {} access line(s) of 200 answers in the log file for {answered} 200s \
+                     answered",
+                    kind.label(),
+                    lines.map_or("no".to_string(), |n| n.to_string())
+                ));
+            }
+            lines
+        }
+        _ => {
+            server.stop();
+            None
+        }
+    };
     let spread = match kind {
         Kind::Hyperfork { workers, .. } => {
             let counts: Vec<u64> = out.per_worker.values().copied().collect();
@@ -269,6 +301,8 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
         short,
         steady,
         steady_late,
+        answered,
+        access_lines,
     })
 }
 
@@ -304,7 +338,7 @@ fn time_startup(workers: usize, accept: Option<&str>) -> Result<f64, String> {
 
 /// SIGKILL of the only worker → first 200 from its replacement, in ms, `repeats` times.
 fn time_replacement(repeats: usize, accept: Option<String>) -> Result<Vec<f64>, String> {
-    let kind = Kind::Hyperfork { workers: 1, accept };
+    let kind = Kind::hyperfork(1, accept);
     let server = servers::start(&kind, std::path::Path::new("."))?;
     let mut out = Vec::new();
     for _ in 0..repeats {
@@ -374,15 +408,24 @@ fn main() -> ExitCode {
         // The reference of the short-connection target: the default pool with a plain shared accept.
         let shared = (counts.contains(&machine.default_workers)
             && o.accept.as_deref() != Some("shared"))
-        .then(|| Kind::Hyperfork {
-            workers: machine.default_workers,
-            accept: Some("shared".to_string()),
-        });
-        kinds.extend(counts.into_iter().map(|workers| Kind::Hyperfork {
-            workers,
-            accept: o.accept.clone(),
-        }));
+        .then(|| Kind::hyperfork(machine.default_workers, Some("shared".to_string())));
+        kinds.extend(
+            counts
+                .into_iter()
+                .map(|workers| Kind::hyperfork(workers, o.accept.clone())),
+        );
         kinds.extend(shared);
+    }
+    if wanted("access-log") {
+        // The access log's cost: the same pool (one worker per core) with the log on and off, both
+        // writing their other lines to a log file at `--log-level info`.
+        for logging in [Logging::AccessOn, Logging::AccessOff] {
+            kinds.push(Kind::Hyperfork {
+                workers: machine.cores,
+                accept: o.accept.clone(),
+                logging,
+            });
+        }
     }
     if wanted("nginx") {
         match servers::find_nginx() {
@@ -428,12 +471,13 @@ fn main() -> ExitCode {
             match measure(&kinds[i], &o, &benches) {
                 Ok(s) => {
                     eprintln!(
-                        "bench:   keep-alive {:.0} req/s, p99 {:.2} ms, {} failures; \
+                        "bench:   keep-alive {:.0} req/s, p99 {:.2} ms, {} failures, CPU {:.2} s/100k; \
                          connection per request {:.0} req/s, p99 {:.2} ms, {} failures; \
                          steady {:.0}/s p50 {:.2} ms, p99 {:.2} ms, {} failures, {} late",
                         s.rate,
                         s.p99,
                         s.failures,
+                        s.cpu_per_100k,
                         s.short.rate,
                         s.short.p99,
                         s.short.failures,

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::servers::{self, Kind};
+use crate::servers::{self, Kind, Logging};
 use crate::{Options, Sample};
 
 /// The machine the run happened on.
@@ -173,6 +173,7 @@ pub fn render(input: &Input<'_>) -> String {
     }
 
     s.push_str(&short_connections(input));
+    s.push_str(&access_log(input));
 
     let _ = writeln!(
         s,
@@ -346,6 +347,63 @@ fn short_connections(input: &Input<'_>) -> String {
     s
 }
 
+/// The positions of the access-log rows: log on, log off.
+fn access_rows(input: &Input<'_>) -> Option<(usize, usize)> {
+    let find = |wanted: Logging| {
+        input
+            .kinds
+            .iter()
+            .position(|k| matches!(k, Kind::Hyperfork { logging, .. } if *logging == wanted))
+    };
+    Some((find(Logging::AccessOn)?, find(Logging::AccessOff)?))
+}
+
+/// The access log's cost: the same pool with the log on and off, keep-alive load, and the ratio of
+/// the two taken per round.
+fn access_log(input: &Input<'_>) -> String {
+    let Some((on, off)) = access_rows(input) else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nAccess log (issue #15): the same pool, every log line to a log file at `--log-level \
+         info`, with the access log on (one line per request) and with `--no-access-log`; keep-alive \
+         shape. CPU per request is the server's whole process tree. \"on / off\" is the ratio \
+         taken per round, then the median. \"Lines\" counts the access lines of 200 answers in the \
+         log file after the graceful stop, against the 200s the generator got over the whole run \
+         (warm-ups and the three shapes; the run fails if any is missing).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Server | req/s | CPU s / 100k req | CPU µs / request | lines / 200s answered, last round |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---|");
+    for i in [on, off] {
+        let v = &input.samples[i];
+        let cpu = median(v.iter().map(|x| x.cpu_per_100k));
+        let lines = v.last().map_or("–".to_string(), |x| match x.access_lines {
+            Some(n) => format!("{n} / {}", x.answered),
+            None => "–".to_string(),
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {cpu:.2} | {:.2} | {lines} |",
+            input.kinds[i].label(),
+            median(v.iter().map(|x| x.rate)),
+            cpu * 10.0,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| on / off | {} | {} | {} | |",
+        fmt_ratio(per_round_ratio(input, on, Some(off), |x| x.rate)),
+        fmt_ratio(per_round_ratio(input, on, Some(off), |x| x.cpu_per_100k)),
+        fmt_ratio(per_round_ratio(input, on, Some(off), |x| x.cpu_per_100k)),
+    );
+    s
+}
+
 /// The targets of issue #6, each with the measured figure and whether it holds.
 fn targets(input: &Input<'_>) -> String {
     let m = input.machine;
@@ -354,7 +412,7 @@ fn targets(input: &Input<'_>) -> String {
     // server when that is the strategy asked for).
     let pool_with = |accept: Option<&str>| {
         find(&|k| {
-            matches!(k, Kind::Hyperfork { workers, accept: a }
+            matches!(k, Kind::Hyperfork { workers, accept: a, logging: Logging::Quiet }
                 if *workers == m.default_workers && a.as_deref() == accept)
         })
     };
@@ -445,6 +503,16 @@ fn targets(input: &Input<'_>) -> String {
             GAP_SPREAD,
         );
     }
+    if let Some((on, off)) = access_rows(input) {
+        let cpu = per_round_ratio(input, on, Some(off), |x| x.cpu_per_100k);
+        row(
+            "access log on: CPU per request ≤ 1.10× --no-access-log (issue #15)",
+            cpu,
+            "×",
+            cpu <= 1.10,
+            GAP_ACCESS,
+        );
+    }
     let kill = median(input.replacement.iter().copied());
     row(
         "SIGKILL → replacement serving ≤ 20 ms",
@@ -495,6 +563,9 @@ const GAP_SHORT: &str = "The balanced accept's deferral (`accept_fd` in src/serv
     load accepts 64 connections once and never sees it; compare the steady-rate latency with \
     --accept shared. The deferral must end as soon as no peer takes the connection (Puma waits \
     only while the worker has requests in flight). benches/README.md.";
+const GAP_ACCESS: &str = "Each line is formatted into the worker's buffer and written with the others \
+    in one write(2) of at most 4 KiB (src/worker/access_sink.rs); what is left is the line's formatting \
+    and the file append. benches/README.md (\"The access log's cost\") has the profile.";
 const GAP_NONE: &str = "Not expected: look at the timing list above for outliers.";
 
 /// Writes the report whole: to a temporary file beside it, then renamed over it.

@@ -14,10 +14,12 @@ use crate::procs;
 pub enum Kind {
     /// The single-process multi-thread hyper server (this executable), one thread per core.
     Baseline { threads: usize },
-    /// The hyperfork binary with this many workers (and this `--accept` strategy, if given).
+    /// The hyperfork binary with this many workers (and this `--accept` strategy, if given), logging
+    /// as `logging` says.
     Hyperfork {
         workers: usize,
         accept: Option<String>,
+        logging: Logging,
     },
     /// nginx with `return 200`, this many worker processes.
     Nginx { binary: PathBuf, workers: usize },
@@ -25,17 +27,49 @@ pub enum Kind {
     Uvicorn { python: PathBuf, workers: usize },
 }
 
+/// What a hyperfork row logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logging {
+    /// `--log-level warning` to stderr: no access line (the comparison rows).
+    Quiet,
+    /// `--log-level info` to a log file in a temporary directory, the access log on: one line per
+    /// request.
+    AccessOn,
+    /// The same, with `--no-access-log`: the reference of the access log's cost.
+    AccessOff,
+}
+
 impl Kind {
+    /// A hyperfork row with `workers` workers, the default accept strategy and quiet logs.
+    pub fn hyperfork(workers: usize, accept: Option<String>) -> Kind {
+        Kind::Hyperfork {
+            workers,
+            accept,
+            logging: Logging::Quiet,
+        }
+    }
+
     /// The row label in the report.
     pub fn label(&self) -> String {
         match self {
             Kind::Baseline { threads } => {
                 format!("hyper, 1 process × {threads} threads (baseline)")
             }
-            Kind::Hyperfork { workers, accept } => match accept {
-                Some(a) => format!("hyperfork, {workers} worker(s), --accept {a}"),
-                None => format!("hyperfork, {workers} worker(s)"),
-            },
+            Kind::Hyperfork {
+                workers,
+                accept,
+                logging,
+            } => {
+                let accept = accept
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(", --accept {a}"));
+                let logging = match logging {
+                    Logging::Quiet => "",
+                    Logging::AccessOn => ", access log on (log file)",
+                    Logging::AccessOff => ", --no-access-log (log file)",
+                };
+                format!("hyperfork, {workers} worker(s){accept}{logging}")
+            }
             Kind::Nginx { workers, .. } => format!("nginx, {workers} worker(s)"),
             Kind::Uvicorn { workers, .. } => format!("uvicorn, {workers} worker(s)"),
         }
@@ -58,6 +92,16 @@ pub fn hyperfork_bin() -> PathBuf {
 
 /// A hyperfork command serving on `addr` with `workers` workers and quiet logs.
 pub fn hyperfork_command(addr: SocketAddr, workers: usize, accept: Option<&str>) -> Command {
+    hyperfork_logging(addr, workers, accept, "warning")
+}
+
+/// A hyperfork command serving on `addr` with `workers` workers at `--log-level level`.
+fn hyperfork_logging(
+    addr: SocketAddr,
+    workers: usize,
+    accept: Option<&str>,
+    level: &str,
+) -> Command {
     let mut c = Command::new(hyperfork_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("HYPERFORK_")
@@ -74,7 +118,7 @@ pub fn hyperfork_command(addr: SocketAddr, workers: usize, accept: Option<&str>)
         "--port",
         &addr.port().to_string(),
     ])
-    .args(["--workers", &workers.to_string(), "--log-level", "warning"]);
+    .args(["--workers", &workers.to_string(), "--log-level", level]);
     if let Some(a) = accept {
         c.args(["--accept", a]);
     }
@@ -87,6 +131,8 @@ pub struct Server {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The log file it writes, if any (in `_dir`).
+    pub log_file: Option<PathBuf>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -96,6 +142,7 @@ impl Server {
         Server {
             child,
             addr,
+            log_file: None,
             _dir: None,
         }
     }
@@ -108,6 +155,18 @@ impl Server {
     /// Stops the server: SIGTERM, then SIGKILL to the whole tree after 10 s.
     pub fn stop(mut self) {
         self.terminate();
+    }
+
+    /// Stops the server as [`Server::stop`] does, then counts the lines of its log file that contain
+    /// `needle` (`None` without a log file or when it cannot be read).
+    pub fn stop_counting(mut self, needle: &str) -> Option<u64> {
+        self.terminate();
+        let file = std::fs::File::open(self.log_file.as_ref()?).ok()?;
+        let mut count = 0;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(file)) {
+            count += u64::from(line.ok()?.contains(needle));
+        }
+        Some(count)
     }
 
     fn terminate(&mut self) {
@@ -147,6 +206,7 @@ pub fn signal(pid: u32, sig: libc::c_int) {
 pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
     let addr = free_addr();
     let mut dir = None;
+    let mut log_file = None;
     let mut cmd = match kind {
         Kind::Baseline { threads } => {
             let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
@@ -155,7 +215,27 @@ pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
                 .env("HYPERFORK_BENCH_THREADS", threads.to_string());
             c
         }
-        Kind::Hyperfork { workers, accept } => hyperfork_command(addr, *workers, accept.as_deref()),
+        Kind::Hyperfork {
+            workers,
+            accept,
+            logging: Logging::Quiet,
+        } => hyperfork_command(addr, *workers, accept.as_deref()),
+        Kind::Hyperfork {
+            workers,
+            accept,
+            logging,
+        } => {
+            let d = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let file = d.path().join("hyperfork.log");
+            let mut c = hyperfork_logging(addr, *workers, accept.as_deref(), "info");
+            c.arg("--log-file").arg(&file);
+            if *logging == Logging::AccessOff {
+                c.arg("--no-access-log");
+            }
+            dir = Some(d);
+            log_file = Some(file);
+            c
+        }
         Kind::Nginx { binary, workers } => {
             let d = tempfile::tempdir().map_err(|e| e.to_string())?;
             let conf = d.path().join("nginx.conf");
@@ -200,6 +280,7 @@ pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
     let mut server = Server {
         child,
         addr,
+        log_file,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);

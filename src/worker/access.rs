@@ -1,6 +1,7 @@
 //! The access log and the proxy headers, per request: who the client is ([`client`], uvicorn's rule
 //! for `X-Forwarded-For`), and the access-log [`Record`] carried by the response body (`guard::Tracked`)
-//! until the body is sent or dropped, then written as one INFO line under `hyperfork::access`.
+//! until the body is sent or dropped, then written as one INFO line under `hyperfork::access` (by
+//! [`access_sink`](super::access_sink), in batches).
 //!
 //! With the access log off, a request costs no allocation here: the body wrapper holds `None`.
 
@@ -108,7 +109,6 @@ impl Record {
         self.response_headers = headers(resp.headers(), &self.format.response_headers);
     }
 
-    /// Writes the line.
     /// Counts `n` more body bytes sent.
     pub(crate) fn sent(&mut self, n: usize) {
         self.bytes += n as u64;
@@ -116,11 +116,60 @@ impl Record {
 
     /// Writes the line.
     pub(crate) fn emit(&self) {
-        let line = Line {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
+        crate::worker::access_sink::write(now, |out| self.write_line(elapsed, out));
+    }
+
+    /// Appends the line to `out`, the request having taken `elapsed`: the atoms of the default line
+    /// as bytes, straight (the common case costs no formatting machinery), the others through
+    /// [`Record::atom`].
+    fn write_line(&self, elapsed: Duration, out: &mut Vec<u8>) {
+        for atom in &self.format.atoms {
+            match atom {
+                Atom::Literal(text) => out.extend_from_slice(text.as_bytes()),
+                Atom::Dash => out.push(b'-'),
+                Atom::Client => match &self.client {
+                    ClientAddr::Peer(SocketAddr::V4(addr)) => {
+                        for (i, octet) in addr.ip().octets().into_iter().enumerate() {
+                            if i > 0 {
+                                out.push(b'.');
+                            }
+                            push_decimal(out, u64::from(octet));
+                        }
+                        out.push(b':');
+                        push_decimal(out, u64::from(addr.port()));
+                    }
+                    _ => self.push_atom(atom, elapsed, out),
+                },
+                Atom::RequestLine => match (self.uri.path_and_query(), protocol(self.version)) {
+                    (Some(pq), Some(protocol)) if self.uri.scheme().is_none() => {
+                        out.extend_from_slice(self.method.as_str().as_bytes());
+                        out.push(b' ');
+                        out.extend_from_slice(pq.as_str().as_bytes());
+                        out.push(b' ');
+                        out.extend_from_slice(protocol.as_bytes());
+                    }
+                    _ => self.push_atom(atom, elapsed, out),
+                },
+                Atom::Status => push_decimal(out, u64::from(self.status.as_u16())),
+                Atom::Bytes if self.bytes == 0 => out.push(b'-'),
+                Atom::Bytes | Atom::BytesZero => push_decimal(out, self.bytes),
+                Atom::ShortDuration => push_short_duration(out, elapsed),
+                _ => self.push_atom(atom, elapsed, out),
+            }
+        }
+    }
+
+    /// Appends one atom's text through its `Display`.
+    fn push_atom(&self, atom: &Atom, elapsed: Duration, out: &mut Vec<u8>) {
+        let text = AtomText {
             record: self,
-            elapsed: self.start.elapsed(),
+            atom,
+            elapsed,
         };
-        tracing::info!(target: "hyperfork::access", "{line}");
+        // Writing into a `Vec` cannot fail.
+        let _ = std::io::Write::write_fmt(out, format_args!("{text}"));
     }
 
     /// One atom's text, the request having taken `elapsed`.
@@ -159,20 +208,58 @@ impl Record {
     }
 }
 
-/// A finished record, as its line (the clock read once).
-struct Line<'a> {
+/// One atom of a finished record, as text.
+struct AtomText<'a> {
     record: &'a Record,
+    atom: &'a Atom,
     elapsed: Duration,
 }
 
-impl fmt::Display for Line<'_> {
+impl fmt::Display for AtomText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = self.record;
-        r.format
-            .atoms
-            .iter()
-            .try_for_each(|a| r.atom(a, self.elapsed, f))
+        self.record.atom(self.atom, self.elapsed, f)
     }
+}
+
+/// The protocol as the request line shows it (`format!("{version:?}")`), for the common versions.
+fn protocol(version: Version) -> Option<&'static str> {
+    match version {
+        Version::HTTP_09 => Some("HTTP/0.9"),
+        Version::HTTP_10 => Some("HTTP/1.0"),
+        Version::HTTP_11 => Some("HTTP/1.1"),
+        Version::HTTP_2 => Some("HTTP/2.0"),
+        Version::HTTP_3 => Some("HTTP/3.0"),
+        _ => None,
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends `elapsed` in milliseconds with one decimal and `ms`, rounded as `format!("{:.1}ms")`
+/// rounds the milliseconds as a float (to the nearest, a tie to even).
+fn push_short_duration(out: &mut Vec<u8>, elapsed: Duration) {
+    let nanos = elapsed.as_nanos();
+    let (mut tenths, rest) = (nanos / 100_000, nanos % 100_000);
+    if rest > 50_000 || (rest == 50_000 && tenths % 2 == 1) {
+        tenths += 1;
+    }
+    push_decimal(out, u64::try_from(tenths / 10).unwrap_or(u64::MAX));
+    out.push(b'.');
+    out.push(b'0' + (tenths % 10) as u8);
+    out.extend_from_slice(b"ms");
 }
 
 /// A header's value, `-` when absent.
@@ -192,6 +279,85 @@ fn headers(map: &HeaderMap, names: &[String]) -> Vec<Option<HeaderValue>> {
 mod tests {
     use super::*;
     use crate::config::access::Trusted;
+
+    /// `record`'s line through the straight path and through `Display` only.
+    fn both_ways(record: &Record, elapsed: Duration) -> (String, String) {
+        let mut fast = Vec::new();
+        record.write_line(elapsed, &mut fast);
+        let mut slow = Vec::new();
+        for atom in &record.format.atoms {
+            record.push_atom(atom, elapsed, &mut slow);
+        }
+        (
+            String::from_utf8(fast).unwrap(),
+            String::from_utf8(slow).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_straight_line_is_the_display_line() {
+        let all = "%(h)s %(l)s %(r)s %(m)s %(U)s %(q)s %(H)s %(s)s %(b)s %(B)s %(D)s %(M)s %(T)s \
+                   %(L)s %(f)s %(a)s %({x-a}i)s %({x-b}o)s %%";
+        for format in [
+            Arc::new(AccessFormat::default_line()),
+            Arc::new(AccessFormat::parse(all).unwrap()),
+        ] {
+            for (target, version, client) in [
+                (
+                    "/a?b=1",
+                    Version::HTTP_11,
+                    ClientAddr::Peer("10.1.2.3:4567".parse().unwrap()),
+                ),
+                (
+                    "/",
+                    Version::HTTP_2,
+                    ClientAddr::Peer("[::1]:80".parse().unwrap()),
+                ),
+                (
+                    "http://h/x",
+                    Version::HTTP_10,
+                    ClientAddr::Forwarded("203.0.113.7".into()),
+                ),
+                ("*", Version::HTTP_11, ClientAddr::Unix),
+            ] {
+                let req = Request::builder()
+                    .method(if target == "*" { "OPTIONS" } else { "GET" })
+                    .uri(target)
+                    .version(version)
+                    .header("x-a", "probe")
+                    .body(())
+                    .unwrap();
+                let mut record = Record::new(&format, &req, client);
+                let resp = Response::builder().status(404).body(()).unwrap();
+                record.respond(&resp);
+                for (bytes, micros) in [(0, 0), (13, 449), (12345, 1_250_001), (1, 99_999_999)] {
+                    record.bytes = bytes;
+                    let (fast, slow) = both_ways(&record, Duration::from_micros(micros));
+                    assert_eq!(fast, slow);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_durations_round_as_the_float_format_does() {
+        let mut n: u64 = 1;
+        for _ in 0..100_000 {
+            // A spread of durations from nanoseconds to hours (xorshift).
+            n ^= n << 13;
+            n ^= n >> 7;
+            n ^= n << 17;
+            let nanos = n % 10u64.pow(3 + n as u32 % 10);
+            if nanos % 100_000 == 50_000 {
+                continue;
+            }
+            let d = Duration::from_nanos(nanos);
+            let mut out = Vec::new();
+            push_short_duration(&mut out, d);
+            let expected = format!("{:.1}ms", d.as_secs_f64() * 1000.0);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{nanos} ns");
+        }
+    }
 
     fn settings(trusted: &str) -> AccessSettings {
         AccessSettings {

@@ -18,6 +18,7 @@
 
 mod accept;
 mod access;
+mod access_sink;
 mod connection;
 pub(crate) mod deadlines;
 mod guard;
@@ -72,6 +73,8 @@ pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
         Ok(code) => code,
         Err(_) => i32::from(EXIT_RUNTIME),
     };
+    // The access lines still buffered, including those of connections the runtime dropped.
+    access_sink::flush();
     std::process::exit(code)
 }
 
@@ -276,8 +279,12 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
         .then(|| Scheduler::new(args.jobs, worker.clone(), state.clone(), control));
     let balance = join_balance(args.balance, pid, args.slot);
     let counters = join_stats(args.stats, pid, args.slot);
-    let (orders, limits, app) = (args.orders, args.limits, args.app);
+    let (orders, mut limits, app) = (args.orders, args.limits, args.app);
     runtime.block_on(async move {
+        if !access_sink::open() {
+            // Access lines are filtered out: no request builds one.
+            limits.access.format = None;
+        }
         let (tx, rx) = watch::channel(Stop::Run);
         let stop_began = stop_clock(rx.clone());
         watch_signals(tx).map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -308,9 +315,9 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
             balance,
             counters,
         };
-        runner(listeners, serving)
-            .await
-            .map_err(|e| format!("serving failed: {e}"))?;
+        let served = runner(listeners, serving).await;
+        access_sink::flush();
+        served.map_err(|e| format!("serving failed: {e}"))?;
         // Let running jobs end (the drain already stopped new ones), then the stop hook, both within
         // what is left of the graceful timeout.
         let left = || {
@@ -417,6 +424,7 @@ fn spawn_order_loop(
                     },
                     Ok(None) | Err(_) => {
                         tracing::error!("the master is gone; exiting");
+                        access_sink::flush();
                         std::process::exit(i32::from(EXIT_RUNTIME));
                     }
                 },
@@ -465,6 +473,8 @@ fn watch_signals(tx: watch::Sender<Stop>) -> std::io::Result<()> {
     }
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
+            // The lines buffered so far belong to the file being rotated away.
+            access_sink::flush();
             match crate::logging::reopen() {
                 Ok(Some(path)) => tracing::info!("reopened the log file {}", path.display()),
                 Ok(None) => {}
@@ -486,11 +496,12 @@ fn watch_signals(tx: watch::Sender<Stop>) -> std::io::Result<()> {
                     _ = int.recv() => {},
                     _ = quit.recv() => {},
                 }
-                std::process::exit(0);
             }
-            _ = int.recv() => std::process::exit(0),
-            _ = quit.recv() => std::process::exit(0),
+            _ = int.recv() => {},
+            _ = quit.recv() => {},
         }
+        access_sink::flush();
+        std::process::exit(0);
     });
     Ok(())
 }
