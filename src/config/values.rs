@@ -31,6 +31,12 @@ pub enum Accept {
     Balanced,
     /// Every worker accepts as soon as it is woken: the kernel decides, and bursts pile up unevenly.
     Shared,
+    /// New connections go to the first worker (in slot order) whose event loop keeps up, so idle
+    /// workers stay asleep; a lagging worker sheds keep-alive connections to idle peers. Falls back
+    /// to balanced when no earlier worker keeps up.
+    ///
+    /// See [`crate::shared::balance`].
+    Packed,
 }
 
 /// Log levels, named as uvicorn names them.

@@ -220,13 +220,18 @@ impl<'a> Master<'a> {
             .map_or(0, |d| d.as_millis() as i64);
         let mut notifier = crate::master::systemd::Notifier::from_env();
         notifier.set_muted(predecessor.is_some());
+        let packed = args.accept == crate::config::values::Accept::Packed;
         let balance = match args.accept {
-            crate::config::values::Accept::Balanced => Some(
-                crate::shared::balance::Table::new().map_err(|source| StartError::Os {
-                    what: "mapping the accept-balancing table",
-                    source,
-                })?,
-            ),
+            crate::config::values::Accept::Balanced | crate::config::values::Accept::Packed => {
+                Some(
+                    crate::shared::balance::Table::new(packed).map_err(|source| {
+                        StartError::Os {
+                            what: "mapping the accept-balancing table",
+                            source,
+                        }
+                    })?,
+                )
+            }
             crate::config::values::Accept::Shared => None,
         };
         let metrics = match args.metrics_bind {

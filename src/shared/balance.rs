@@ -23,6 +23,24 @@
 //! connection per request finds every worker at 0 or 1 open (the previous connection may still be
 //! closing), and one connection of difference is noise, not load.
 //!
+//! ## Packed accept
+//!
+//! With `--accept packed` a woken worker first looks for a peer *earlier in the pool* (lower slot) that
+//! keeps up: parked on the same listener, and whose event loop is idle or became busy less than
+//! [`KEEPING_UP`] ago (it was woken by this very connection). If there is one, the connection is left
+//! to it. So connections gather on the first workers for as long as their loops keep up, and the
+//! others stay asleep: fewer runnable event loops than cores' worth of idle capacity, less switching.
+//! A loop that has been busy without a pause for longer than that is lagging (a CPU-bound handler, a
+//! blocking call, or simply full): new connections go past it to the next worker that keeps up; when
+//! none does, the balanced rule above applies. Whether a loop is idle comes from the runtime itself
+//! (its thread parks when it has nothing to do), published in the entry with the time it last woke.
+//!
+//! Keep-alive connections stay on the worker that accepted them. So that a worker which starts lagging
+//! under connections it accepted while it kept up does not keep them all, it sheds: while its loop has
+//! been busy for longer than [`SHED_AFTER`] and some peer's loop is idle, its HTTP/1 responses carry
+//! `Connection: close` (at most one per [`SHED_EVERY`]); the client reconnects, and the new connection
+//! goes to a worker that keeps up.
+//!
 //! Entries belong to processes, not slots: during a reload the old and new worker of a slot both
 //! have one. A worker claims a free entry when it starts serving, marks it not accepting when it
 //! drains, and the master frees it when it reaps the process.
@@ -42,6 +60,51 @@ pub const CAPACITY: usize = 1024;
 /// Listeners per worker that can be balanced (one parked bit each); later ones accept unbalanced.
 pub const MAX_LISTENERS: usize = 32;
 
+/// Packed accept: a peer whose loop became busy less than this long ago still keeps up.
+pub const KEEPING_UP: Duration = Duration::from_millis(1);
+
+/// Packed accept: a loop busy without a pause for longer than this sheds keep-alive connections.
+pub const SHED_AFTER: Duration = Duration::from_millis(5);
+
+/// Packed accept: at most one connection shed per this long.
+pub const SHED_EVERY: Duration = Duration::from_millis(2);
+
+/// Microseconds of the monotonic clock, the same in every process of the machine.
+pub fn now_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the local it is given; CLOCK_MONOTONIC always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+/// This process's entry, for the runtime's park and unpark hooks (set when the worker joins).
+static LOOP: std::sync::OnceLock<&'static Entry> = std::sync::OnceLock::new();
+
+/// The runtime's thread is about to wait for work (installed as tokio's `on_thread_park`).
+pub fn loop_parked() {
+    if let Some(e) = LOOP.get() {
+        e.idle.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The runtime's thread has work again (installed as tokio's `on_thread_unpark`).
+pub fn loop_unparked() {
+    if let Some(e) = LOOP.get() {
+        e.busy_since_us.store(now_us(), Ordering::Relaxed);
+        // Saturating: a thread of a multi-thread runtime may have parked before the entry was
+        // published; from its first wake on, its parks and wakes pair up.
+        let _ = e
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+}
+
 #[repr(C)]
 #[derive(Debug)]
 struct Entry {
@@ -57,6 +120,21 @@ struct Entry {
     accepted: AtomicU64,
     /// Connections left to a less loaded peer.
     deferred: AtomicU64,
+    /// The slot, for packed accept's order.
+    rank: AtomicU32,
+    /// Runtime threads parked (waiting for work); 0: every thread is busy.
+    idle: AtomicU32,
+    /// When a runtime thread last woke ([`now_us`]).
+    busy_since_us: AtomicU64,
+}
+
+impl Entry {
+    /// Whether this worker's loop keeps up at `now`: idle, or busy for less than `within`.
+    fn keeps_up(&self, now: u64, within: Duration) -> bool {
+        self.idle.load(Ordering::SeqCst) > 0
+            || now.saturating_sub(self.busy_since_us.load(Ordering::Relaxed))
+                < within.as_micros() as u64
+    }
 }
 
 #[repr(C)]
@@ -71,11 +149,14 @@ struct Shared {
 #[derive(Debug, Clone, Copy)]
 pub struct Table {
     shared: &'static Shared,
+    /// Packed accept (else balanced).
+    packed: bool,
 }
 
 impl Table {
-    /// Maps a zeroed table shared with every process forked from this one after the call.
-    pub fn new() -> std::io::Result<Table> {
+    /// Maps a zeroed table shared with every process forked from this one after the call; `packed`:
+    /// the workers use packed accept, else balanced.
+    pub fn new(packed: bool) -> std::io::Result<Table> {
         let len = std::mem::size_of::<Shared>();
         // SAFETY: an anonymous shared mapping with no address hint has no preconditions; the result is
         // checked for MAP_FAILED before use.
@@ -96,7 +177,7 @@ impl Table {
         // the kernel (all-zero bytes are valid atomics), and never unmapped, so the reference is
         // valid for 'static. Other processes write it only through atomics, as this one does.
         let shared = unsafe { &*ptr.cast::<Shared>() };
-        Ok(Table { shared })
+        Ok(Table { shared, packed })
     }
 
     /// The entries that may be in use.
@@ -119,6 +200,9 @@ impl Table {
                     e.parked.store(0, Ordering::SeqCst);
                     e.accepted.store(0, Ordering::Relaxed);
                     e.deferred.store(0, Ordering::Relaxed);
+                    e.rank.store(hint as u32, Ordering::Relaxed);
+                    e.idle.store(0, Ordering::SeqCst);
+                    e.busy_since_us.store(now_us(), Ordering::Relaxed);
                     e.accepting.store(1, Ordering::Release);
                     Member {
                         table: *self,
@@ -159,6 +243,45 @@ pub struct Peer {
 impl Member {
     fn entry(&self) -> &'static Entry {
         &self.table.shared.entries[self.me]
+    }
+
+    /// Whether the workers use packed accept.
+    pub fn packed(&self) -> bool {
+        self.table.packed
+    }
+
+    /// Publishes this process's event loop in the entry: its runtime's park and unpark hooks
+    /// ([`loop_parked`], [`loop_unparked`]) write there from now on. The caller is the runtime's
+    /// thread, running, so it counts as busy.
+    pub fn publish_loop(&self) {
+        let _ = LOOP.set(self.entry());
+    }
+
+    /// Packed accept: whether this worker should shed a keep-alive connection now (see the module
+    /// documentation); `last_shed` is when it last did, and is updated when it says yes.
+    pub fn should_shed(&self, last_shed: &AtomicU64) -> bool {
+        if !self.table.packed {
+            return false;
+        }
+        let now = now_us();
+        let me = self.entry();
+        if me.keeps_up(now, SHED_AFTER) {
+            return false;
+        }
+        let last = last_shed.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < SHED_EVERY.as_micros() as u64 {
+            return false;
+        }
+        let peer_idle = self.table.in_use().iter().enumerate().any(|(i, e)| {
+            i != self.me
+                && e.pid.load(Ordering::Relaxed) != 0
+                && e.accepting.load(Ordering::Relaxed) == 1
+                && e.idle.load(Ordering::SeqCst) > 0
+        });
+        peer_idle
+            && last_shed
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Counts a connection as open until the returned guard is dropped.
@@ -221,6 +344,11 @@ impl Balancer {
     /// that two workers never defer to each other; count a deferral with [`Balancer::deferred`].
     pub fn defer_to(&mut self) -> Option<Peer> {
         let bit = self.bit?;
+        if self.member.table.packed {
+            if let Some(peer) = self.earlier_keeping_up(bit) {
+                return Some(peer);
+            }
+        }
         let me = self.member.me;
         let mine = self.member.entry().open.load(Ordering::Relaxed);
         if mine < MARGIN {
@@ -254,6 +382,33 @@ impl Balancer {
                 accepted: e.accepted.load(Ordering::Relaxed),
             })?;
         Some(peer)
+    }
+
+    /// Packed accept: the first peer in pool order (slot, then entry) before this worker that is
+    /// parked on this listener, accepting, and keeping up. The order is strict, so two workers never
+    /// leave a connection to each other.
+    fn earlier_keeping_up(&mut self, bit: u32) -> Option<Peer> {
+        let me = self.member.me;
+        let entries = self.member.table.in_use();
+        let my_key = (entries[me].rank.load(Ordering::Relaxed), me);
+        let now = now_us();
+        let skip = self.unresponsive.map(|p| p.index);
+        entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, e)| {
+                (e.rank.load(Ordering::Relaxed), i) < my_key
+                    && Some(i) != skip
+                    && e.parked.load(Ordering::SeqCst) & bit != 0
+                    && e.pid.load(Ordering::Relaxed) != 0
+                    && e.accepting.load(Ordering::Relaxed) == 1
+                    && e.keeps_up(now, KEEPING_UP)
+            })
+            .min_by_key(|&(i, e)| (e.rank.load(Ordering::Relaxed), i))
+            .map(|(index, e)| Peer {
+                index,
+                accepted: e.accepted.load(Ordering::Relaxed),
+            })
     }
 
     /// Counts a connection left to a peer (once per connection, however often it is looked at).
@@ -313,7 +468,7 @@ mod tests {
 
     #[test]
     fn equal_or_nearly_equal_workers_never_defer() {
-        let t = Table::new().unwrap();
+        let t = Table::new(false).unwrap();
         let a = t.join(101, 0).unwrap();
         let b = t.join(102, 0).unwrap();
         let (mut ba, bb) = (a.for_listener(0), b.for_listener(0));
@@ -326,7 +481,7 @@ mod tests {
 
     #[test]
     fn a_busier_worker_defers_only_to_a_parked_peer() {
-        let t = Table::new().unwrap();
+        let t = Table::new(false).unwrap();
         let a = t.join(111, 0).unwrap();
         let b = t.join(112, 0).unwrap();
         let mut ba = a.for_listener(0);
@@ -350,7 +505,7 @@ mod tests {
 
     #[test]
     fn two_workers_never_defer_to_each_other() {
-        let t = Table::new().unwrap();
+        let t = Table::new(false).unwrap();
         let a = t.join(121, 0).unwrap();
         let b = t.join(122, 0).unwrap();
         let (mut ba, mut bb) = (a.for_listener(0), b.for_listener(0));
@@ -365,7 +520,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_missed_a_deferred_connection_is_skipped_until_it_accepts() {
-        let t = Table::new().unwrap();
+        let t = Table::new(false).unwrap();
         let a = t.join(131, 0).unwrap();
         let b = t.join(132, 0).unwrap();
         let mut ba = a.for_listener(0);
@@ -381,7 +536,7 @@ mod tests {
 
     #[test]
     fn draining_and_released_peers_are_not_deferred_to() {
-        let t = Table::new().unwrap();
+        let t = Table::new(false).unwrap();
         let a = t.join(201, 3).unwrap();
         let b = t.join(202, 3).unwrap();
         let mut ba = a.for_listener(0);
@@ -402,8 +557,73 @@ mod tests {
     }
 
     #[test]
+    fn packed_accept_leaves_a_connection_to_the_first_worker_that_keeps_up() {
+        let t = Table::new(true).unwrap();
+        let (a, b, c) = (
+            t.join(301, 0).unwrap(),
+            t.join(302, 1).unwrap(),
+            t.join(303, 2).unwrap(),
+        );
+        let (la, mut lb, mut lc) = (a.for_listener(0), b.for_listener(0), c.for_listener(0));
+        let (_pa, _pb) = (la.park(), lb.park());
+        // a's and b's loops are idle; c, woken, leaves the connection to a (first in the pool).
+        a.entry().idle.store(1, Ordering::SeqCst);
+        b.entry().idle.store(1, Ordering::SeqCst);
+        assert_eq!(lc.defer_to().map(|p| p.index), Some(a.me));
+        assert_eq!(lb.defer_to().map(|p| p.index), Some(a.me));
+        // a's loop has been busy for 10 ms: it lags; the next that keeps up is b.
+        a.entry().idle.store(0, Ordering::SeqCst);
+        a.entry()
+            .busy_since_us
+            .store(now_us() - 10_000, Ordering::Relaxed);
+        assert_eq!(lc.defer_to().map(|p| p.index), Some(b.me));
+        // b lags too: nobody earlier keeps up, and c has no more connections than they do: c takes it.
+        b.entry().idle.store(0, Ordering::SeqCst);
+        b.entry()
+            .busy_since_us
+            .store(now_us() - 10_000, Ordering::Relaxed);
+        assert_eq!(lc.defer_to(), None);
+        // A worker woken a moment ago (by this very connection) still keeps up.
+        a.entry().busy_since_us.store(now_us(), Ordering::Relaxed);
+        assert_eq!(lc.defer_to().map(|p| p.index), Some(a.me));
+    }
+
+    #[test]
+    fn packed_accept_never_leaves_a_connection_to_a_later_worker() {
+        let t = Table::new(true).unwrap();
+        let (a, b) = (t.join(311, 0).unwrap(), t.join(312, 1).unwrap());
+        let mut la = a.for_listener(0);
+        let _pb = b.for_listener(0).park();
+        b.entry().idle.store(1, Ordering::SeqCst);
+        assert_eq!(la.defer_to(), None, "b comes after a");
+    }
+
+    #[test]
+    fn a_lagging_packed_worker_sheds_only_while_a_peer_is_idle() {
+        let t = Table::new(true).unwrap();
+        let (a, b) = (t.join(321, 0).unwrap(), t.join(322, 1).unwrap());
+        let last = AtomicU64::new(0);
+        a.entry().busy_since_us.store(now_us(), Ordering::Relaxed);
+        assert!(!a.should_shed(&last), "a keeps up");
+        a.entry()
+            .busy_since_us
+            .store(now_us() - 20_000, Ordering::Relaxed);
+        assert!(!a.should_shed(&last), "a lags but no peer is idle");
+        b.entry().idle.store(1, Ordering::SeqCst);
+        assert!(a.should_shed(&last));
+        assert!(!a.should_shed(&last), "at most one per SHED_EVERY");
+        let balanced = Table::new(false).unwrap();
+        let c = balanced.join(331, 0).unwrap();
+        c.entry().busy_since_us.store(0, Ordering::Relaxed);
+        assert!(
+            !c.should_shed(&AtomicU64::new(0)),
+            "only packed accept sheds"
+        );
+    }
+
+    #[test]
     fn the_table_is_shared_with_forked_children() {
-        let t = Table::new().unwrap();
+        let t = Table::new(false).unwrap();
         let parent = t.join(std::process::id(), 0).unwrap();
         let mut pb = parent.for_listener(0);
         // SAFETY: the child only touches the shared table with atomics and then calls _exit, so no

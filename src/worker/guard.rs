@@ -48,6 +48,8 @@ pub(crate) struct Guarded<S> {
     pub(crate) peer: Peer,
     /// Whether the peer may set proxy headers (unix-socket peers may).
     pub(crate) peer_trusted: bool,
+    /// Packed accept's shedding: this worker's balance entry, and when it last shed a connection.
+    pub(crate) shed: Option<(crate::shared::balance::Member, Arc<AtomicU64>)>,
 }
 
 impl<S: Clone> Guarded<S> {
@@ -257,6 +259,7 @@ where
             return ready(resp, counters, finish);
         }
         let (method, uri) = (req.method().clone(), req.uri().clone());
+        let shed = self.shed.clone();
         // A panicking handler costs its request a 500, not the worker or the connection.
         let fut = catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
         Box::pin(async move {
@@ -277,7 +280,8 @@ where
                     empty(StatusCode::INTERNAL_SERVER_ERROR)
                 }
             };
-            if http1 && draining.load(Ordering::Relaxed) {
+            let shed = http1 && shed.is_some_and(|(m, last)| m.should_shed(&last));
+            if http1 && (shed || draining.load(Ordering::Relaxed)) {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

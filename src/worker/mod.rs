@@ -177,10 +177,14 @@ fn boot(args: &ChildArgs<'_>, worker: &Worker) -> Result<Booted, String> {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(args.threads)
             .enable_all()
+            .on_thread_park(crate::shared::balance::loop_parked)
+            .on_thread_unpark(crate::shared::balance::loop_unparked)
             .build()
     } else {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(crate::shared::balance::loop_parked)
+            .on_thread_unpark(crate::shared::balance::loop_unparked)
             .build()
     }
     .map_err(|e| format!("cannot build the tokio runtime: {e}"))?;
@@ -367,8 +371,11 @@ fn join_balance(
     slot: usize,
 ) -> Option<crate::shared::balance::Member> {
     let member = table?.join(pid, slot);
-    if member.is_none() {
-        tracing::warn!("the accept-balancing table is full; this worker accepts unbalanced");
+    match &member {
+        Some(m) => m.publish_loop(),
+        None => {
+            tracing::warn!("the accept-balancing table is full; this worker accepts unbalanced")
+        }
     }
     member
 }

@@ -164,6 +164,9 @@ where
         access: Arc::new(limits.access.clone()),
         peer: Peer::Unix,
         peer_trusted: true,
+        shed: balance
+            .filter(|m| m.packed())
+            .map(|m| (m, Arc::new(AtomicU64::new(0)))),
     };
     let timing = Timing {
         keep_alive: limits.timeout_keep_alive,
