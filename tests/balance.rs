@@ -177,3 +177,50 @@ fn a_blocked_peer_is_deferred_to_at_most_once() {
         &p.stderr()[log_before..]
     );
 }
+
+#[test]
+fn packed_accept_gathers_connections_on_the_first_worker_while_it_keeps_up() {
+    let p = start("3", "packed");
+    let counts = connections_per_worker(p.port, 12);
+    let first = counts.get("0").copied().unwrap_or(0);
+    // An idle pool: every connection finds worker 0 idle. A loaded test machine may run a peer more
+    // than 1 ms after worker 0 woke, which then takes the connection: allow a few.
+    assert!(
+        first >= 8,
+        "worker 0 keeps up, so it takes most connections: {counts:?}"
+    );
+    let balanced = start("3", "balanced");
+    let spread = connections_per_worker(balanced.port, 12);
+    assert!(
+        spread.get("0").copied().unwrap_or(0) <= 6,
+        "balanced accept spreads the same connections: {spread:?}"
+    );
+}
+
+#[test]
+fn packed_accept_passes_over_a_blocked_worker() {
+    let p = Proc::serve(
+        &example_bin("faults"),
+        &["--workers", "3", "--accept", "packed"],
+        &[],
+    );
+    assert!(p.wait_log("all 3 workers ready", Duration::from_secs(20)));
+    // Worker 0 takes the first connection of an idle pool; block it for 4 s.
+    let mut first = Conn::open(p.port).expect("connect");
+    let r = first.get("/").expect("GET /");
+    let blocked_pid = r.header("x-pid").expect("x-pid").to_string();
+    first.send_get("/block?ms=4000").expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = Conn::open(p.port).expect("connect");
+        let r = c.get("/").expect("GET / while worker 0 is blocked");
+        assert_ne!(
+            r.header("x-pid"),
+            Some(blocked_pid.as_str()),
+            "a blocked worker does not keep up: new connections pass it"
+        );
+        held.push(c);
+    }
+    assert_eq!(first.read_response().expect("the block ends").status, 200);
+}

@@ -61,7 +61,7 @@ pub const CAPACITY: usize = 1024;
 pub const MAX_LISTENERS: usize = 32;
 
 /// Packed accept: a peer whose loop became busy less than this long ago still keeps up.
-pub const KEEPING_UP: Duration = Duration::from_millis(1);
+pub const KEEPING_UP: Duration = Duration::from_millis(5);
 
 /// Packed accept: a loop busy without a pause for longer than this sheds keep-alive connections.
 pub const SHED_AFTER: Duration = Duration::from_millis(5);
@@ -385,7 +385,8 @@ impl Balancer {
     }
 
     /// Packed accept: the first peer in pool order (slot, then entry) before this worker that is
-    /// parked on this listener, accepting, and keeping up. The order is strict, so two workers never
+    /// accepting and keeping up, and either parked on this listener or busy (woken less than
+    /// [`KEEPING_UP`] ago, so it reaches the listener within that time). The order is strict, so two workers never
     /// leave a connection to each other.
     fn earlier_keeping_up(&mut self, bit: u32) -> Option<Peer> {
         let me = self.member.me;
@@ -399,7 +400,9 @@ impl Balancer {
             .filter(|&(i, e)| {
                 (e.rank.load(Ordering::Relaxed), i) < my_key
                     && Some(i) != skip
-                    && e.parked.load(Ordering::SeqCst) & bit != 0
+                    // Parked on this listener, or woken a moment ago and so about to look at it (it
+                    // may have cleared its parked bit already, on its way to accept this connection).
+                    && (e.parked.load(Ordering::SeqCst) & bit != 0 || e.idle.load(Ordering::SeqCst) == 0)
                     && e.pid.load(Ordering::Relaxed) != 0
                     && e.accepting.load(Ordering::Relaxed) == 1
                     && e.keeps_up(now, KEEPING_UP)
