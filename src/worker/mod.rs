@@ -372,7 +372,9 @@ fn join_balance(
 ) -> Option<crate::shared::balance::Member> {
     let member = table?.join(pid, slot);
     match &member {
-        Some(m) => m.publish_loop(),
+        // Only packed accept reads whether a loop is idle: the hooks stay no-ops otherwise.
+        Some(m) if m.packed() => m.publish_loop(),
+        Some(_) => {}
         None => {
             tracing::warn!("the accept-balancing table is full; this worker accepts unbalanced")
         }
