@@ -350,6 +350,153 @@ mod tests {
         );
     }
 
+    fn paris(expr: &str) -> Schedule {
+        Schedule::from(
+            Cron::parse(expr)
+                .unwrap()
+                .in_time_zone("Europe/Paris")
+                .unwrap(),
+        )
+    }
+
+    // Europe/Paris, 2026: the clocks go from 02:00 CET to 03:00 CEST on 29 March (01:00 UTC), and back
+    // from 03:00 CEST to 02:00 CET on 25 October (01:00 UTC).
+
+    #[test]
+    fn dst_gap_a_fixed_time_in_the_skipped_hour_runs_right_after_it() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let s = paris("30 2 * * *");
+        // 02:30 does not exist on 29 March: the run is at the first instant after the gap, 03:00 CEST.
+        assert_eq!(
+            s.next_after(t("2026-03-28T12:00:00Z"), anchor),
+            Some(t("2026-03-29T01:00:00Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-03-29T01:00:00Z"), anchor),
+            Some(t("2026-03-30T00:30:00Z"))
+        );
+        assert_eq!(
+            s.latest_in(anchor, t("2026-03-29T01:10:00Z"), anchor),
+            Some(t("2026-03-29T01:00:00Z"))
+        );
+        // Once that day, as on any other.
+        let day = (t("2026-03-28T23:00:00Z"), t("2026-03-29T22:00:00Z"));
+        assert_eq!(s.count_in(day.0, day.1, anchor, 100), 1);
+        // An hourly job has 23 ticks that day: 02:00 is skipped.
+        assert_eq!(paris("0 * * * *").count_in(day.0, day.1, anchor, 100), 23);
+        assert_eq!(
+            paris("0 * * * *").next_after(t("2026-03-29T00:00:00Z"), anchor),
+            Some(t("2026-03-29T01:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn dst_overlap_a_fixed_time_in_the_repeated_hour_runs_once() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let s = paris("30 2 * * *");
+        // 02:30 happens twice on 25 October: at 00:30 UTC (CEST) and 01:30 UTC (CET). The job runs at
+        // the first only, and its next run is the next day's.
+        assert_eq!(
+            s.next_after(t("2026-10-24T12:00:00Z"), anchor),
+            Some(t("2026-10-25T00:30:00Z"))
+        );
+        assert_eq!(
+            s.next_after(t("2026-10-25T00:30:00Z"), anchor),
+            Some(t("2026-10-26T01:30:00Z"))
+        );
+        assert_eq!(
+            s.latest_in(anchor, t("2026-10-25T01:45:00Z"), anchor),
+            Some(t("2026-10-25T00:30:00Z"))
+        );
+        let day = (t("2026-10-24T22:00:00Z"), t("2026-10-25T23:00:00Z"));
+        assert_eq!(s.count_in(day.0, day.1, anchor, 100), 1);
+        // A catch-up after the repeated hour finds that one run.
+        let c = catch_up(
+            &s,
+            t("2026-10-24T00:30:00Z"),
+            t("2026-10-25T01:45:00Z"),
+            anchor,
+            Duration::from_secs(2 * 3600),
+        );
+        assert_eq!(
+            c,
+            CatchUp {
+                run: Some(t("2026-10-25T00:30:00Z")),
+                coalesced: 0,
+                skipped: 0
+            }
+        );
+    }
+
+    #[test]
+    fn dst_overlap_an_interval_job_runs_in_both_halves() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        let day = (t("2026-10-24T22:00:00Z"), t("2026-10-25T23:00:00Z"));
+        // A 25-hour day: 25 hourly ticks, 50 half-hourly ones.
+        assert_eq!(paris("0 * * * *").count_in(day.0, day.1, anchor, 100), 25);
+        let half = paris("*/30 * * * *");
+        assert_eq!(half.count_in(day.0, day.1, anchor, 100), 50);
+        let mut ticks = Vec::new();
+        let mut cur = t("2026-10-24T23:45:00Z");
+        for _ in 0..5 {
+            cur = half.next_after(cur, anchor).unwrap();
+            ticks.push(cur);
+        }
+        assert_eq!(
+            ticks,
+            [
+                t("2026-10-25T00:00:00Z"),
+                t("2026-10-25T00:30:00Z"),
+                t("2026-10-25T01:00:00Z"),
+                t("2026-10-25T01:30:00Z"),
+                t("2026-10-25T02:00:00Z"),
+            ]
+        );
+        assert_eq!(
+            half.latest_in(anchor, t("2026-10-25T01:10:00Z"), anchor),
+            Some(t("2026-10-25T01:00:00Z"))
+        );
+        assert_eq!(
+            half.latest_in(anchor, t("2026-10-25T00:50:00Z"), anchor),
+            Some(t("2026-10-25T00:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn dst_in_another_hemisphere_and_offset() {
+        let anchor = t("2026-01-01T00:00:00Z");
+        // New York: EDT (UTC-4) from 8 March 2026, EST (UTC-5) from 1 November.
+        let ny = Schedule::from(
+            Cron::parse("0 9 * * 1-5")
+                .unwrap()
+                .in_time_zone("America/New_York")
+                .unwrap(),
+        );
+        assert_eq!(
+            ny.next_after(t("2026-03-06T15:00:00Z"), anchor),
+            Some(t("2026-03-09T13:00:00Z"))
+        );
+        assert_eq!(
+            ny.next_after(t("2026-10-30T14:00:00Z"), anchor),
+            Some(t("2026-11-02T14:00:00Z"))
+        );
+        // Sydney: AEDT (UTC+11) until 5 April 2026, AEST (UTC+10) from then.
+        let sydney = Schedule::from(
+            Cron::parse("0 0 * * *")
+                .unwrap()
+                .in_time_zone("Australia/Sydney")
+                .unwrap(),
+        );
+        assert_eq!(
+            sydney.next_after(t("2026-04-01T00:00:00Z"), anchor),
+            Some(t("2026-04-01T13:00:00Z"))
+        );
+        assert_eq!(
+            sydney.next_after(t("2026-04-10T00:00:00Z"), anchor),
+            Some(t("2026-04-10T14:00:00Z"))
+        );
+    }
+
     #[test]
     fn bad_cron_expressions() {
         for bad in ["", "* * * *", "0 0 * * * *", "61 * * * *", "x y z a b"] {
