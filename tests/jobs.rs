@@ -289,6 +289,11 @@ fn bad_job_tables_are_usage_errors_naming_file_line_and_key() {
             "time zone",
         ),
         (
+            "[[jobs]]\nname = \"a\"\ncron = \"* * * * *\"\ntimezone = \"Europe/Pariss\"\ncommand = [\"true\"]\n",
+            ":4:",
+            "key `timezone`: unknown time zone \"Europe/Pariss\" (not in /",
+        ),
+        (
             "[[jobs]]\nname = \"a\"\nevery = \"1s\"\ncommand = [\"true\"]\n[[jobs]]\nname = \"a\"\nevery = \"2s\"\ncommand = [\"true\"]\n",
             "",
             "used twice",
@@ -308,4 +313,96 @@ fn bad_job_tables_are_usage_errors_naming_file_line_and_key() {
             "{body}\n{stderr}"
         );
     }
+}
+
+#[test]
+fn cron_time_zones_come_from_the_system_database_or_tzdir() {
+    let dir = tempfile::tempdir().unwrap();
+    let tzdir = dir.path().join("zoneinfo");
+    std::fs::create_dir_all(tzdir.join("Test")).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::copy("/usr/share/zoneinfo/Europe/Paris", tzdir.join("Test/Zone"))
+        .expect("the system's tzdata (apt-get install tzdata)");
+    std::fs::write(tzdir.join("Test/Broken"), "not TZif").unwrap();
+    let job = |zone: &str| {
+        job_config(
+            dir.path(),
+            &format!(
+                "[[jobs]]\nname = \"a\"\ncron = \"0 9 * * *\"\ntimezone = \"{zone}\"\ncommand = [\"true\"]\n"
+            ),
+        )
+    };
+    let tzdir_s = tzdir.to_str().unwrap();
+    let empty_s = empty.to_str().unwrap();
+
+    // A zone TZDIR has and the system has not: read from there, in the master.
+    let config = job("Test/Zone");
+    let p = Proc::serve(
+        &hyperfork_bin(),
+        &["--workers", "1", "--config", &config],
+        &[("TZDIR", tzdir_s)],
+    );
+    assert!(
+        p.wait_log(
+            "job \"a\": cron \"0 9 * * *\" (Test/Zone), in worker 0",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        p.stderr()
+    );
+    drop(p);
+
+    // Usage errors (exit 2, one line) naming the zone, the file's line and where it was looked for.
+    let cases = [
+        (
+            "Europe/Paris",
+            tzdir_s,
+            format!(
+                "unknown time zone \"Europe/Paris\" (not in {tzdir_s}: expected an IANA name such as Europe/Paris; install the tzdata package, or set TZDIR)"
+            ),
+        ),
+        (
+            "Test/Broken",
+            tzdir_s,
+            format!(
+                "unknown time zone \"Test/Broken\" ({tzdir_s}/Test/Broken is not a valid time-zone file; install"
+            ),
+        ),
+        (
+            "Europe/Paris",
+            empty_s,
+            format!(
+                "unknown time zone \"Europe/Paris\" (no time-zone database in {empty_s}; install the tzdata package, or set TZDIR)"
+            ),
+        ),
+    ];
+    for (zone, tzdir, needle) in cases {
+        let config = job(zone);
+        let out = command(&hyperfork_bin())
+            .args(["--config", &config, "--port", &free_port().to_string()])
+            .env("TZDIR", tzdir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{zone} in {tzdir}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{config}:4:")) && stderr.contains(&needle),
+            "{needle}\n{stderr}"
+        );
+    }
+
+    // UTC needs no database.
+    let config = job("UTC");
+    let p = Proc::serve(
+        &hyperfork_bin(),
+        &["--workers", "1", "--config", &config],
+        &[("TZDIR", empty_s)],
+    );
+    assert!(
+        p.wait_log("(UTC), in worker 0", Duration::from_secs(10)),
+        "{}",
+        p.stderr()
+    );
 }

@@ -184,6 +184,7 @@ struct Master<'a> {
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
 /// tokio.
 pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
+    crate::worker::prepare_master();
     let mut master = Master::new(args)?;
     // A new master of a binary upgrade binds it when it takes over.
     if master.predecessor.is_none() {

@@ -67,6 +67,21 @@ pub(crate) struct ChildArgs<'a> {
     pub max_surge: usize,
 }
 
+/// Work done once in the master, before its first fork, that every worker would otherwise redo on
+/// its own pages.
+///
+/// A worker's first thread-local with a destructor (tokio's runtime context) makes glibc register it
+/// through `__cxa_thread_atexit_impl`, whose call into the dynamic loader is bound lazily: the first
+/// call resolves the symbol, reading the symbol tables of every loaded object (the loader's code,
+/// `libm`'s and `libgcc_s`'s tables, the binary's), some 200 KiB of pages each worker would map on
+/// its own. Registering one here resolves it in the master; the workers inherit the bound entry.
+pub(crate) fn prepare_master() {
+    thread_local! {
+        static BOUND: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BOUND.with(|_| {});
+}
+
 /// Runs the worker in the child process. Never returns.
 pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
     let code = match catch_unwind(AssertUnwindSafe(|| child_main(args))) {
