@@ -13,6 +13,9 @@
 //! (`x-worker: SLOT`, `x-pid: PID`):
 //! - `/sleep?ms=N`: answers after N ms, without blocking the worker;
 //! - `/block?ms=N`: blocks the worker's runtime thread for N ms (a stuck event loop);
+//! - `/work?us=N`: burns N µs of CPU on the worker's runtime thread (a spin loop reading the clock,
+//!   not a sleep), then answers 200: a CPU-bound handler (the benchmark's CPU-bound scenario drives
+//!   it, `benches/README.md`);
 //! - `/panic`: the handler panics;
 //! - `/alloc?mb=N`: allocates N MiB, touches every page, and keeps it for the worker's life;
 //! - `/share?total=N`: this worker's `share_of(N)`, generation, pool size, surge and pid, as JSON
@@ -24,6 +27,7 @@
 //! ```text
 //! HYPERFORK_FAULT=boot-error cargo run --example faults -- --workers 2
 //! cargo run --example faults -- --workers 2 --timeout 2 &  curl 'localhost:8000/block?ms=10000'
+//! cargo run --release --example faults -- --workers 2 &  curl -i 'localhost:8000/work?us=500'
 //! ```
 
 use std::convert::Infallible;
@@ -31,7 +35,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -66,6 +70,14 @@ fn text(body: String) -> Response<Full<Bytes>> {
     Response::new(Full::new(Bytes::from(body)))
 }
 
+/// Keeps the calling thread busy for `time`: a CPU-bound handler's work, without sleeping.
+fn spin(time: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < time {
+        std::hint::spin_loop();
+    }
+}
+
 /// `/share?total=N`: what `share_of(N)` gives this worker, with what it was computed from.
 fn share(worker: &Worker, total: u64) -> Response<Full<Bytes>> {
     match worker.share_of(usize::try_from(total).unwrap_or(usize::MAX)) {
@@ -92,6 +104,7 @@ impl Service<Request<Incoming>> for Faults {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (slot, pid) = (self.slot.clone(), self.pid.clone());
         let ms = param(&req, "ms").unwrap_or(0);
+        let us = param(&req, "us").unwrap_or(0);
         let mb = param(&req, "mb").unwrap_or(0);
         let total = param(&req, "total").unwrap_or(0);
         let worker = self.worker.clone();
@@ -108,6 +121,10 @@ impl Service<Request<Incoming>> for Faults {
                     tracing::info!("blocking the runtime for {ms} ms");
                     std::thread::sleep(Duration::from_millis(ms));
                     text(format!("blocked {ms} ms\n"))
+                }
+                "/work" => {
+                    spin(Duration::from_micros(us));
+                    text(format!("worked {us} us\n"))
                 }
                 "/panic" => panic!("injected handler panic"),
                 "/alloc" => {

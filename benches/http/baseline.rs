@@ -13,15 +13,40 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-/// Set to `baseline` (with `HYPERFORK_BENCH_ADDR` and `HYPERFORK_BENCH_THREADS`) to run the baseline.
+/// Set to `baseline` (with `HYPERFORK_BENCH_ADDR` and `HYPERFORK_BENCH_THREADS`) to run the baseline,
+/// or to `bare` (with `HYPERFORK_BENCH_ADDR` and `HYPERFORK_BENCH_WORKERS`) to run the bare fork pool
+/// ([`crate::bare`]).
 pub const ROLE_VAR: &str = "HYPERFORK_BENCH_ROLE";
+
+/// The address the role serves on, from `HYPERFORK_BENCH_ADDR`.
+pub fn role_addr(role: &str) -> Result<SocketAddr, String> {
+    match std::env::var("HYPERFORK_BENCH_ADDR").map(|a| a.parse()) {
+        Ok(Ok(a)) => Ok(a),
+        _ => Err(format!(
+            "{role}: HYPERFORK_BENCH_ADDR must be an address such as 127.0.0.1:8000"
+        )),
+    }
+}
+
+/// The answer every server of the comparison gives to `GET /`: 200, `content-type: text/plain;
+/// charset=utf-8`, `x-worker`, and the 13-byte body.
+pub fn hello(worker: &HeaderValue) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"Hello, world!")));
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert("x-worker", worker.clone());
+    resp
+}
 
 /// Serves until killed.
 pub fn run() -> std::process::ExitCode {
-    let addr: SocketAddr = match std::env::var("HYPERFORK_BENCH_ADDR").map(|a| a.parse()) {
-        Ok(Ok(a)) => a,
-        _ => {
-            eprintln!("baseline: HYPERFORK_BENCH_ADDR must be an address such as 127.0.0.1:8000");
+    let addr = match role_addr("baseline") {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -59,14 +84,7 @@ async fn serve(addr: SocketAddr) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let service = service_fn(|_req: Request<hyper::body::Incoming>| async {
-                let mut resp = Response::new(Full::new(Bytes::from_static(b"Hello, world!")));
-                let h = resp.headers_mut();
-                h.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                h.insert("x-worker", HeaderValue::from_static("0"));
-                Ok::<_, Infallible>(resp)
+                Ok::<_, Infallible>(hello(&HeaderValue::from_static("0")))
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

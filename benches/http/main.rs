@@ -5,8 +5,14 @@
 //! (`Connection: close`); and new connections at a steady 2,000 per second (open loop). The servers
 //! are interleaved round by round (their order rotates each round), each running the three shapes in
 //! turn. Figures are medians over the rounds; throughput and p99 are also given as ratios to the
-//! baseline (and nginx) of the same round. It then times hyperfork's start-up and worker
-//! replacement, and writes the report to `target/bench-report.md`.
+//! baseline (and nginx) of the same round. Beside them runs a bare fork pool (this executable forking
+//! N tokio current-thread workers that serve hyper's `http1` builder, nothing else), the reference of
+//! hyperfork's CPU per request at the same pool size; and the CPU-bound scenario: the faults example
+//! (`examples/faults.rs`, built by the bench) under the default pool with each accept strategy, 64
+//! keep-alive connections sending `/work?us=500` at a steady 2,000 requests per second in all, where
+//! the busiest worker's share of the requests and the latency show how evenly the accept spread the
+//! connections. It then times hyperfork's start-up and worker replacement, and writes the report to
+//! `target/bench-report.md`.
 //!
 //! `cargo test` runs this same program without `--bench`: one short round, written to
 //! `target/bench-smoke-report.md`, with no thresholds. It keeps the harness from rotting.
@@ -14,15 +20,18 @@
 //! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server, shape and round),
 //! `--connections N` (keep-alive), `--short-connections N` (client loops of the
 //! connection-per-request shape), `--steady-rate R` (new connections per second of the steady shape),
-//! `--only NAME[,NAME]` (baseline, hyperfork, access-log, nginx, uvicorn), `--accept STRATEGY`
-//! (hyperfork's accept strategy), `--workers N[,N]` (hyperfork pool sizes), `--report FILE`. Besides
-//! the pools asked for, hyperfork runs at the default pool size with `--accept shared`, the reference
-//! of the short-connection target. `access-log` is hyperfork with one worker per core, logging to a
-//! file at `--log-level info`, once with the access log on and once with `--no-access-log`: the
-//! access log's cost in CPU per request.
+//! `--only NAME[,NAME]` (baseline, hyperfork, bare, access-log, nginx, uvicorn, cpu-bound),
+//! `--accept STRATEGY` (hyperfork's accept strategy), `--workers N[,N]` (hyperfork and bare pool
+//! sizes), `--work-us N`, `--work-rate R`, `--work-connections N` (the CPU-bound scenario's knobs),
+//! `--report FILE`. Besides the pools asked for, hyperfork runs at the default pool size with
+//! `--accept shared`, the reference of the short-connection target. `access-log` is hyperfork with
+//! one worker per core, logging to a file at `--log-level info`, once with the access log on and once
+//! with `--no-access-log`: the access log's cost in CPU per request.
 
+mod bare;
 mod baseline;
 mod load;
+mod paced;
 mod procs;
 mod report;
 mod servers;
@@ -64,6 +73,12 @@ pub struct Options {
     pub accept: Option<String>,
     /// hyperfork pool sizes to run; empty: 1, cores and the default.
     pub workers: Vec<usize>,
+    /// CPU-bound scenario: µs of CPU each request burns (`/work?us=N`).
+    pub work_us: u64,
+    /// CPU-bound scenario: requests per second in all (open loop).
+    pub work_rate: f64,
+    /// CPU-bound scenario: keep-alive connections sharing the rate.
+    pub work_connections: usize,
 }
 
 fn parse_options() -> Result<Options, String> {
@@ -83,6 +98,9 @@ fn parse_options() -> Result<Options, String> {
         only: Vec::new(),
         accept: None,
         workers: Vec::new(),
+        work_us: 500,
+        work_rate: 2000.0,
+        work_connections: 64,
         report: target.join(if full {
             "bench-report.md"
         } else {
@@ -119,12 +137,15 @@ fn parse_options() -> Result<Options, String> {
                     .map(|w| number(a, w.to_string()).map(|n| n as usize))
                     .collect::<Result<_, _>>()?
             }
+            "--work-us" => o.work_us = number(a, value(a)?)? as u64,
+            "--work-rate" => o.work_rate = number(a, value(a)?)?,
+            "--work-connections" => o.work_connections = number(a, value(a)?)? as usize,
             "--report" => o.report = PathBuf::from(value(a)?),
             other => {
                 return Err(format!(
                     "unknown option {other:?} (expected --rounds, --seconds, --connections, \
                      --short-connections, --steady-rate, --client-threads, --repeats, --only, \
-                     --accept, --workers, --report)"
+                     --accept, --workers, --work-us, --work-rate, --work-connections, --report)"
                 ));
             }
         }
@@ -204,11 +225,98 @@ pub struct Sample {
     pub answered: u64,
     /// Access-log lines of `200` answers in its log file after it stopped (the access-log rows).
     pub access_lines: Option<u64>,
+    /// The CPU-bound scenario's figures (its rows only; they run no other shape).
+    pub work: Option<Work>,
 }
+
+/// One round of the CPU-bound scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Work {
+    /// Requests due per second (the offered rate).
+    pub offered: f64,
+    /// 200 responses per second.
+    pub rate: f64,
+    /// Median latency, ms.
+    pub p50: f64,
+    /// 99th percentile, ms.
+    pub p99: f64,
+    /// Slowest request, ms.
+    pub max: f64,
+    /// Non-200 responses, connection errors, and requests never sent because the server fell
+    /// behind the rate.
+    pub failures: u64,
+    /// The busiest worker's share of the 200s, as a multiple of a fair share (1 / workers).
+    pub busiest: f64,
+    /// The least busy worker's share likewise (0 when a worker got none).
+    pub idlest: f64,
+    /// 200s per `x-worker` value.
+    pub per_worker: BTreeMap<String, u64>,
+    /// CPU ms of the server's processes per request (the work included).
+    pub cpu_ms: f64,
+}
+
+/// The CPU-bound scenario on a started faults example: the paced keep-alive load on `/work`.
+fn measure_work(
+    kind: &Kind,
+    o: &Options,
+    server: servers::Server,
+    workers: usize,
+) -> Result<Sample, String> {
+    let path = format!("/work?us={}", o.work_us);
+    let pids = procs::tree(server.pid());
+    let run = paced::start(
+        server.addr,
+        &path,
+        o.work_connections,
+        o.work_rate,
+        o.warm,
+        o.measure,
+        o.client_threads,
+    );
+    std::thread::sleep(o.warm);
+    let cpu_before = procs::cpu_time(&pids);
+    let mut out = run.finish();
+    let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
+    server.stop();
+    let f = Figures::of(kind, "CPU-bound", &mut out.load)?;
+    let ok = out.load.ok as f64;
+    let share = |n: u64| n as f64 / ok * workers as f64;
+    let counts: Vec<u64> = out.load.per_worker.values().copied().collect();
+    let busiest = share(counts.iter().copied().max().unwrap_or(0));
+    let idlest = if counts.len() < workers {
+        0.0
+    } else {
+        share(counts.iter().copied().min().unwrap_or(0))
+    };
+    Ok(Sample {
+        answered: out.load.ok,
+        work: Some(Work {
+            offered: out.offered as f64 / o.measure.as_secs_f64(),
+            rate: f.rate,
+            p50: f.p50,
+            p99: f.p99,
+            max: f.max,
+            failures: f.failures + out.unsent,
+            busiest,
+            idlest,
+            per_worker: std::mem::take(&mut out.load.per_worker),
+            cpu_ms: cpu.as_secs_f64() * 1000.0 / ok,
+        }),
+        ..Sample::default()
+    })
+}
+
+/// From a server's first 200 to the idle memory sample and the first load: every worker is then
+/// serving (its first 200 comes from the first worker ready).
+const SETTLE: Duration = Duration::from_millis(300);
 
 fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample, String> {
     let server = servers::start(kind, benches)?;
-    std::thread::sleep(Duration::from_millis(300));
+    // The first 200 comes from the first worker ready; the others are ready within milliseconds.
+    std::thread::sleep(SETTLE);
+    if let Kind::Work { workers, .. } = kind {
+        return measure_work(kind, o, server, *workers);
+    }
     let idle = procs::tree_memory(server.pid());
     let keep_alive = |duration| {
         load::start(
@@ -275,7 +383,7 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
         }
     };
     let spread = match kind {
-        Kind::Hyperfork { workers, .. } => {
+        Kind::Hyperfork { workers, .. } | Kind::Bare { workers } => {
             let counts: Vec<u64> = out.per_worker.values().copied().collect();
             let max = counts.iter().copied().max().unwrap_or(0) as f64;
             let min = if counts.len() < *workers {
@@ -303,6 +411,7 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
         steady_late,
         answered,
         access_lines,
+        work: None,
     })
 }
 
@@ -377,8 +486,12 @@ fn time_replacement(repeats: usize, accept: Option<String>) -> Result<Vec<f64>, 
 }
 
 fn main() -> ExitCode {
-    if std::env::var(baseline::ROLE_VAR).as_deref() == Ok("baseline") {
-        return baseline::run();
+    // The server roles of this executable; the bare pool forks, so nothing may start a thread
+    // before it.
+    match std::env::var(baseline::ROLE_VAR).as_deref() {
+        Ok("baseline") => return baseline::run(),
+        Ok("bare") => return bare::run(),
+        _ => {}
     }
     let o = match parse_options() {
         Ok(o) => o,
@@ -416,6 +529,20 @@ fn main() -> ExitCode {
         );
         kinds.extend(shared);
     }
+    if wanted("bare") {
+        // The bare fork pool at the sizes hyperfork is compared with: one worker per core and the
+        // default (the smoke round runs one size).
+        let mut counts = if o.workers.is_empty() {
+            vec![machine.cores, machine.default_workers]
+        } else {
+            o.workers.clone()
+        };
+        counts.dedup();
+        if !o.full {
+            counts.truncate(1);
+        }
+        kinds.extend(counts.into_iter().map(|workers| Kind::Bare { workers }));
+    }
     if wanted("access-log") {
         // The access log's cost: the same pool (one worker per core) with the log on and off, both
         // writing their other lines to a log file at `--log-level info`.
@@ -452,6 +579,31 @@ fn main() -> ExitCode {
             ),
         }
     }
+    if wanted("cpu-bound") {
+        // The faults example under the default pool: the strategy asked for (or the default), then
+        // balanced and shared accept, each once.
+        let binary = match servers::faults_bin() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let default_accept = servers::default_accept(&binary);
+        let tested = o.accept.clone().unwrap_or_else(|| default_accept.clone());
+        let mut policies = vec![o.accept.clone()];
+        for p in ["balanced", "shared"] {
+            if tested != p {
+                policies.push(Some(p.to_string()));
+            }
+        }
+        kinds.extend(policies.into_iter().map(|accept| Kind::Work {
+            binary: binary.clone(),
+            workers: machine.default_workers,
+            accept,
+            default_accept: default_accept.clone(),
+        }));
+    }
     for s in &skipped {
         eprintln!("bench: {s}");
     }
@@ -469,6 +621,15 @@ fn main() -> ExitCode {
                 kinds[i].label()
             );
             match measure(&kinds[i], &o, &benches) {
+                Ok(s) if s.work.is_some() => {
+                    let w = s.work.as_ref().expect("checked");
+                    eprintln!(
+                        "bench:   {:.0}/s offered, {:.0} answered/s, p50 {:.2} ms, p99 {:.2} ms, \
+                         {} failures, busiest worker {:.2}× fair, CPU {:.3} ms/request",
+                        w.offered, w.rate, w.p50, w.p99, w.failures, w.busiest, w.cpu_ms
+                    );
+                    round_samples[i] = Some(s);
+                }
                 Ok(s) => {
                     eprintln!(
                         "bench:   keep-alive {:.0} req/s, p99 {:.2} ms, {} failures, CPU {:.2} s/100k; \

@@ -155,6 +155,9 @@ pub fn render(input: &Input<'_>) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, k) in input.kinds.iter().enumerate() {
+        if !k.is_hello() {
+            continue;
+        }
         let v = &input.samples[i];
         let r = &input.ratios[i];
         let _ = writeln!(
@@ -174,6 +177,8 @@ pub fn render(input: &Input<'_>) -> String {
 
     s.push_str(&short_connections(input));
     s.push_str(&access_log(input));
+    s.push_str(&bare_pool(input));
+    s.push_str(&cpu_bound(input));
 
     let _ = writeln!(
         s,
@@ -187,6 +192,9 @@ pub fn render(input: &Input<'_>) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, k) in input.kinds.iter().enumerate() {
+        if !k.is_hello() {
+            continue;
+        }
         let v = &input.samples[i];
         let f = |g: &dyn Fn(&Sample) -> u64| median(v.iter().map(|x| mib(g(x))));
         let _ = writeln!(
@@ -206,7 +214,8 @@ pub fn render(input: &Input<'_>) -> String {
 
     let _ = writeln!(
         s,
-        "\nRequests per worker (hyperfork, `x-worker` header): busiest / least busy worker, per round.\n"
+        "\nRequests per worker (hyperfork and the bare pool, `x-worker` header, keep-alive shape): \
+         busiest / least busy worker, per round.\n"
     );
     let _ = writeln!(
         s,
@@ -214,7 +223,7 @@ pub fn render(input: &Input<'_>) -> String {
     );
     let _ = writeln!(s, "|---|---|---|");
     for (i, k) in input.kinds.iter().enumerate() {
-        if !matches!(k, Kind::Hyperfork { .. }) {
+        if !matches!(k, Kind::Hyperfork { .. } | Kind::Bare { .. }) {
             continue;
         }
         let v = &input.samples[i];
@@ -325,6 +334,9 @@ fn short_connections(input: &Input<'_>) -> String {
         .iter()
         .position(|k| matches!(k, Kind::Nginx { .. }));
     for (i, k) in input.kinds.iter().enumerate() {
+        if !k.is_hello() {
+            continue;
+        }
         let v = &input.samples[i];
         let _ = writeln!(
             s,
@@ -401,6 +413,189 @@ fn access_log(input: &Input<'_>) -> String {
         fmt_ratio(per_round_ratio(input, on, Some(off), |x| x.cpu_per_100k)),
         fmt_ratio(per_round_ratio(input, on, Some(off), |x| x.cpu_per_100k)),
     );
+    s
+}
+
+/// The (hyperfork, bare pool) rows of the same pool size: hyperfork with the accept strategy asked
+/// for and quiet logs.
+fn bare_pairs(input: &Input<'_>) -> Vec<(usize, usize, usize)> {
+    let accept = input.options.accept.as_deref();
+    input
+        .kinds
+        .iter()
+        .enumerate()
+        .filter_map(|(b, k)| {
+            let Kind::Bare { workers } = k else {
+                return None;
+            };
+            let h = input.kinds.iter().position(|k| {
+                matches!(k, Kind::Hyperfork { workers: w, accept: a, logging: Logging::Quiet }
+                    if w == workers && a.as_deref() == accept)
+            })?;
+            Some((*workers, h, b))
+        })
+        .collect()
+}
+
+/// hyperfork against the bare fork pool of the same size: throughput, CPU per request and their
+/// ratios taken per round.
+fn bare_pool(input: &Input<'_>) -> String {
+    let pairs = bare_pairs(input);
+    if pairs.is_empty() {
+        return String::new();
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nhyperfork against a bare fork pool of the same size (issue #16), keep-alive shape. The bare \
+         pool is this benchmark's executable binding the socket as hyperfork does and forking N \
+         workers before any runtime exists, each a tokio current-thread runtime serving hyper's \
+         `http1` builder from the shared socket (plain shared accept; no supervision, request guard, \
+         deadlines or counters). CPU per request is the whole process tree's. \"hyperfork / bare\" \
+         is taken per round, then the median. Spread: busiest / least busy worker (median).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Workers | req/s hyperfork / bare | CPU µs / request hyperfork / bare | hyperfork / bare, CPU per request | hyperfork / bare, req/s | p99 ms hyperfork / bare | spread hyperfork / bare |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+    for (workers, h, b) in pairs {
+        let m = |i: usize, f: fn(&Sample) -> f64| median(input.samples[i].iter().map(f));
+        let spread = |i: usize| {
+            let r = median(input.samples[i].iter().filter_map(|x| x.spread));
+            if r.is_finite() {
+                format!("{r:.2}")
+            } else {
+                "∞".to_string()
+            }
+        };
+        let _ = writeln!(
+            s,
+            "| {workers} | {:.0} / {:.0} | {:.2} / {:.2} | {} | {} | {:.2} / {:.2} | {} / {} |",
+            m(h, |x| x.rate),
+            m(b, |x| x.rate),
+            m(h, |x| x.cpu_per_100k) * 10.0,
+            m(b, |x| x.cpu_per_100k) * 10.0,
+            fmt_ratio(per_round_ratio(input, h, Some(b), |x| x.cpu_per_100k)),
+            fmt_ratio(per_round_ratio(input, h, Some(b), |x| x.rate)),
+            m(h, |x| x.p99),
+            m(b, |x| x.p99),
+            spread(h),
+            spread(b),
+        );
+    }
+    s
+}
+
+/// The CPU-bound rows: the one under test (the strategy asked for, or the default) first, and the
+/// row of `--accept balanced` (the same one when that is the strategy under test).
+fn work_rows(input: &Input<'_>) -> Option<(usize, Option<usize>)> {
+    let tested = input.kinds.iter().position(|k| !k.is_hello())?;
+    let balanced = input
+        .kinds
+        .iter()
+        .position(|k| k.work_accept() == Some("balanced"));
+    Some((tested, balanced))
+}
+
+/// A CPU-bound figure of one round (NaN for other rows).
+fn work_figure(x: &Sample, f: fn(&crate::Work) -> f64) -> f64 {
+    x.work.as_ref().map_or(f64::NAN, f)
+}
+
+/// The CPU-bound scenario: latency and the busiest worker's share per accept strategy.
+fn cpu_bound(input: &Input<'_>) -> String {
+    let Some((_, balanced)) = work_rows(input) else {
+        return String::new();
+    };
+    let o = input.options;
+    let workers = input.kinds.iter().find_map(|k| match k {
+        Kind::Work { workers, .. } => Some(*workers),
+        _ => None,
+    });
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nCPU-bound route (issue #16): the faults example (`examples/faults.rs`), {} workers; {} \
+         keep-alive connections opened at once, then `GET /work?us={}` ({} µs of CPU on the \
+         worker's thread per request) at a steady {:.0} requests per second in all (open loop, {:.1} \
+         per connection, one in flight per connection); {:.1} s warm-up then {:.1} s measured. \
+         Latency counts from when a request was due if its connection was still busy with the \
+         previous one, else from when it was written. Share: a worker's share of the 200s \
+         (`x-worker`) as a multiple of a fair share (1 / workers), median over the rounds. \"p99 × \
+         balanced\" is taken per round against `--accept balanced`, then the median. Failures: \
+         non-200 answers, errors, and requests never sent because the server fell behind the rate. \
+         CPU per request is the whole process tree's, the work included.\n",
+        workers.unwrap_or(0),
+        o.work_connections,
+        o.work_us,
+        o.work_us,
+        o.work_rate,
+        o.work_rate / o.work_connections.max(1) as f64,
+        o.warm.as_secs_f64(),
+        o.measure.as_secs_f64(),
+    );
+    let _ = writeln!(
+        s,
+        "| Server | offered /s | answered /s | p50 ms | p99 ms | p99 × balanced | max ms | busiest × fair | least busy × fair | CPU ms / request | failures |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let rows: Vec<usize> = (0..input.kinds.len())
+        .filter(|&i| !input.kinds[i].is_hello())
+        .collect();
+    for &i in &rows {
+        let v = &input.samples[i];
+        let m = |f: fn(&crate::Work) -> f64| median(v.iter().map(|x| work_figure(x, f)));
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.2} | {:.2} | {:.3} | {} |",
+            input.kinds[i].label(),
+            m(|w| w.offered),
+            m(|w| w.rate),
+            m(|w| w.p50),
+            m(|w| w.p99),
+            fmt_ratio(per_round_ratio(input, i, balanced, |x| {
+                work_figure(x, |w| w.p99)
+            })),
+            m(|w| w.max),
+            m(|w| w.busiest),
+            m(|w| w.idlest),
+            m(|w| w.cpu_ms),
+            v.iter()
+                .filter_map(|x| x.work.as_ref())
+                .map(|w| w.failures)
+                .sum::<u64>(),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| Server | busiest × fair, per round | requests per worker, last round |\n|---|---|---|"
+    );
+    for &i in &rows {
+        let v = &input.samples[i];
+        let per_round: Vec<String> = v
+            .iter()
+            .filter_map(|x| x.work.as_ref())
+            .map(|w| format!("{:.2}", w.busiest))
+            .collect();
+        let last = v
+            .last()
+            .and_then(|x| x.work.as_ref())
+            .map(|w| {
+                w.per_worker
+                    .iter()
+                    .map(|(k, n)| format!("{k}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {last} |",
+            input.kinds[i].label(),
+            per_round.join(", ")
+        );
+    }
     s
 }
 
@@ -513,6 +708,48 @@ fn targets(input: &Input<'_>) -> String {
             GAP_ACCESS,
         );
     }
+    for (workers, h, b) in bare_pairs(input) {
+        let cpu = per_round_ratio(input, h, Some(b), |x| x.cpu_per_100k);
+        row(
+            &format!(
+                "hyperfork vs bare fork pool of the same size ({workers} workers): ≤ 1.02× CPU per \
+                 request (issue #16)"
+            ),
+            cpu,
+            "×",
+            cpu <= 1.02,
+            GAP_BARE,
+        );
+    }
+    if let Some((tested, balanced)) = work_rows(input) {
+        let accept = input.kinds[tested].work_accept().unwrap_or("default");
+        let busiest = median(
+            input.samples[tested]
+                .iter()
+                .map(|x| work_figure(x, |w| w.busiest)),
+        );
+        row(
+            &format!(
+                "CPU-bound route, default pool, accept {accept}: busiest worker's share ≤ 1.3 × fair \
+                 (issue #16)"
+            ),
+            busiest,
+            "× fair",
+            busiest <= 1.3,
+            GAP_WORK_SHARE,
+        );
+        let p99 = per_round_ratio(input, tested, balanced, |x| work_figure(x, |w| w.p99));
+        row(
+            &format!(
+                "CPU-bound route, default pool: p99 of accept {accept} no worse than --accept \
+                 balanced (≤ 1.00×; issue #16)"
+            ),
+            p99,
+            "×",
+            p99 <= 1.0,
+            GAP_WORK_P99,
+        );
+    }
     let kill = median(input.replacement.iter().copied());
     row(
         "SIGKILL → replacement serving ≤ 20 ms",
@@ -566,6 +803,19 @@ const GAP_SHORT: &str = "The balanced accept's deferral (`accept_fd` in src/serv
 const GAP_ACCESS: &str = "Each line is formatted into the worker's buffer and written with the others \
     in one write(2) of at most 4 KiB (src/worker/access_sink.rs); what is left is the line's formatting \
     and the file append. benches/README.md (\"The access log's cost\") has the profile.";
+const GAP_BARE: &str = "hyperfork's worker does more per request than the bare pool's: hyper-util's \
+    auto builder (HTTP/1 and HTTP/2 detection) instead of `http1`, the request guard (concurrency and \
+    body limits, max-requests count, access record), the header and keep-alive deadlines, the \
+    shared-memory counters, and the balanced accept. The spread differs too: the bare pool's plain \
+    shared accept can leave one worker with more connections, and a busier worker sleeps less often \
+    per request. benches/README.md (\"Profile: hyperfork vs bare pool\") has where the CPU goes.";
+const GAP_WORK_SHARE: &str = "The accept spreads connections, not requests: with keep-alive a \
+    connection's worker is fixed when it is accepted, so the share is the share of the connections a \
+    worker got in the opening burst. Balanced accept defers only to a parked peer with at least 2 \
+    fewer connections open (src/shared/balance.rs). benches/README.md.";
+const GAP_WORK_P99: &str = "The busiest worker queues each request behind the others on its \
+    connections (one thread per worker, 500 µs each). Compare the busiest share of the two rows. \
+    benches/README.md.";
 const GAP_NONE: &str = "Not expected: look at the timing list above for outliers.";
 
 /// Writes the report whole: to a temporary file beside it, then renamed over it.

@@ -14,6 +14,8 @@ use crate::procs;
 pub enum Kind {
     /// The single-process multi-thread hyper server (this executable), one thread per core.
     Baseline { threads: usize },
+    /// The bare fork pool (this executable, [`crate::bare`]) with this many workers.
+    Bare { workers: usize },
     /// The hyperfork binary with this many workers (and this `--accept` strategy, if given), logging
     /// as `logging` says.
     Hyperfork {
@@ -25,6 +27,14 @@ pub enum Kind {
     Nginx { binary: PathBuf, workers: usize },
     /// uvicorn with this many workers, serving `benches/asgi_app.py`.
     Uvicorn { python: PathBuf, workers: usize },
+    /// The CPU-bound scenario: the faults example (`binary`) with this many workers and this
+    /// `--accept` strategy (`None`: its default, named `default_accept`), driven on `/work`.
+    Work {
+        binary: PathBuf,
+        workers: usize,
+        accept: Option<String>,
+        default_accept: String,
+    },
 }
 
 /// What a hyperfork row logs.
@@ -55,6 +65,7 @@ impl Kind {
             Kind::Baseline { threads } => {
                 format!("hyper, 1 process × {threads} threads (baseline)")
             }
+            Kind::Bare { workers } => format!("bare fork pool, {workers} worker(s)"),
             Kind::Hyperfork {
                 workers,
                 accept,
@@ -72,6 +83,34 @@ impl Kind {
             }
             Kind::Nginx { workers, .. } => format!("nginx, {workers} worker(s)"),
             Kind::Uvicorn { workers, .. } => format!("uvicorn, {workers} worker(s)"),
+            Kind::Work {
+                workers,
+                accept,
+                default_accept,
+                ..
+            } => match accept {
+                Some(a) => format!("faults example, {workers} workers, --accept {a}"),
+                None => {
+                    format!("faults example, {workers} workers, default accept ({default_accept})")
+                }
+            },
+        }
+    }
+
+    /// Whether the server runs the three `GET /` shapes (all but the CPU-bound scenario).
+    pub fn is_hello(&self) -> bool {
+        !matches!(self, Kind::Work { .. })
+    }
+
+    /// The accept strategy a CPU-bound row runs (its default spelled out), `None` for other rows.
+    pub fn work_accept(&self) -> Option<&str> {
+        match self {
+            Kind::Work {
+                accept,
+                default_accept,
+                ..
+            } => Some(accept.as_deref().unwrap_or(default_accept)),
+            _ => None,
         }
     }
 }
@@ -92,17 +131,19 @@ pub fn hyperfork_bin() -> PathBuf {
 
 /// A hyperfork command serving on `addr` with `workers` workers and quiet logs.
 pub fn hyperfork_command(addr: SocketAddr, workers: usize, accept: Option<&str>) -> Command {
-    hyperfork_logging(addr, workers, accept, "warning")
+    hyperfork_logging(&hyperfork_bin(), addr, workers, accept, "warning")
 }
 
-/// A hyperfork command serving on `addr` with `workers` workers at `--log-level level`.
+/// A command of `binary` (hyperfork, or an app built on it) serving on `addr` with `workers` workers
+/// at `--log-level level`, none of hyperfork's settings taken from the environment.
 fn hyperfork_logging(
+    binary: &Path,
     addr: SocketAddr,
     workers: usize,
     accept: Option<&str>,
     level: &str,
 ) -> Command {
-    let mut c = Command::new(hyperfork_bin());
+    let mut c = Command::new(binary);
     for (k, _) in std::env::vars() {
         if k.starts_with("HYPERFORK_")
             || k == "UVICORN_WORKERS"
@@ -215,6 +256,19 @@ pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
                 .env("HYPERFORK_BENCH_THREADS", threads.to_string());
             c
         }
+        Kind::Bare { workers } => {
+            let mut c = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+            c.env(ROLE_VAR, "bare")
+                .env("HYPERFORK_BENCH_ADDR", addr.to_string())
+                .env("HYPERFORK_BENCH_WORKERS", workers.to_string());
+            c
+        }
+        Kind::Work {
+            binary,
+            workers,
+            accept,
+            ..
+        } => hyperfork_logging(binary, addr, *workers, accept.as_deref(), "warning"),
         Kind::Hyperfork {
             workers,
             accept,
@@ -227,7 +281,8 @@ pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
         } => {
             let d = tempfile::tempdir().map_err(|e| e.to_string())?;
             let file = d.path().join("hyperfork.log");
-            let mut c = hyperfork_logging(addr, *workers, accept.as_deref(), "info");
+            let mut c =
+                hyperfork_logging(&hyperfork_bin(), addr, *workers, accept.as_deref(), "info");
             c.arg("--log-file").arg(&file);
             if *logging == Logging::AccessOff {
                 c.arg("--no-access-log");
@@ -327,6 +382,67 @@ fn nginx_conf(addr: SocketAddr, workers: usize, dir: &Path) -> String {
            }}\n\
          }}\n"
     )
+}
+
+/// The faults example (`examples/faults.rs`), built for this run: `HYPERFORK_BENCH_FAULTS` if set,
+/// else `cargo build --example faults` in the profile of this executable (release under `cargo
+/// bench`, debug under `cargo test`, where it is already built and the call only checks it is
+/// fresh), and the executable cargo reports.
+pub fn faults_bin() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("HYPERFORK_BENCH_FAULTS") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut c = Command::new(env!("CARGO"));
+    c.args([
+        "build",
+        "--example",
+        "faults",
+        "--message-format=json-render-diagnostics",
+    ])
+    .arg("--manifest-path")
+    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+    if !cfg!(debug_assertions) {
+        c.arg("--release");
+    }
+    let out = c
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo to build the faults example: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build --example faults failed: {}",
+            out.status
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact"
+                && m["target"]["name"] == "faults"
+                && m["target"]["kind"][0] == "example"
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo built the faults example but named no executable".to_string())
+}
+
+/// The accept strategy `binary` uses when `--accept` is not given, from its `--help` (`default` when
+/// it cannot be read).
+pub fn default_accept(binary: &Path) -> String {
+    let help = Command::new(binary)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    help.split("--accept <")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .and_then(|option| option.split("[default: ").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .map_or_else(|| "default".to_string(), str::to_string)
 }
 
 /// The nginx binary, if installed.
