@@ -5,30 +5,37 @@
 //!   holds sockets and tasks, which must not cross a fork), sized to its share of a total budget of
 //!   connections (`--db-budget`), so the whole pool, reload surge included, stays under PostgreSQL's
 //!   `max_connections`.
-//! - **Routes.** `GET /users`, `POST /users` (the body is the name), `GET /health`, which asks the
-//!   database too, and `GET /`, which names the worker.
+//! - **Routes.** `GET /users?offset=N`, 20 users from the `N`th (by id) as JSON, `POST /users` (the
+//!   body is the name), `GET /health`, which asks the database too, and `GET /`, which names the
+//!   worker.
 //! - **Job.** `record-usage` runs every second in worker 0 only and inserts `(job, tick, slot, pid)`
 //!   into `usage_ticks`, whose `UNIQUE (job, tick)` would reject a tick run twice.
 //! - **Stop hook.** Closes the pool once the worker has drained, so its connections end before it exits.
 //! - **Command line.** The app's own flags (`--database-url`, `--db-budget`) and a `migrate`
 //!   subcommand that creates the tables and exits without starting a server; hyperfork's flags work
 //!   beside them.
+//! - **Without hyperfork.** `single --listen ADDR` serves the same router from one process on a
+//!   tokio multi-thread runtime (one thread per core) with one pool of the whole budget, and no
+//!   master, no fork and no job: the reference `benches/workload` compares the pool with.
 //!
 //! ```text
 //! pg_app --database-url postgres://app:app@127.0.0.1/app migrate
 //! pg_app --database-url postgres://app:app@127.0.0.1/app --db-budget 30 --workers 4
+//! pg_app --database-url postgres://app:app@127.0.0.1/app --db-budget 30 single --listen 127.0.0.1:8000
 //! ```
 //!
 //! deadpool-postgres (over tokio-postgres) is the client: it builds a pool without connecting and
 //! without a runtime, closes it synchronously, and compiles in about half the time of sqlx.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::{Json, Router};
 use deadpool_postgres::tokio_postgres::{Config, NoTls};
 use deadpool_postgres::{Manager, Pool};
 use hyperfork::{BoxError, Every, JobContext, Server, Worker};
@@ -56,6 +63,13 @@ struct AppCli {
 enum AppCommand {
     /// Create the tables, then exit
     Migrate,
+    /// Serve from this one process (a tokio multi-thread runtime, one pool of the whole budget),
+    /// without hyperfork's master or workers
+    Single {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+    },
 }
 
 /// What each worker shares between its routes, its jobs and its stop hook.
@@ -66,7 +80,10 @@ struct AppState {
 }
 
 const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS users (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS users (
+        id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL DEFAULT '',
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
     CREATE TABLE IF NOT EXISTS usage_ticks (
         job TEXT NOT NULL, tick BIGINT NOT NULL, slot INT NOT NULL, pid INT NOT NULL,
         UNIQUE (job, tick)
@@ -105,16 +122,49 @@ async fn health(State(state): State<Arc<AppState>>) -> Result<String, (StatusCod
     ))
 }
 
-async fn list_users(State(state): State<Arc<AppState>>) -> Result<String, (StatusCode, String)> {
+/// One page of `GET /users`.
+const LIST_USERS: &str =
+    "SELECT id, name, email, created_at FROM users ORDER BY id LIMIT 20 OFFSET $1";
+
+/// `GET /users`'s query string: `?offset=N`, 0 when absent.
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: u32,
+}
+
+/// A user as `GET /users` shows it; `created_at` in RFC 3339 (`2025-01-01T01:00:00+00:00`).
+#[derive(serde::Serialize)]
+struct User {
+    id: i64,
+    name: String,
+    email: String,
+    created_at: String,
+}
+
+/// `GET /users?offset=N`: 20 users from the `N`th by id, as a JSON array.
+async fn list_users(
+    State(state): State<Arc<AppState>>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<User>>, (StatusCode, String)> {
     let client = state.pool.get().await.map_err(internal)?;
+    // Prepared once per connection, as asyncpg and most drivers do.
+    let statement = client.prepare_cached(LIST_USERS).await.map_err(internal)?;
     let rows = client
-        .query("SELECT name FROM users ORDER BY id", &[])
+        .query(&statement, &[&i64::from(page.offset)])
         .await
         .map_err(internal)?;
-    Ok(rows
-        .iter()
-        .map(|r| format!("{}\n", r.get::<_, String>(0)))
-        .collect())
+    let user = |r: &deadpool_postgres::tokio_postgres::Row| {
+        Ok::<_, deadpool_postgres::tokio_postgres::Error>(User {
+            id: r.try_get(0)?,
+            name: r.try_get(1)?,
+            email: r.try_get(2)?,
+            created_at: chrono::DateTime::<chrono::Utc>::from(r.try_get::<_, SystemTime>(3)?)
+                .to_rfc3339(),
+        })
+    };
+    let users = rows.iter().map(user).collect::<Result<_, _>>();
+    users.map(Json).map_err(internal)
 }
 
 async fn add_user(
@@ -179,10 +229,70 @@ fn migrate(url: &str) -> ExitCode {
     }
 }
 
+/// The routes, over one pool's state; `who` is what `GET /` answers.
+fn routes(state: Arc<AppState>, who: String) -> Router {
+    Router::new()
+        .route("/", get(move || std::future::ready(who.clone())))
+        .route("/health", get(health))
+        .route("/users", get(list_users).post(add_user))
+        .with_state(state)
+}
+
+/// `single`: the same routes from this one process, on a tokio multi-thread runtime (one thread per
+/// core) with one pool of the whole budget; no master, no fork, no job. Stops on SIGTERM or SIGINT
+/// once the open connections are done, then closes the pool.
+fn single(url: &str, budget: usize, listen: SocketAddr) -> ExitCode {
+    let run = async {
+        let pool = pool(url, budget)?;
+        pool.get().await?.execute("SELECT 1", &[]).await?;
+        let pid = std::process::id();
+        let state = Arc::new(AppState {
+            pool: pool.clone(),
+            slot: 0,
+            pid,
+        });
+        let app = routes(state, format!("pg_app single process pid {pid}\n"));
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        eprintln!("pg_app: single process on {listen}, database pool of {budget} connection(s)");
+        // As hyperfork's workers do: no Nagle delay on the answers.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await?;
+        pool.close();
+        Ok::<_, BoxError>(())
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BoxError::from)
+        .and_then(|rt| rt.block_on(run));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pg_app: single: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let (server, cli) = Server::from_env_and_args_with::<AppCli>();
-    if let Some(AppCommand::Migrate) = cli.command {
-        return migrate(&cli.database_url);
+    match cli.command {
+        Some(AppCommand::Migrate) => return migrate(&cli.database_url),
+        Some(AppCommand::Single { listen }) => {
+            return single(&cli.database_url, cli.db_budget, listen);
+        }
+        None => {}
     }
     let (url, budget) = (cli.database_url, cli.db_budget);
     server
@@ -192,11 +302,7 @@ fn main() -> ExitCode {
         })
         .app(|worker: &Worker<AppState>| {
             let who = format!("pg_app worker {} pid {}\n", worker.slot(), worker.pid());
-            Router::new()
-                .route("/", get(move || std::future::ready(who.clone())))
-                .route("/health", get(health))
-                .route("/users", get(list_users).post(add_user))
-                .with_state(worker.state_arc())
+            routes(worker.state_arc(), who)
         })
         .job("record-usage", Every::seconds(1), record_usage)
         .on_stop(|worker: Worker<AppState>| async move {

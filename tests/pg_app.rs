@@ -2,7 +2,7 @@
 //! test, no mock. Through two reloads and the SIGKILL of worker 0 under load, requests keep being
 //! served, every tick of the job is written exactly once and only by slot 0, and the app's
 //! connections never exceed its budget; on SIGTERM the stop hooks close the pools before the master
-//! exits.
+//! exits. `pg_app single` serves the same `GET /users` JSON from one process, no master.
 
 mod common;
 
@@ -52,12 +52,10 @@ fn slot0_pid(p: &Proc) -> Option<i32> {
     slot0_pids(&p.stderr()).last().copied()
 }
 
-#[test]
-fn the_postgres_app_keeps_its_budget_and_runs_each_tick_once_through_reloads_and_a_kill() {
-    let cluster = Arc::new(PgCluster::start());
-    let url = cluster.url();
+/// `pg_app migrate` against `url`.
+fn migrate(url: &str) {
     let migrate = command(&example_bin("pg_app"))
-        .args(["--database-url", &url, "migrate"])
+        .args(["--database-url", url, "migrate"])
         .output()
         .expect("run pg_app migrate");
     assert!(
@@ -65,6 +63,13 @@ fn the_postgres_app_keeps_its_budget_and_runs_each_tick_once_through_reloads_and
         "migrate: {}",
         String::from_utf8_lossy(&migrate.stderr)
     );
+}
+
+#[test]
+fn the_postgres_app_keeps_its_budget_and_runs_each_tick_once_through_reloads_and_a_kill() {
+    let cluster = Arc::new(PgCluster::start());
+    let url = cluster.url();
+    migrate(&url);
 
     // 3 workers, a budget of 12: 3 connections each, so 4 workers (the reload surge) fit.
     let budget = 12;
@@ -146,5 +151,65 @@ fn the_postgres_app_keeps_its_budget_and_runs_each_tick_once_through_reloads_and
     assert!(
         missing <= 1,
         "{missing} tick(s) missing in {ticks:?}:\n{log}"
+    );
+}
+
+#[test]
+fn the_single_process_mode_serves_pages_of_users_as_json_without_a_master() {
+    let cluster = PgCluster::start();
+    let url = cluster.url();
+    migrate(&url);
+    cluster.query(
+        "INSERT INTO users (name, email, created_at) \
+         SELECT 'user ' || i, 'user' || i || '@example.com', \
+                timestamptz '2025-01-01 00:00:00+00' + i * interval '1 hour' \
+         FROM generate_series(1, 25) AS i",
+    );
+    let port = free_port();
+    let mut cmd = command(&example_bin("pg_app"));
+    cmd.args(["--database-url", &url, "--db-budget", "4", "single"])
+        .args(["--listen", &format!("127.0.0.1:{port}")]);
+    let mut p = Proc::start(cmd, port);
+    p.wait_serving();
+    assert!(
+        children_of(p.pid()).is_empty(),
+        "single forked: {:?}\n{}",
+        children_of(p.pid()),
+        p.stderr()
+    );
+
+    // The last page: users 21 to 25, in id order, created_at in RFC 3339.
+    let user = |i: u32| {
+        format!(
+            "{{\"id\":{i},\"name\":\"user {i}\",\"email\":\"user{i}@example.com\",\
+             \"created_at\":\"2025-01-0{}T{:02}:00:00+00:00\"}}",
+            1 + i / 24,
+            i % 24
+        )
+    };
+    let page = get(port, "/users?offset=20").expect("GET /users?offset=20");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.header("content-type"), Some("application/json"));
+    let expected: Vec<String> = (21..=25).map(user).collect();
+    assert_eq!(page.body, format!("[{}]", expected.join(",")));
+    // No offset: the first 20.
+    let first = get(port, "/users").expect("GET /users");
+    let expected: Vec<String> = (1..=20).map(user).collect();
+    assert_eq!(first.body, format!("[{}]", expected.join(",")));
+    let bad = get(port, "/users?offset=-1").expect("GET /users?offset=-1");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let held = cluster.app_connections();
+    assert!((1..=4).contains(&held), "{held} connections, budget 4");
+
+    // SIGTERM: the open connections end, the pool closes, the process exits 0.
+    p.signal(libc::SIGTERM);
+    let status = p
+        .wait_exit(Duration::from_secs(30))
+        .expect("exit after SIGTERM");
+    assert!(status.success(), "{status}\n{}", p.stderr());
+    assert!(
+        wait_until(Duration::from_secs(10), || cluster.app_connections() == 0),
+        "connections left after exit: {}",
+        cluster.app_connections()
     );
 }

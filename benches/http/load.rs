@@ -101,7 +101,23 @@ pub fn start(
     duration: Duration,
     threads: usize,
 ) -> Running {
-    let request = request(addr, path, shape == Shape::ConnectionPerRequest);
+    start_paths(addr, &[path], shape, connections, duration, threads)
+}
+
+/// Like [`start`], client loop `i` sending `GET paths[i % paths.len()]` (`/` when `paths` is empty).
+pub fn start_paths(
+    addr: SocketAddr,
+    paths: &[&str],
+    shape: Shape,
+    connections: usize,
+    duration: Duration,
+    threads: usize,
+) -> Running {
+    let paths = if paths.is_empty() { &["/"][..] } else { paths };
+    let requests: Vec<&'static [u8]> = paths
+        .iter()
+        .map(|p| request(addr, p, shape == Shape::ConnectionPerRequest))
+        .collect();
     Running(std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -112,7 +128,10 @@ pub fn start(
             let start = Instant::now();
             let end = start + duration;
             let tasks: Vec<_> = (0..connections)
-                .map(|_| tokio::spawn(client_loop(addr, request, shape, end)))
+                .map(|i| {
+                    let request = requests[i % requests.len()];
+                    tokio::spawn(client_loop(addr, request, shape, end))
+                })
                 .collect();
             let mut total = Outcome::default();
             for t in tasks {
