@@ -227,6 +227,9 @@ pub struct Sample {
     pub access_lines: Option<u64>,
     /// The CPU-bound scenario's figures (its rows only; they run no other shape).
     pub work: Option<Work>,
+    /// Cores kept busy by processes other than the server and this benchmark over the measured
+    /// keep-alive run (or CPU-bound run): other sessions disturbing the figures.
+    pub others: f64,
 }
 
 /// One round of the CPU-bound scenario.
@@ -275,8 +278,10 @@ fn measure_work(
     );
     std::thread::sleep(o.warm);
     let cpu_before = procs::cpu_time(&pids);
+    let others = procs::Others::start(&pids);
     let mut out = run.finish();
     let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
+    let others = others.cores(&pids);
     server.stop();
     let f = Figures::of(kind, "CPU-bound", &mut out.load)?;
     let ok = out.load.ok as f64;
@@ -290,6 +295,7 @@ fn measure_work(
     };
     Ok(Sample {
         answered: out.load.ok,
+        others,
         work: Some(Work {
             offered: out.offered as f64 / o.measure.as_secs_f64(),
             rate: f.rate,
@@ -331,11 +337,13 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
     let mut answered = keep_alive(o.warm).finish().ok;
     let pids = procs::tree(server.pid());
     let cpu_before = procs::cpu_time(&pids);
+    let others = procs::Others::start(&pids);
     let run = keep_alive(o.measure);
     std::thread::sleep(o.measure / 2);
     let loaded = procs::tree_memory(server.pid());
     let mut out = run.finish();
     let cpu = procs::cpu_time(&pids).saturating_sub(cpu_before);
+    let others = others.cores(&pids);
     let keep = Figures::of(kind, "keep-alive", &mut out)?;
     answered += out.ok;
 
@@ -412,6 +420,7 @@ fn measure(kind: &Kind, o: &Options, benches: &std::path::Path) -> Result<Sample
         answered,
         access_lines,
         work: None,
+        others,
     })
 }
 
@@ -625,8 +634,9 @@ fn main() -> ExitCode {
                     let w = s.work.as_ref().expect("checked");
                     eprintln!(
                         "bench:   {:.0}/s offered, {:.0} answered/s, p50 {:.2} ms, p99 {:.2} ms, \
-                         {} failures, busiest worker {:.2}× fair, CPU {:.3} ms/request",
-                        w.offered, w.rate, w.p50, w.p99, w.failures, w.busiest, w.cpu_ms
+                         {} failures, busiest worker {:.2}× fair, CPU {:.3} ms/request; other \
+                         processes {:.2} cores",
+                        w.offered, w.rate, w.p50, w.p99, w.failures, w.busiest, w.cpu_ms, s.others
                     );
                     round_samples[i] = Some(s);
                 }
@@ -634,7 +644,8 @@ fn main() -> ExitCode {
                     eprintln!(
                         "bench:   keep-alive {:.0} req/s, p99 {:.2} ms, {} failures, CPU {:.2} s/100k; \
                          connection per request {:.0} req/s, p99 {:.2} ms, {} failures; \
-                         steady {:.0}/s p50 {:.2} ms, p99 {:.2} ms, {} failures, {} late",
+                         steady {:.0}/s p50 {:.2} ms, p99 {:.2} ms, {} failures, {} late; \
+                         other processes {:.2} cores (keep-alive)",
                         s.rate,
                         s.p99,
                         s.failures,
@@ -646,7 +657,8 @@ fn main() -> ExitCode {
                         s.steady.p50,
                         s.steady.p99,
                         s.steady.failures,
-                        s.steady_late
+                        s.steady_late,
+                        s.others
                     );
                     round_samples[i] = Some(s);
                 }

@@ -56,6 +56,57 @@ pub fn cpu_time(pids: &[u32]) -> Duration {
     Duration::from_secs_f64(ticks as f64 / hz)
 }
 
+/// CPU time the whole machine spent busy (every state of /proc/stat's `cpu` line but idle and
+/// iowait), over all cores.
+fn machine_busy() -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let busy: u64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Duration::from_secs_f64(busy as f64 / hz)
+}
+
+/// CPU use of the machine outside a server's processes and this benchmark's own (the load
+/// generators): other sessions' builds and benchmarks, which disturb the figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Others {
+    machine: Duration,
+    mine: Duration,
+    at: std::time::Instant,
+}
+
+impl Others {
+    /// Starts counting, `server` being the server's processes.
+    pub fn start(server: &[u32]) -> Others {
+        Others {
+            machine: machine_busy(),
+            mine: cpu_time(server) + cpu_time(&[std::process::id()]),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Cores the other processes kept busy on average since [`Others::start`].
+    pub fn cores(&self, server: &[u32]) -> f64 {
+        let machine = machine_busy().saturating_sub(self.machine);
+        let mine = (cpu_time(server) + cpu_time(&[std::process::id()])).saturating_sub(self.mine);
+        machine.saturating_sub(mine).as_secs_f64() / self.at.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
 /// Resident and proportional set size of one process, in KiB.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Memory {

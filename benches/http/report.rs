@@ -452,13 +452,15 @@ fn bare_pool(input: &Input<'_>) -> String {
          workers before any runtime exists, each a tokio current-thread runtime serving hyper's \
          `http1` builder from the shared socket (plain shared accept; no supervision, request guard, \
          deadlines or counters). CPU per request is the whole process tree's. \"hyperfork / bare\" \
-         is taken per round, then the median. Spread: busiest / least busy worker (median).\n"
+         is taken per round, then the median. Spread: busiest / least busy worker (median). \
+         Others: cores kept busy by processes other than the server and the load generator during \
+         the measured run (other sessions' builds or benchmarks), per round.\n"
     );
     let _ = writeln!(
         s,
-        "| Workers | req/s hyperfork / bare | CPU µs / request hyperfork / bare | hyperfork / bare, CPU per request | hyperfork / bare, req/s | p99 ms hyperfork / bare | spread hyperfork / bare |"
+        "| Workers | req/s hyperfork / bare | CPU µs / request hyperfork / bare | hyperfork / bare, CPU per request | per round | hyperfork / bare, req/s | p99 ms hyperfork / bare | spread hyperfork / bare | others, cores, per round: hyperfork; bare |"
     );
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---|---:|---:|---:|---|");
     for (workers, h, b) in pairs {
         let m = |i: usize, f: fn(&Sample) -> f64| median(input.samples[i].iter().map(f));
         let spread = |i: usize| {
@@ -469,19 +471,39 @@ fn bare_pool(input: &Input<'_>) -> String {
                 "∞".to_string()
             }
         };
+        let rounds = |v: Vec<String>| v.join(", ");
         let _ = writeln!(
             s,
-            "| {workers} | {:.0} / {:.0} | {:.2} / {:.2} | {} | {} | {:.2} / {:.2} | {} / {} |",
+            "| {workers} | {:.0} / {:.0} | {:.2} / {:.2} | {} | {} | {} | {:.2} / {:.2} | {} / {} | {}; {} |",
             m(h, |x| x.rate),
             m(b, |x| x.rate),
             m(h, |x| x.cpu_per_100k) * 10.0,
             m(b, |x| x.cpu_per_100k) * 10.0,
             fmt_ratio(per_round_ratio(input, h, Some(b), |x| x.cpu_per_100k)),
+            rounds(
+                input.samples[h]
+                    .iter()
+                    .zip(&input.samples[b])
+                    .map(|(x, y)| format!("{:.2}", x.cpu_per_100k / y.cpu_per_100k))
+                    .collect()
+            ),
             fmt_ratio(per_round_ratio(input, h, Some(b), |x| x.rate)),
             m(h, |x| x.p99),
             m(b, |x| x.p99),
             spread(h),
             spread(b),
+            rounds(
+                input.samples[h]
+                    .iter()
+                    .map(|x| format!("{:.2}", x.others))
+                    .collect()
+            ),
+            rounds(
+                input.samples[b]
+                    .iter()
+                    .map(|x| format!("{:.2}", x.others))
+                    .collect()
+            ),
         );
     }
     s
@@ -525,7 +547,10 @@ fn cpu_bound(input: &Input<'_>) -> String {
          (`x-worker`) as a multiple of a fair share (1 / workers), median over the rounds. \"p99 × \
          balanced\" is taken per round against `--accept balanced`, then the median. Failures: \
          non-200 answers, errors, and requests never sent because the server fell behind the rate. \
-         CPU per request is the whole process tree's, the work included.\n",
+         CPU per request is the whole process tree's, the work included. Others: cores kept busy by \
+         processes other than the server and the load generator during the measured run (other \
+         sessions' builds or benchmarks): at this rate the pool uses about half the machine, so \
+         a core taken by others saturates it and shows in every figure.\n",
         workers.unwrap_or(0),
         o.work_connections,
         o.work_us,
@@ -569,15 +594,17 @@ fn cpu_bound(input: &Input<'_>) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| Server | busiest × fair, per round | requests per worker, last round |\n|---|---|---|"
+        "\n| Server | busiest × fair, per round | p99 ms, per round | others, cores, per round | requests per worker, last round |\n|---|---|---|---|---|"
     );
     for &i in &rows {
         let v = &input.samples[i];
-        let per_round: Vec<String> = v
-            .iter()
-            .filter_map(|x| x.work.as_ref())
-            .map(|w| format!("{:.2}", w.busiest))
-            .collect();
+        let per_round = |f: fn(&Sample) -> Option<f64>| {
+            v.iter()
+                .filter_map(f)
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let last = v
             .last()
             .and_then(|x| x.work.as_ref())
@@ -591,9 +618,11 @@ fn cpu_bound(input: &Input<'_>) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "| {} | {} | {last} |",
+            "| {} | {} | {} | {} | {last} |",
             input.kinds[i].label(),
-            per_round.join(", ")
+            per_round(|x| x.work.as_ref().map(|w| w.busiest)),
+            per_round(|x| x.work.as_ref().map(|w| w.p99)),
+            per_round(|x| Some(x.others)),
         );
     }
     s
