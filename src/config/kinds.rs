@@ -335,7 +335,7 @@ pub(crate) trait Named: ValueEnum + Clone + std::fmt::Debug + Send + Sync + 'sta
 }
 
 impl Named for Accept {
-    const EXPECTED: &'static str = "one of balanced, shared";
+    const EXPECTED: &'static str = "one of balanced, shared, packed";
 }
 
 impl Named for LogLevel {

@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(parse_choice::<LogLevel>(" Warning "), Ok(LogLevel::Warning));
         assert_eq!(parse_choice::<Accept>("SHARED"), Ok(Accept::Shared));
         let e = parse_choice::<Accept>("rr").unwrap_err();
-        assert_eq!(e, "expected one of balanced, shared, got \"rr\"");
+        assert_eq!(e, "expected one of balanced, shared, packed, got \"rr\"");
     }
 
     #[test]
