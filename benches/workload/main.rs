@@ -393,8 +393,8 @@ impl Machine {
 }
 
 fn main() -> ExitCode {
-    // First, before any thread exists: SIGINT, SIGTERM and SIGHUP go to a thread that stops every
-    // server and the PostgreSQL this run started, then exits.
+    // SIGINT, SIGTERM and SIGHUP: a thread stops every server and the PostgreSQL this run started,
+    // then exits.
     if let Err(e) = cleanup::install() {
         eprintln!("workload: {e}");
         return ExitCode::from(1);
@@ -416,6 +416,7 @@ fn main() -> ExitCode {
 }
 
 fn run(o: &Options) -> Result<(), String> {
+    let began = Instant::now();
     let mut machine = Machine::read();
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|n| n == name);
     let workers = machine.default_workers;
@@ -529,7 +530,11 @@ fn run(o: &Options) -> Result<(), String> {
     std::fs::write(&o.report, &text)
         .map_err(|e| format!("cannot write {}: {e}", o.report.display()))?;
     println!("{text}");
-    eprintln!("workload: report written to {}", o.report.display());
+    eprintln!(
+        "workload: report written to {} ({:.0} s in all)",
+        o.report.display(),
+        began.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
