@@ -19,6 +19,10 @@ pub struct Outcome {
     pub ok: u64,
     /// Responses with another status.
     pub non_200: u64,
+    /// Those responses by status.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Requests (connect included) that took longer than [`REQUEST_TIMEOUT`]; counted in `errors`.
+    pub timeouts: u64,
     /// Connections that failed to connect, or broke mid-response.
     pub errors: u64,
     /// Latency of each 200 response, in microseconds.
@@ -48,6 +52,10 @@ impl Outcome {
     fn absorb(&mut self, other: Outcome) {
         self.ok += other.ok;
         self.non_200 += other.non_200;
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        self.timeouts += other.timeouts;
         self.errors += other.errors;
         self.latencies_us.extend(other.latencies_us);
         for (k, v) in other.per_worker {
@@ -164,8 +172,9 @@ async fn client_loop(
         let mut stream = match tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(addr)).await
         {
             Ok(Ok(s)) => s,
-            _ => {
+            timed_out => {
                 out.errors += 1;
+                out.timeouts += u64::from(timed_out.is_err());
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -184,9 +193,13 @@ async fn client_loop(
                 stream.write_all(request).await.ok()?;
                 read_response(&mut stream, &mut buf, &mut worker).await
             };
-            let Ok(Some(resp)) = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await else {
-                out.errors += 1;
-                continue 'connect;
+            let resp = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+                Ok(Some(resp)) => resp,
+                timed_out => {
+                    out.errors += 1;
+                    out.timeouts += u64::from(timed_out.is_err());
+                    continue 'connect;
+                }
             };
             if resp.status == 200 {
                 let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
@@ -199,6 +212,7 @@ async fn client_loop(
                 }
             } else {
                 out.non_200 += 1;
+                *out.statuses.entry(resp.status).or_default() += 1;
             }
             if resp.close || shape == Shape::ConnectionPerRequest {
                 // Dropping the stream closes it: the response is complete, so the client closes

@@ -1,10 +1,12 @@
 //! Cleanup on SIGINT, SIGTERM and SIGHUP. The guards (servers, the PostgreSQL cluster) stop what they
-//! started when they drop, on errors and panics; a signal ends the process without running them, so
-//! a thread waits for these signals instead, stops the registered servers and PostgreSQL, and exits.
+//! started when they drop, on errors and panics; a signal would end the process without running them,
+//! so these signals are caught instead, and a thread stops the registered servers and PostgreSQL, and
+//! exits.
 //! PostgreSQL matters most: `pg_ctl` starts it in a session of its own, so a Ctrl-C on the terminal
 //! does not reach it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,41 +27,75 @@ fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset and sigaddset initialise and fill the set; the signals are valid.
+/// The write end of the pipe the signal handler writes the signal's number to.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let byte = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; the pipe outlives the process's handlers.
     unsafe {
-        let mut set = std::mem::zeroed::<libc::sigset_t>();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
+        libc::write(
+            SIGNAL_PIPE.load(Ordering::Relaxed),
+            (&raw const byte).cast::<libc::c_void>(),
+            1,
+        )
+    };
 }
 
-/// Blocks the signals in this thread (so in every thread started after it: call it first in
-/// `main`) and starts the thread that waits for them. Children get an empty mask from `std`.
+/// Catches the signals with a handler that writes to a pipe, and starts the thread that reads it.
+/// A handler, not a blocked mask with `sigwait`: children inherit a signal mask (`std` does not reset
+/// it), and a server started with SIGTERM blocked would not stop; a caught signal is reset to its
+/// default at `exec`.
 pub fn install() -> Result<(), String> {
-    let set = signal_set();
-    // SAFETY: a valid set; the old mask is not wanted.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(format!(
-            "cannot block SIGINT/SIGTERM/SIGHUP: {}",
-            std::io::Error::from_raw_os_error(rc)
+            "cannot create the signal pipe: {}",
+            std::io::Error::last_os_error()
         ));
     }
+    let [read_fd, write_fd] = fds;
+    SIGNAL_PIPE.store(write_fd, Ordering::Relaxed);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let mut sig = 0;
-            // SAFETY: a valid set, blocked in every thread; sig is written by sigwait.
-            while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+            let mut byte = 0u8;
+            loop {
+                // SAFETY: reads one byte into `byte`.
+                let n = unsafe { libc::read(read_fd, (&raw mut byte).cast::<libc::c_void>(), 1) };
+                if n == 1 {
+                    break;
+                }
+                if n == 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    return;
+                }
+            }
+            let sig = libc::c_int::from(byte);
             eprintln!("workload: signal {sig}: stopping the servers and PostgreSQL");
             stop_everything();
             std::process::exit(128 + sig);
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction with a valid handler and an empty mask; SA_RESTART so that the
+        // other threads' system calls are not cut short.
+        let rc = unsafe {
+            let mut action = std::mem::zeroed::<libc::sigaction>();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(format!(
+                "cannot catch signal {sig}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -141,6 +141,8 @@ pub struct Sample {
     pub max: f64,
     /// Non-200 responses plus connection errors and timeouts.
     pub failures: u64,
+    /// What the failures were: non-200 answers by status, connection errors, of which timeouts.
+    pub failure_detail: String,
     /// CPU of the server's process tree per 1,000 requests, ms.
     pub server_cpu_ms: f64,
     /// CPU of PostgreSQL's processes per 1,000 requests, ms.
@@ -231,12 +233,29 @@ fn measure(
         p99: out.latency_ms(0.99),
         max: out.latency_ms(1.0),
         failures: out.non_200 + out.errors,
+        failure_detail: failure_detail(&out),
         server_cpu_ms: per_1k_ms(server_cpu),
         pg_cpu_ms: per_1k_ms(pg_cpu),
         memory,
         processes,
         connections,
     })
+}
+
+/// `"3 × 500, 2 connection errors (1 timeout)"`, empty without failures.
+fn failure_detail(out: &load::Outcome) -> String {
+    let mut parts: Vec<String> = out
+        .statuses
+        .iter()
+        .map(|(status, n)| format!("{n} × {status}"))
+        .collect();
+    if out.errors > 0 {
+        parts.push(format!(
+            "{} connection error(s) ({} timeout(s))",
+            out.errors, out.timeouts
+        ));
+    }
+    parts.join(", ")
 }
 
 /// Checks the server's `GET /users?offset=40`: 200, a JSON array of the 20 users from id 41, and the
@@ -393,8 +412,8 @@ impl Machine {
 }
 
 fn main() -> ExitCode {
-    // First, before any thread exists: SIGINT, SIGTERM and SIGHUP go to a thread that stops every
-    // server and the PostgreSQL this run started, then exits.
+    // SIGINT, SIGTERM and SIGHUP: a thread stops every server and the PostgreSQL this run started,
+    // then exits.
     if let Err(e) = cleanup::install() {
         eprintln!("workload: {e}");
         return ExitCode::from(1);
@@ -416,6 +435,7 @@ fn main() -> ExitCode {
 }
 
 fn run(o: &Options) -> Result<(), String> {
+    let began = Instant::now();
     let mut machine = Machine::read();
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|n| n == name);
     let workers = machine.default_workers;
@@ -495,13 +515,18 @@ fn run(o: &Options) -> Result<(), String> {
             );
             let s = measure(&kinds[i], o, &env, &monitor, postmaster, &mut reference)?;
             eprintln!(
-                "workload:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} failures; CPU per 1k \
+                "workload:   {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} failures{}; CPU per 1k \
                  requests: server {:.0} ms, PostgreSQL {:.0} ms; RSS {:.0} MiB; DB connections \
                  peak {}, median {}",
                 s.rate,
                 s.p50,
                 s.p99,
                 s.failures,
+                if s.failures > 0 {
+                    format!(" ({})", s.failure_detail)
+                } else {
+                    String::new()
+                },
                 s.server_cpu_ms,
                 s.pg_cpu_ms,
                 s.memory.rss_kib as f64 / 1024.0,
@@ -529,7 +554,11 @@ fn run(o: &Options) -> Result<(), String> {
     std::fs::write(&o.report, &text)
         .map_err(|e| format!("cannot write {}: {e}", o.report.display()))?;
     println!("{text}");
-    eprintln!("workload: report written to {}", o.report.display());
+    eprintln!(
+        "workload: report written to {} ({:.0} s in all)",
+        o.report.display(),
+        began.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -186,6 +186,19 @@ pub fn render(input: &Input<'_>) -> String {
         thousands(lo),
         thousands(hi)
     );
+    for (i, k) in input.kinds.iter().enumerate() {
+        for (round, x) in input.samples[i].iter().enumerate() {
+            if x.failures > 0 {
+                let _ = writeln!(
+                    s,
+                    "\nFailures of {}, round {}: {}.",
+                    k.label(),
+                    round + 1,
+                    x.failure_detail
+                );
+            }
+        }
+    }
     let _ = writeln!(
         s,
         "\nCPU: user + system time of the server's whole process tree and, separately, of every \
