@@ -19,7 +19,8 @@
 //!
 //! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server and round), `--warmup
 //! S`, `--connections N`, `--budget N` (database connections per server), `--users N` (rows seeded),
-//! `--only NAME[,NAME]` (hyperfork, single, uvicorn, gunicorn), `--report FILE`.
+//! `--only NAME[,NAME]` (hyperfork, single, uvicorn, gunicorn), `--workers N[,N]` (extra hyperfork
+//! rows with these pool sizes, beside the default pool), `--report FILE`.
 
 #[allow(dead_code)]
 #[path = "../http/load.rs"]
@@ -63,6 +64,8 @@ pub struct Options {
     pub users: usize,
     /// Servers to run; empty: all.
     pub only: Vec<String>,
+    /// Pool sizes of extra hyperfork rows, besides the default pool.
+    pub workers: Vec<usize>,
     /// Where the report goes.
     pub report: PathBuf,
 }
@@ -84,6 +87,7 @@ fn parse_options() -> Result<Options, String> {
         budget: 20,
         users: 1000,
         only: Vec::new(),
+        workers: Vec::new(),
         report: target.join(if full {
             "workload-report.md"
         } else {
@@ -113,11 +117,18 @@ fn parse_options() -> Result<Options, String> {
             "--budget" => o.budget = number(a, value(a)?)? as usize,
             "--users" => o.users = number(a, value(a)?)? as usize,
             "--only" => o.only = value(a)?.split(',').map(str::to_string).collect(),
+            "--workers" => {
+                o.workers = value(a)?
+                    .split(',')
+                    .map(|w| number(a, w.to_string()).map(|n| n as usize))
+                    .collect::<Result<_, _>>()?
+            }
             "--report" => o.report = PathBuf::from(value(a)?),
             other => {
                 return Err(format!(
                     "unknown option {other:?} (expected --rounds, --seconds, --warmup, \
-                     --connections, --client-threads, --budget, --users, --only, --report)"
+                     --connections, --client-threads, --budget, --users, --only, --workers, \
+                     --report)"
                 ));
             }
         }
@@ -442,7 +453,16 @@ fn run(o: &Options) -> Result<(), String> {
     let mut kinds = Vec::new();
     let mut skipped = Vec::new();
     if wanted("hyperfork") {
-        kinds.push(Kind::Hyperfork { workers });
+        kinds.push(Kind::Hyperfork {
+            workers,
+            default: true,
+        });
+        for &w in &o.workers {
+            kinds.push(Kind::Hyperfork {
+                workers: w,
+                default: false,
+            });
+        }
     }
     if wanted("single") {
         kinds.push(Kind::Single {

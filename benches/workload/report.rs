@@ -87,11 +87,17 @@ impl Input<'_> {
     }
 }
 
-fn list(v: &[f64]) -> String {
-    v.iter()
-        .map(|r| format!("{r:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `1.07× (per round: 0.91, 1.10, …)`, or "not measured".
+fn ratios(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "not measured".into();
+    }
+    let rounds: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+    format!(
+        "{} (per round: {})",
+        ratio(median(v.iter().copied())),
+        rounds.join(", ")
+    )
 }
 
 /// Renders the report.
@@ -142,7 +148,7 @@ pub fn render(input: &Input<'_>) -> String {
     }
 
     let single = input.position(|k| matches!(k, Kind::Single { .. }));
-    let hyperfork = input.position(|k| matches!(k, Kind::Hyperfork { .. }));
+    let hyperfork = input.position(|k| matches!(k, Kind::Hyperfork { default: true, .. }));
     let uvicorn = input.position(|k| matches!(k, Kind::Uvicorn { .. }));
     let gunicorn = input.position(|k| matches!(k, Kind::Gunicorn { .. }));
 
@@ -218,10 +224,9 @@ pub fn render(input: &Input<'_>) -> String {
     let r = median(hf_single.iter().copied());
     let _ = writeln!(
         s,
-        "| hyperfork default pool ≥ 1.0× single-process axum req/s, equal DB budget ({}) | {} (per round: {}) | {} |",
+        "| hyperfork default pool ≥ 1.0× single-process axum req/s, equal DB budget ({}) | {} | {} |",
         o.budget,
-        ratio(r),
-        list(&hf_single),
+        ratios(&hf_single),
         if !r.is_finite() {
             "not measured"
         } else if r >= 1.0 {
@@ -234,12 +239,10 @@ pub fn render(input: &Input<'_>) -> String {
         ("uvicorn + FastAPI", &hf_uvicorn),
         ("gunicorn + uvicorn workers + FastAPI", &hf_gunicorn),
     ] {
-        let r = median(v.iter().copied());
         let _ = writeln!(
             s,
-            "| hyperfork's multiple over {name} (stated) | {} (per round: {}) | – |",
-            ratio(r),
-            list(v),
+            "| hyperfork's multiple over {name} (stated) | {} | – |",
+            ratios(v),
         );
     }
     let per_core = |rate: f64| rate / m.cores as f64;

@@ -14,9 +14,9 @@ pub const HYPERFORK_MAX_SURGE: usize = 1;
 /// One server of the comparison.
 #[derive(Debug, Clone)]
 pub enum Kind {
-    /// `pg_app` under hyperfork's default pool (this many workers), each worker's pool
-    /// `share_of(budget)`.
-    Hyperfork { workers: usize },
+    /// `pg_app` under hyperfork with this many workers, each worker's pool `share_of(budget)`;
+    /// `default`: the default pool size (no `--workers`).
+    Hyperfork { workers: usize, default: bool },
     /// `pg_app single`: one process, a tokio multi-thread runtime (one thread per core), one pool of
     /// the whole budget.
     Single { threads: usize },
@@ -30,9 +30,11 @@ impl Kind {
     /// The row label in the report.
     pub fn label(&self) -> String {
         match self {
-            Kind::Hyperfork { workers } => {
-                format!("hyperfork, pg_app, default pool ({workers} workers)")
-            }
+            Kind::Hyperfork {
+                workers,
+                default: true,
+            } => format!("hyperfork, pg_app, default pool ({workers} workers)"),
+            Kind::Hyperfork { workers, .. } => format!("hyperfork, pg_app, --workers {workers}"),
             Kind::Single { threads } => {
                 format!("axum, pg_app single: 1 process × {threads} threads")
             }
@@ -48,7 +50,7 @@ impl Kind {
     /// The database pools the server holds at most, as "processes × connections".
     pub fn pools(&self, budget: usize) -> String {
         match self {
-            Kind::Hyperfork { workers } => format!(
+            Kind::Hyperfork { workers, .. } => format!(
                 "{workers} × {} (`share_of({budget})`, room kept for a surge of \
                  {HYPERFORK_MAX_SURGE})",
                 budget / (workers + HYPERFORK_MAX_SURGE)
@@ -164,11 +166,14 @@ pub fn start(kind: &Kind, env: &Env) -> Result<Server, String> {
     let (host, port) = (addr.ip().to_string(), addr.port().to_string());
     let budget = env.budget.to_string();
     let mut cmd = match kind {
-        Kind::Hyperfork { .. } => {
+        Kind::Hyperfork { workers, default } => {
             // The default pool: no --workers. No access log, as in every other row.
             let mut c = command(&env.pg_app);
             c.args(["--database-url", &env.database_url, "--db-budget", &budget])
                 .args(["--host", &host, "--port", &port, "--log-level", "warning"]);
+            if !default {
+                c.args(["--workers", &workers.to_string()]);
+            }
             c
         }
         Kind::Single { .. } => {
