@@ -157,26 +157,8 @@ impl Table {
     /// Maps a zeroed table shared with every process forked from this one after the call; `packed`:
     /// the workers use packed accept, else balanced.
     pub fn new(packed: bool) -> std::io::Result<Table> {
-        let len = std::mem::size_of::<Shared>();
-        // SAFETY: an anonymous shared mapping with no address hint has no preconditions; the result is
-        // checked for MAP_FAILED before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the mapping is `len` bytes, page-aligned (so aligned for `Shared`), zero-filled by
-        // the kernel (all-zero bytes are valid atomics), and never unmapped, so the reference is
-        // valid for 'static. Other processes write it only through atomics, as this one does.
-        let shared = unsafe { &*ptr.cast::<Shared>() };
+        // SAFETY: `Shared` is atomics only (all-zero is valid), written only through atomics.
+        let shared = unsafe { super::shm::map_zeroed::<Shared>()? };
         Ok(Table { shared, packed })
     }
 

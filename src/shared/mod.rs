@@ -6,5 +6,6 @@ pub(crate) mod control;
 pub(crate) mod ctl_wire;
 pub(crate) mod listener;
 pub(crate) mod proctitle;
+pub(crate) mod shm;
 pub(crate) mod sigmask;
 pub(crate) mod stats;

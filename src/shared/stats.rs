@@ -132,35 +132,12 @@ pub struct Table {
     shared: &'static Shared,
 }
 
-/// Maps `len` zeroed bytes shared with every process forked after the call.
-fn map_shared(len: usize) -> std::io::Result<*mut libc::c_void> {
-    // SAFETY: an anonymous shared mapping with no address hint has no preconditions; the result is
-    // checked for MAP_FAILED before use.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(ptr)
-}
-
 impl Table {
     /// Maps a zeroed table (about 200 KiB of address space; pages are touched only as entries are
     /// used).
     pub fn new() -> std::io::Result<Table> {
-        let ptr = map_shared(std::mem::size_of::<Shared>())?;
-        // SAFETY: the mapping is the size of `Shared`, page-aligned (so aligned for it), zero-filled
-        // by the kernel (all-zero bytes are valid atomics), and never unmapped, so the reference is
-        // valid for 'static. Every process writes it only through atomics.
-        let shared = unsafe { &*ptr.cast::<Shared>() };
+        // SAFETY: `Shared` is atomics only (all-zero is valid), written only through atomics.
+        let shared = unsafe { super::shm::map_zeroed::<Shared>()? };
         Ok(Table { shared })
     }
 
