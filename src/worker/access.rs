@@ -83,14 +83,16 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    /// Starts the record of `req`, from `client`.
+    /// Starts the record of `req`, from `client`, its header having arrived at `start` (the clock read
+    /// once per request, shared with the request counters).
     pub(crate) fn new<T>(
         format: &Arc<AccessFormat>,
         req: &Request<T>,
         client: ClientAddr,
+        start: Instant,
     ) -> Record {
         Record {
-            start: Instant::now(),
+            start,
             client,
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -327,7 +329,7 @@ mod tests {
                     .header("x-a", "probe")
                     .body(())
                     .unwrap();
-                let mut record = Record::new(&format, &req, client);
+                let mut record = Record::new(&format, &req, client, Instant::now());
                 let resp = Response::builder().status(404).body(()).unwrap();
                 record.respond(&resp);
                 for (bytes, micros) in [(0, 0), (13, 449), (12345, 1_250_001), (1, 99_999_999)] {

@@ -190,7 +190,7 @@ where
             .access
             .format
             .as_ref()
-            .map(|format| Box::new(Record::new(format, &req, client.clone())));
+            .map(|format| Box::new(Record::new(format, &req, client.clone(), start)));
         let extensions = req.extensions_mut();
         extensions.insert(client);
         if let Some(proto) = proto {
