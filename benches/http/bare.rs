@@ -5,15 +5,18 @@
 //! the answer every server here gives (`x-worker: SLOT`). No supervision, no request guard, no
 //! deadlines, no drain, no counters.
 //!
-//! The children accept in turn (round robin): a thread of each child waits for its turn (a counter
-//! in memory shared by the pool, a futex), takes one connection with a blocking `accept`, passes the
-//! turn on and hands the connection to its runtime. A burst of keep-alive connections is so spread
-//! evenly whatever the scheduler does, so the keep-alive figures compare hyperfork with a pool doing
-//! the same work per worker. A plain shared accept (every child polls the socket, the first to run
+//! The children accept in turn (round robin): whose turn it is is a counter in memory shared by the
+//! pool; the child whose turn it is accepts one connection on its runtime, passes the turn on and
+//! wakes the next child through that child's eventfd; the others wait on their eventfd. A burst of
+//! keep-alive connections is so spread evenly whatever the scheduler does, so the keep-alive figures
+//! compare hyperfork with a pool doing the same work per worker. Everything runs on the runtime's
+//! one thread: a second thread would make glibc wrap every `recv`, `writev` and `epoll_wait` in its
+//! cancellation bookkeeping (measured: 48 ns per request, which a single-threaded hyperfork worker
+//! does not pay). A plain shared accept (every child polls the socket, the first to run
 //! takes the connection) left one of 2 workers with none of 64 connections in 2 of 3 rounds, a
 //! single-process server in effect, which then sleeps less per request and skews CPU per request;
-//! `HYPERFORK_BENCH_BARE_ACCEPT=shared` brings it back. The handover costs a futex wake-up per
-//! connection, which only the short-connection shapes see.
+//! `HYPERFORK_BENCH_BARE_ACCEPT=shared` brings it back. The handover costs an eventfd write and a
+//! wake-up per connection, which only the short-connection shapes see.
 //!
 //! It runs as this benchmark's own executable, started with [`crate::baseline::ROLE_VAR`] = `bare`,
 //! `HYPERFORK_BENCH_ADDR` and `HYPERFORK_BENCH_WORKERS`. The parent only waits: it forwards SIGTERM
@@ -26,6 +29,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use hyper::Request;
@@ -36,6 +40,8 @@ use hyper_util::rt::TokioIo;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getpid, getppid};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::baseline::{hello, role_addr};
 
@@ -59,7 +65,7 @@ pub fn run() -> ExitCode {
         }
     };
     let round_robin = std::env::var("HYPERFORK_BENCH_BARE_ACCEPT").as_deref() != Ok("shared");
-    let listener = match bind(addr, !round_robin) {
+    let listener = match bind(addr) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("bare: cannot listen on {addr}: {e}");
@@ -86,8 +92,8 @@ pub fn run() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let turn = if round_robin {
-        match Turn::new() {
+    let mut turn = if round_robin {
+        match Turn::new(workers) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("bare: cannot map the accept turn: {e}");
@@ -105,8 +111,8 @@ pub fn run() -> ExitCode {
         // any process.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
-                let accept = match turn {
-                    Some(turn) => Accept::InTurn { turn, workers },
+                let accept = match turn.take() {
+                    Some(turn) => Accept::InTurn(turn),
                     None => Accept::Shared,
                 };
                 return child(slot, listener, accept, parent, mask);
@@ -124,9 +130,8 @@ pub fn run() -> ExitCode {
     wait(&signals, &mut children)
 }
 
-/// The listening socket, with hyperfork's options; blocking unless `nonblocking` (the round-robin
-/// accept blocks in `accept`).
-fn bind(addr: SocketAddr, nonblocking: bool) -> std::io::Result<std::net::TcpListener> {
+/// The listening socket, with hyperfork's options.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -135,7 +140,7 @@ fn bind(addr: SocketAddr, nonblocking: bool) -> std::io::Result<std::net::TcpLis
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    socket.set_nonblocking(nonblocking)?;
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
@@ -181,13 +186,17 @@ fn stop(children: &[Pid]) {
     }
 }
 
-/// Whose turn it is to accept: a counter in memory shared by the pool, worker `turn % workers`.
-#[derive(Debug, Clone, Copy)]
-struct Turn(&'static AtomicU32);
+/// Whose turn it is to accept: a counter in memory shared by the pool (worker `counter % workers`
+/// accepts), and one eventfd per worker, which the worker passing the turn writes to wake the next.
+#[derive(Debug)]
+struct Turn {
+    counter: &'static AtomicU32,
+    wake: Vec<OwnedFd>,
+}
 
 impl Turn {
-    /// Maps the counter, shared with every process forked after the call.
-    fn new() -> std::io::Result<Turn> {
+    /// Maps the counter and makes the eventfds, shared with every process forked after the call.
+    fn new(workers: usize) -> std::io::Result<Turn> {
         let len = std::mem::size_of::<AtomicU32>();
         // SAFETY: an anonymous shared mapping with no address hint has no preconditions; the result
         // is checked for MAP_FAILED before use.
@@ -206,64 +215,56 @@ impl Turn {
         }
         // SAFETY: the mapping is page-aligned, zero-filled (a valid AtomicU32 of 0) and never
         // unmapped, so the reference is valid for 'static; every process writes it only atomically.
-        Ok(Turn(unsafe { &*ptr.cast::<AtomicU32>() }))
+        let counter = unsafe { &*ptr.cast::<AtomicU32>() };
+        let wake = (0..workers)
+            .map(|_| {
+                // SAFETY: eventfd takes no pointer; the result is checked before use.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: eventfd returned a new descriptor that nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Turn { counter, wake })
     }
 
-    /// Waits until the counter is no longer `seen` (or a spurious wake-up).
-    fn wait(&self, seen: u32) {
-        // SAFETY: FUTEX_WAIT reads the aligned u32 the reference points to, which stays mapped; a
-        // shared (not private) futex, since the other processes wake it.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.0.as_ptr(),
-                libc::FUTEX_WAIT,
-                seen,
-                std::ptr::null::<libc::timespec>(),
-            )
-        };
+    /// Whether it is worker `slot`'s turn.
+    fn is(&self, slot: usize) -> bool {
+        self.counter.load(Ordering::Acquire) as usize % self.wake.len() == slot
     }
 
-    /// Passes the turn on and wakes the waiting workers.
-    fn pass(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        // SAFETY: FUTEX_WAKE only uses the address as a key; it stays mapped.
-        unsafe { libc::syscall(libc::SYS_futex, self.0.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+    /// Passes the turn from `slot` to the next worker and wakes it.
+    fn pass(&self, slot: usize) {
+        self.counter.fetch_add(1, Ordering::AcqRel);
+        let next = &self.wake[(slot + 1) % self.wake.len()];
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes the 8 bytes of `one`, which outlives the call, to an eventfd this process
+        // keeps open.
+        unsafe { libc::write(next.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// Empties an eventfd (`WouldBlock` when it was empty).
+fn drain(fd: &OwnedFd) -> std::io::Result<()> {
+    let mut value = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into `value`, which outlives the call, from an open descriptor.
+    let n = unsafe { libc::read(fd.as_raw_fd(), value.as_mut_ptr().cast(), value.len()) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
 /// How a child accepts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Accept {
-    /// In turn with the others ([`Turn`]), on a thread of its own.
-    InTurn { turn: Turn, workers: usize },
-    /// From the shared socket on the runtime, like every other child.
+    /// In turn with the others ([`Turn`]).
+    InTurn(Turn),
+    /// Whenever it is first to the shared socket, like every other child.
     Shared,
-}
-
-/// The accepting thread of a child in a round-robin pool: when it is this worker's turn, one
-/// blocking `accept`, then the turn passes on and the connection goes to the runtime.
-fn accept_in_turn(
-    listener: std::net::TcpListener,
-    slot: usize,
-    turn: Turn,
-    workers: usize,
-    to_runtime: tokio::sync::mpsc::UnboundedSender<std::net::TcpStream>,
-) {
-    loop {
-        let seen = turn.0.load(Ordering::Acquire);
-        if seen as usize % workers != slot {
-            turn.wait(seen);
-            continue;
-        }
-        let Ok((stream, _)) = listener.accept() else {
-            continue;
-        };
-        turn.pass();
-        if to_runtime.send(stream).is_err() {
-            return;
-        }
-    }
 }
 
 /// A child: serves on `listener` until killed.
@@ -294,11 +295,7 @@ fn child(
     };
     let served = match accept {
         Accept::Shared => runtime.block_on(serve_shared(listener, slot)),
-        Accept::InTurn { turn, workers } => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            std::thread::spawn(move || accept_in_turn(listener, slot, turn, workers, tx));
-            runtime.block_on(serve_handed(rx, slot))
-        }
+        Accept::InTurn(turn) => runtime.block_on(serve_in_turn(listener, slot, turn)),
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -309,17 +306,33 @@ fn child(
     }
 }
 
-/// Serves the connections the accepting thread hands over.
-async fn serve_handed(
-    mut handed: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+/// Accepts when it is this worker's turn, one connection at a time, and serves.
+async fn serve_in_turn(
+    listener: std::net::TcpListener,
     slot: usize,
+    turn: Turn,
 ) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let worker = HeaderValue::from(slot);
-    while let Some(stream) = handed.recv().await {
-        stream.set_nonblocking(true)?;
-        spawn_connection(tokio::net::TcpStream::from_std(stream)?, &worker);
+    // SAFETY: the AsyncFd owns this duplicate of the eventfd: it stays open, and is the same one,
+    // until the AsyncFd is dropped, which deregisters it first.
+    let woken = unsafe {
+        AsyncFd::register_with_interest(turn.wake[slot].try_clone()?, Interest::READABLE)
     }
-    Ok(())
+    .map_err(|e| e.into_parts().1)?;
+    loop {
+        if !turn.is(slot) {
+            let mut ready = woken.readable().await?;
+            // Empty: readiness is cleared once a read finds it empty, then the turn is checked again.
+            let _ = ready.try_io(|fd| drain(fd.get_ref()));
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        turn.pass(slot);
+        spawn_connection(stream, &worker);
+    }
 }
 
 /// Accepts from the shared socket on the runtime and serves.

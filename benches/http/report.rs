@@ -450,8 +450,8 @@ fn bare_pool(input: &Input<'_>) -> String {
         "\nhyperfork against a bare fork pool of the same size (issue #16), keep-alive shape. The bare \
          pool is this benchmark's executable binding the socket as hyperfork does and forking N \
          workers before any runtime exists, each a tokio current-thread runtime serving hyper's \
-         `http1` builder from the shared socket (plain shared accept; no supervision, request guard, \
-         deadlines or counters). CPU per request is the whole process tree's. \"hyperfork / bare\" \
+         `http1` builder (no supervision, request guard, deadlines or counters), the workers \
+         accepting in turn so that the connections spread evenly. CPU per request is the whole process tree's. \"hyperfork / bare\" \
          is taken per round, then the median. Spread: busiest / least busy worker (median). \
          Others: cores kept busy by processes other than the server and the load generator during \
          the measured run (other sessions' builds or benchmarks), per round.\n"
@@ -832,16 +832,19 @@ const GAP_SHORT: &str = "The balanced accept's deferral (`accept_fd` in src/serv
 const GAP_ACCESS: &str = "Each line is formatted into the worker's buffer and written with the others \
     in one write(2) of at most 4 KiB (src/worker/access_sink.rs); what is left is the line's formatting \
     and the file append. benches/README.md (\"The access log's cost\") has the profile.";
-const GAP_BARE: &str = "hyperfork's worker does more per request than the bare pool's: hyper-util's \
-    auto builder (HTTP/1 and HTTP/2 detection) instead of `http1`, the request guard (concurrency and \
-    body limits, max-requests count, access record), the header and keep-alive deadlines, the \
-    shared-memory counters, and the balanced accept. The spread differs too: the bare pool's plain \
-    shared accept can leave one worker with more connections, and a busier worker sleeps less often \
-    per request. benches/README.md (\"Profile: hyperfork vs bare pool\") has where the CPU goes.";
+const GAP_BARE: &str = "hyperfork's worker does more per request than the bare pool's, all of it in \
+    user space (the kernel's share is the same): the request guard (a clock read, the client address \
+    in the request's extensions, method and Uri clones, the boxed catch_unwind future, counters), the \
+    connection deadlines (a clock read on every read and write, the keep-alive timer re-armed), and \
+    hyper-util's auto builder instead of http1. At 5 workers on 2 cores, the spread of the balanced \
+    accept moves the figure more than the code. benches/README.md (\"Profile: hyperfork vs bare \
+    pool\") has the ns per request of each.";
 const GAP_WORK_SHARE: &str = "The accept spreads connections, not requests: with keep-alive a \
     connection's worker is fixed when it is accepted, so the share is the share of the connections a \
-    worker got in the opening burst. Balanced accept defers only to a parked peer with at least 2 \
-    fewer connections open (src/shared/balance.rs). benches/README.md.";
+    worker got in the opening burst. Balanced accept defers only to a peer parked at the moment it \
+    looks (src/shared/balance.rs); in a burst every worker is woken for every connection, and one or \
+    two workers end up with most of them (measured: 2, 4, 3, 28 and 27 of 64). benches/README.md \
+    (\"The CPU-bound route\").";
 const GAP_WORK_P99: &str = "The busiest worker queues each request behind the others on its \
     connections (one thread per worker, 500 µs each). Compare the busiest share of the two rows. \
     benches/README.md.";
