@@ -10,11 +10,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::app::{ClientAddr, ForwardedProto};
 use crate::config::access::{AccessFormat, AccessSettings, Atom};
+
+/// Header names looked up on every request from a trusted proxy, made once: a `&str` key is parsed
+/// into a name at each lookup.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The peer of a connection, captured at accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +47,7 @@ pub(crate) fn client<T>(
     }
     let proto = req
         .headers()
-        .get("x-forwarded-proto")
+        .get(&X_FORWARDED_PROTO)
         .and_then(|v| v.to_str().ok())
         .map(|v| ForwardedProto(v.trim().to_ascii_lowercase()));
     let client = forwarded_for(req.headers(), settings).map_or(own, ClientAddr::Forwarded);
@@ -53,7 +58,7 @@ pub(crate) fn client<T>(
 /// when every hop is trusted; `None` without the header.
 fn forwarded_for(headers: &HeaderMap, settings: &AccessSettings) -> Option<String> {
     let mut hops: Vec<&str> = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
+    for value in headers.get_all(&X_FORWARDED_FOR) {
         let Ok(text) = value.to_str() else { continue };
         hops.extend(text.split(',').map(str::trim).filter(|h| !h.is_empty()));
     }

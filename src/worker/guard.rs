@@ -14,11 +14,12 @@ use std::time::Instant;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Buf, Frame, Incoming, SizeHint};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER};
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::app::BoxError;
 use crate::config::access::AccessSettings;
-use crate::shared::stats::Counters;
+use crate::shared::balance::Member;
+use crate::shared::stats::{Counters, InFlight};
 use crate::worker::access::{self, Peer, Record};
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
 
@@ -181,7 +182,7 @@ where
 {
     type Response = Response<GuardedBody<B>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future = Answer<S::Future, B>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let start = Instant::now();
@@ -209,7 +210,7 @@ where
     B::Data: Send,
 {
     /// The checks, then the app's answer; `finish` counts it and logs it once it is sent.
-    fn answer(&self, req: Request<Incoming>, finish: Finish) -> Answer<B> {
+    fn answer(&self, req: Request<Incoming>, finish: Finish) -> Answer<S::Future, B> {
         let counters = self.counters;
         let http1 = req.version() <= Version::HTTP_11;
         let draining = self.draining.clone();
@@ -259,38 +260,134 @@ where
             return ready(resp, counters, finish);
         }
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let shed = self.shed.clone();
         // A panicking handler costs its request a 500, not the worker or the connection.
-        let fut = catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
-        Box::pin(async move {
-            let resp = match fut {
-                Ok(fut) => CatchPanic(std::pin::pin!(fut)).await,
-                Err(panic) => Err(panic),
-            };
-            drop(guard);
-            let mut resp = match resp {
-                Ok(resp) => resp.map_err(Into::into)?.map(Either::Left),
-                Err(panic) => {
-                    counters.panicked();
-                    tracing::error!(
-                        "handler for {method} {} panicked ({}); answered 500",
-                        uri.path(),
-                        panic_message(&panic)
-                    );
-                    empty(StatusCode::INTERNAL_SERVER_ERROR)
-                }
-            };
-            let shed = http1 && shed.is_some_and(|(m, last)| m.should_shed(&last));
-            if http1 && (shed || draining.load(Ordering::Relaxed)) {
-                resp.headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(tracked(resp, request, counters, finish))
-        })
+        let call = catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
+        let (fut, panic) = match call {
+            Ok(fut) => (Some(fut), None),
+            Err(panic) => (None, Some(panic)),
+        };
+        Answer::App {
+            fut,
+            app: Some(AppCall {
+                panic,
+                guard,
+                request,
+                counters,
+                finish,
+                method,
+                uri,
+                http1,
+                draining,
+                shed: self.shed.clone(),
+            }),
+        }
     }
 }
 
-type Answer<B> = Pin<Box<dyn Future<Output = Result<Response<GuardedBody<B>>, BoxError>> + Send>>;
+/// What an app's answer needs once its future is done.
+pub(crate) struct AppCall {
+    /// A panic of the app's `call` itself (before any future).
+    panic: Option<Box<dyn std::any::Any + Send>>,
+    /// The in-flight count, held while the app works.
+    guard: InFlight,
+    request: Option<RequestGuard>,
+    counters: Counters,
+    finish: Finish,
+    method: Method,
+    uri: Uri,
+    http1: bool,
+    draining: Arc<AtomicBool>,
+    shed: Option<(Member, Arc<AtomicU64>)>,
+}
+
+impl AppCall {
+    /// The response to send for the app's result (or its panic).
+    fn finish<B: Body>(
+        self,
+        result: Result<Result<Response<B>, BoxError>, Box<dyn std::any::Any + Send>>,
+    ) -> Result<Response<GuardedBody<B>>, BoxError> {
+        let AppCall {
+            guard,
+            request,
+            counters,
+            finish,
+            method,
+            uri,
+            http1,
+            draining,
+            shed,
+            ..
+        } = self;
+        drop(guard);
+        let mut resp = match result {
+            Ok(resp) => resp?.map(Either::Left),
+            Err(panic) => {
+                counters.panicked();
+                tracing::error!(
+                    "handler for {method} {} panicked ({}); answered 500",
+                    uri.path(),
+                    panic_message(&panic)
+                );
+                empty(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        };
+        let shed = http1 && shed.is_some_and(|(m, last)| m.should_shed(&last));
+        if http1 && (shed || draining.load(Ordering::Relaxed)) {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(tracked(resp, request, counters, finish))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The guard's future: a response hyperfork gave on the app's behalf, or the app's future,
+    /// polled under `catch_unwind`. A concrete type, not a boxed future: no allocation per request.
+    #[project = AnswerProj]
+    pub(crate) enum Answer<F, B: Body> {
+        /// Answered by hyperfork (or already taken).
+        Ready { resp: Option<Response<GuardedBody<B>>> },
+        /// The app's answer; `fut` is `None` when its `call` panicked.
+        App {
+            #[pin]
+            fut: Option<F>,
+            app: Option<AppCall>,
+        },
+    }
+}
+
+impl<F, B, E> Future for Answer<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body,
+{
+    type Output = Result<Response<GuardedBody<B>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        const AFTER_END: &str = "the guard's answer was polled after it ended";
+        match self.project() {
+            AnswerProj::Ready { resp } => Poll::Ready(resp.take().ok_or_else(|| AFTER_END.into())),
+            AnswerProj::App { fut, app } => {
+                let result = match fut.as_pin_mut() {
+                    Some(fut) => match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(r)) => Ok(r.map_err(Into::into)),
+                        Err(panic) => Err(panic),
+                    },
+                    None => Err(app
+                        .as_mut()
+                        .and_then(|a| a.panic.take())
+                        .unwrap_or_else(|| Box::new(AFTER_END))),
+                };
+                match app.take() {
+                    Some(app) => Poll::Ready(app.finish(result)),
+                    None => Poll::Ready(Err(AFTER_END.into())),
+                }
+            }
+        }
+    }
+}
 
 /// What happens once a response is sent: it is counted, and logged if the access log is on.
 struct Finish {
@@ -301,17 +398,10 @@ struct Finish {
 }
 
 /// A response hyperfork gives on the app's behalf, as the service's future.
-fn ready<B: Body + Send + 'static>(
-    resp: Response<Inner<B>>,
-    counters: Counters,
-    finish: Finish,
-) -> Answer<B>
-where
-    B::Data: Send,
-{
-    Box::pin(std::future::ready(Ok(tracked(
-        resp, None, counters, finish,
-    ))))
+fn ready<F, B: Body>(resp: Response<Inner<B>>, counters: Counters, finish: Finish) -> Answer<F, B> {
+    Answer::Ready {
+        resp: Some(tracked(resp, None, counters, finish)),
+    }
 }
 
 /// `resp` with its body tracked: holding `request`, counted, and logged by the record, if any.
