@@ -158,7 +158,7 @@ settings! {
             flag: "--accept",
             env: ["HYPERFORK_ACCEPT"],
             toml: "accept",
-            default: "balanced",
+            default: "packed",
             value_name: "STRATEGY",
         }
 

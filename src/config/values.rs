@@ -27,7 +27,6 @@ pub enum Accept {
     /// (waiting at most 5 ms).
     ///
     /// See [`crate::shared::balance`].
-    #[default]
     Balanced,
     /// Every worker accepts as soon as it is woken: the kernel decides, and bursts pile up unevenly.
     Shared,
@@ -36,6 +35,7 @@ pub enum Accept {
     /// to balanced when no earlier worker keeps up.
     ///
     /// See [`crate::shared::balance`].
+    #[default]
     Packed,
 }
 

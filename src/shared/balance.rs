@@ -61,10 +61,10 @@ pub const CAPACITY: usize = 1024;
 pub const MAX_LISTENERS: usize = 32;
 
 /// Packed accept: a peer whose loop became busy less than this long ago still keeps up.
-pub const KEEPING_UP: Duration = Duration::from_millis(5);
+pub const KEEPING_UP: Duration = Duration::from_millis(2);
 
 /// Packed accept: a loop busy without a pause for longer than this sheds keep-alive connections.
-pub const SHED_AFTER: Duration = Duration::from_millis(5);
+pub const SHED_AFTER: Duration = Duration::from_millis(2);
 
 /// Packed accept: at most one connection shed per this long.
 pub const SHED_EVERY: Duration = Duration::from_millis(2);

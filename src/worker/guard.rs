@@ -324,37 +324,28 @@ impl AppCall {
         self,
         result: Result<Result<Response<B>, BoxError>, Box<dyn std::any::Any + Send>>,
     ) -> Result<Response<GuardedBody<B>>, BoxError> {
-        let AppCall {
-            guard,
-            request,
-            counters,
-            finish,
-            method,
-            uri,
-            http1,
-            draining,
-            shed,
-            ..
-        } = self;
-        drop(guard);
+        drop(self.guard);
+        let counters = self.counters;
         let mut resp = match result {
             Ok(resp) => resp?.map(Either::Left),
             Err(panic) => {
                 counters.panicked();
                 tracing::error!(
-                    "handler for {method} {} panicked ({}); answered 500",
-                    uri.path(),
+                    "handler for {} {} panicked ({}); answered 500",
+                    self.method,
+                    self.uri.path(),
                     panic_message(&panic)
                 );
                 empty(StatusCode::INTERNAL_SERVER_ERROR)
             }
         };
-        let shed = http1 && shed.is_some_and(|(m, last)| m.should_shed(&last));
-        if http1 && (shed || draining.load(Ordering::Relaxed)) {
+        let http1 = self.http1;
+        let shed = http1 && self.shed.is_some_and(|(m, last)| m.should_shed(&last));
+        if http1 && (shed || self.draining.load(Ordering::Relaxed)) {
             resp.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Ok(tracked(resp, request, counters, finish))
+        Ok(tracked(resp, self.request, counters, self.finish))
     }
 }
 
