@@ -405,12 +405,12 @@ fn append_only(path: &std::ffi::CStr) -> Result<(), Errno> {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The system refused the switch (e.g. root without `CAP_SETUID` in a container).
-    #[error("{0}")]
+    #[error("{0} (switching needs root with CAP_SETUID and CAP_SETGID, which a container may drop)")]
     Switch(String),
     /// The account cannot open the log file.
     #[error(
-        "the log file {} cannot be opened by {account} ({why}); the workers run as it and reopen \
-         the file after a rotation (SIGUSR1): put it in a directory that user can enter",
+        "the log file {} cannot be opened by the workers' account, {account}: {why}; the workers \
+         reopen it after a rotation (SIGUSR1): put it where that account can reach it",
         path.display()
     )]
     LogFile {
