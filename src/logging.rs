@@ -64,10 +64,7 @@ fn open(path: &Path) -> io::Result<File> {
     let Some(account) = owner.filter(|_| nix::unistd::geteuid().is_root()) else {
         return options.open(path);
     };
-    let nofollow = options
-        .clone()
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path);
+    let nofollow = options.clone().custom_flags(libc::O_NOFOLLOW).open(path);
     let (file, nofollow) = match nofollow {
         Ok(f) => (f, true),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => (options.open(path)?, false),

@@ -560,7 +560,10 @@ fn workers_account(settings: &Settings) -> Result<Target, PrivilegeError> {
 }
 
 /// A `--user` or `--group` value and where it came from, for [`privileges::resolve`].
-fn wanted<'a>(setting: &'a Option<Sourced<String>>, from: &'a Option<String>) -> Option<Wanted<'a>> {
+fn wanted<'a>(
+    setting: &'a Option<Sourced<String>>,
+    from: &'a Option<String>,
+) -> Option<Wanted<'a>> {
     setting.as_ref().zip(from.as_ref()).map(|(s, from)| Wanted {
         text: s.value.as_str(),
         from: from.as_str(),

@@ -89,9 +89,21 @@ fn ids(pid: i32, line: &str) -> Vec<u32> {
 /// Asserts that `pid` runs as nobody/nogroup in all four uids and gids, with nogroup as its only
 /// supplementary group.
 fn assert_nobody(pid: i32, what: &str, log: &str) {
-    assert_eq!(ids(pid, "Uid"), [NOBODY; 4], "{what} (pid {pid}) uids\n{log}");
-    assert_eq!(ids(pid, "Gid"), [NOBODY; 4], "{what} (pid {pid}) gids\n{log}");
-    assert_eq!(ids(pid, "Groups"), [NOBODY], "{what} (pid {pid}) groups\n{log}");
+    assert_eq!(
+        ids(pid, "Uid"),
+        [NOBODY; 4],
+        "{what} (pid {pid}) uids\n{log}"
+    );
+    assert_eq!(
+        ids(pid, "Gid"),
+        [NOBODY; 4],
+        "{what} (pid {pid}) gids\n{log}"
+    );
+    assert_eq!(
+        ids(pid, "Groups"),
+        [NOBODY],
+        "{what} (pid {pid}) groups\n{log}"
+    );
 }
 
 /// Runs hyperfork with `args` and `env` (as `uid`, if given) until it exits, at most 30 s (a server
@@ -175,7 +187,9 @@ fn workers_jobs_and_the_log_file_are_nobodys_on_a_port_bound_as_root() {
     // The master bound port {port} as root and stays root.
     assert_eq!(ids(p.pid(), "Uid"), [0; 4], "the master's uids");
     assert!(
-        log_text().contains("the workers and their jobs run as user nobody (uid 65534), group nogroup (gid 65534)"),
+        log_text().contains(
+            "the workers and their jobs run as user nobody (uid 65534), group nogroup (gid 65534)"
+        ),
         "{}",
         log_text()
     );
@@ -195,7 +209,8 @@ fn workers_jobs_and_the_log_file_are_nobodys_on_a_port_bound_as_root() {
     // The job ran in worker 0 as nobody, with the user's HOME and USER, under the umask.
     assert!(
         wait_until(Duration::from_secs(20), || job_file.exists()
-            && std::fs::read_to_string(&job_out).is_ok_and(|s| s.ends_with('\n'))),
+            && std::fs::read_to_string(&job_out)
+                .is_ok_and(|s| s.ends_with('\n'))),
         "the job never ran\n{}",
         log_text()
     );
@@ -204,15 +219,27 @@ fn workers_jobs_and_the_log_file_are_nobodys_on_a_port_bound_as_root() {
         "65534 65534 65534 /nonexistent nobody"
     );
     let meta = std::fs::metadata(&job_file).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (NOBODY, NOBODY), "the job's file owner");
-    assert_eq!(meta.mode() & 0o777, 0o640, "the job's file under --umask 027");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (NOBODY, NOBODY),
+        "the job's file owner"
+    );
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o640,
+        "the job's file under --umask 027"
+    );
 
     // The log file belongs to nobody (the master created it under the umask); the workers wrote
     // their lines, access lines included, and reopen it after a rotation.
     let meta = std::fs::metadata(&log).unwrap();
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (NOBODY, NOBODY, 0o640));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (NOBODY, NOBODY, 0o640)
+    );
     assert!(
-        wait_until(Duration::from_secs(10), || log_text().contains("\"GET /health HTTP/1.1\" 200")),
+        wait_until(Duration::from_secs(10), || log_text()
+            .contains("\"GET /health HTTP/1.1\" 200")),
         "no access line\n{}",
         log_text()
     );
@@ -227,13 +254,26 @@ fn workers_jobs_and_the_log_file_are_nobodys_on_a_port_bound_as_root() {
             log_text()
         );
     }
-    assert_eq!(std::fs::metadata(&log).unwrap().uid(), NOBODY, "the new log file's owner");
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().uid(),
+        NOBODY,
+        "the new log file's owner"
+    );
 
     // The control socket stays root's: root is served, nobody is not.
     let meta = std::fs::symlink_metadata(&ctl).unwrap();
-    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o600), "the control socket");
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o600),
+        "the control socket"
+    );
     let ctl_arg = ctl.to_str().unwrap();
-    let (code, stderr) = run(&bin, &["ctl", "status", "--control-socket", ctl_arg], &[], None);
+    let (code, stderr) = run(
+        &bin,
+        &["ctl", "status", "--control-socket", ctl_arg],
+        &[],
+        None,
+    );
     assert_eq!(code, 0, "ctl status as root\n{stderr}");
     let other_bin = binary_for_others(d);
     let (code, stderr) = run(
@@ -247,7 +287,11 @@ fn workers_jobs_and_the_log_file_are_nobodys_on_a_port_bound_as_root() {
 
     p.signal(libc::SIGTERM);
     let status = p.wait_exit(Duration::from_secs(30));
-    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", log_text());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        log_text()
+    );
 }
 
 #[test]
@@ -274,7 +318,11 @@ fn a_reload_binds_new_unix_sockets_for_the_user_and_an_upgrades_workers_are_unpr
     }
 
     // A reload adds a unix socket: the root master binds it and gives it to the user.
-    std::fs::write(&config, body(&format!("{tcp}, \"unix:{}\"", sock.display()))).unwrap();
+    std::fs::write(
+        &config,
+        body(&format!("{tcp}, \"unix:{}\"", sock.display())),
+    )
+    .unwrap();
     p.reload(1);
     let meta = std::fs::symlink_metadata(&sock).unwrap();
     assert_eq!(
@@ -302,8 +350,9 @@ fn a_reload_binds_new_unix_sockets_for_the_user_and_an_upgrades_workers_are_unpr
     assert_eq!(ids(new.0, "Uid"), [0; 4], "the new master's uids");
     assert!(
         wait_until(Duration::from_secs(20), || children_of(new.0).len() == 1
-            && get(port, "/health").is_ok_and(|r| r.status == 200
-                && health_identity(&r).1 == children_of(new.0)[0] as u64)),
+            && get(port, "/health").is_ok_and(
+                |r| r.status == 200 && health_identity(&r).1 == children_of(new.0)[0] as u64
+            )),
         "the new master's worker never answered\n{}",
         p.stderr()
     );
@@ -336,7 +385,10 @@ fn unknown_users_and_groups_are_usage_errors_naming_them_and_their_source() {
     );
     assert_usage_error(
         run(&bin, &["--user", "3999999999"], &[], None),
-        &["uid 3999999999 (from --user) has no entry", "give --group too"],
+        &[
+            "uid 3999999999 (from --user) has no entry",
+            "give --group too",
+        ],
     );
 }
 
@@ -379,7 +431,8 @@ fn asking_for_another_user_without_root_is_a_usage_error() {
         let mut p = Proc::start(cmd, port);
         p.wait_serving();
         assert!(
-            p.stderr().contains("already running as user nobody (uid 65534)"),
+            p.stderr()
+                .contains("already running as user nobody (uid 65534)"),
             "{}",
             p.stderr()
         );

@@ -592,8 +592,19 @@ mod tests {
     fn stale_unix_socket_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let first = bind_all(&[BindSpec::Unix(path.clone())], 16, DEFAULT_SOCKET_MODE, None).unwrap();
-        let again = bind_all(&[BindSpec::Unix(path.clone())], 16, DEFAULT_SOCKET_MODE, None);
+        let first = bind_all(
+            &[BindSpec::Unix(path.clone())],
+            16,
+            DEFAULT_SOCKET_MODE,
+            None,
+        )
+        .unwrap();
+        let again = bind_all(
+            &[BindSpec::Unix(path.clone())],
+            16,
+            DEFAULT_SOCKET_MODE,
+            None,
+        );
         assert!(again.is_err(), "a live socket must not be taken over");
         drop(first);
         assert!(bind_all(&[BindSpec::Unix(path)], 16, DEFAULT_SOCKET_MODE, None).is_ok());

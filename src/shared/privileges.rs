@@ -217,7 +217,12 @@ fn supplementary(user: &User, gid: Gid) -> Result<Vec<Gid>, PrivilegeError> {
 }
 
 /// How messages name an account.
-fn label(uid: Option<Uid>, user: Option<&User>, gid: Gid, group: Option<&Option<String>>) -> String {
+fn label(
+    uid: Option<Uid>,
+    user: Option<&User>,
+    gid: Gid,
+    group: Option<&Option<String>>,
+) -> String {
     let user_part = match (uid, user) {
         (Some(_), Some(u)) => format!("user {} (uid {})", u.name, u.uid),
         (Some(uid), None) => format!("uid {uid}"),
@@ -405,7 +410,9 @@ fn append_only(path: &std::ffi::CStr) -> Result<(), Errno> {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     /// The system refused the switch (e.g. root without `CAP_SETUID` in a container).
-    #[error("{0} (switching needs root with CAP_SETUID and CAP_SETGID, which a container may drop)")]
+    #[error(
+        "{0} (switching needs root with CAP_SETUID and CAP_SETGID, which a container may drop)"
+    )]
     Switch(String),
     /// The account cannot open the log file.
     #[error(
@@ -484,10 +491,16 @@ mod tests {
         let Target::Switch(by_name) = resolve(Some(wanted("root")), None, ROOT).unwrap() else {
             panic!("root can switch")
         };
-        assert_eq!((by_name.uid, by_name.gid), (Some(Uid::from_raw(0)), Gid::from_raw(0)));
+        assert_eq!(
+            (by_name.uid, by_name.gid),
+            (Some(Uid::from_raw(0)), Gid::from_raw(0))
+        );
         assert!(by_name.groups.contains(&Gid::from_raw(0)));
         assert_eq!(by_name.login().map(|l| l.0), Some("root"));
-        assert!(by_name.to_string().starts_with("user root (uid 0), group "), "{by_name}");
+        assert!(
+            by_name.to_string().starts_with("user root (uid 0), group "),
+            "{by_name}"
+        );
         let by_id = resolve(Some(wanted("0")), None, ROOT).unwrap();
         assert_eq!(by_id, Target::Switch(by_name));
     }
@@ -562,7 +575,10 @@ mod tests {
             from: "--group",
         };
         let e = resolve(Some(same), Some(other_group), not_root).unwrap_err();
-        assert!(e.to_string().starts_with("group \"0\" (from --group)"), "{e}");
+        assert!(
+            e.to_string().starts_with("group \"0\" (from --group)"),
+            "{e}"
+        );
         assert!(matches!(
             resolve(Some(wanted("root")), None, me).unwrap(),
             Target::Switch(_)
