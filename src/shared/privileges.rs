@@ -359,7 +359,7 @@ impl Account {
                     Err(e) => format!("S{e}"),
                     Ok(()) => match cpath.as_deref().map(append_only) {
                         Some(Err(e)) => format!("F{e}"),
-                        Some(Ok(())) | None => String::new(),
+                        Some(Ok(())) | None => "OK".to_string(),
                     },
                 };
                 let _ = nix::unistd::write(&write, message.as_bytes());
@@ -370,24 +370,30 @@ impl Account {
                 drop(write);
                 let mut text = Vec::new();
                 let mut buf = [0u8; 512];
-                loop {
+                let read_error = loop {
                     match nix::unistd::read(&read, &mut buf) {
-                        Ok(0) => break,
+                        Ok(0) => break None,
                         Ok(n) => text.extend_from_slice(&buf[..n]),
                         Err(Errno::EINTR) => continue,
-                        Err(_) => break,
+                        Err(e) => break Some(e),
                     }
-                }
-                let _ = nix::sys::wait::waitpid(child, None);
+                };
+                let status = nix::sys::wait::waitpid(child, None);
                 let text = String::from_utf8_lossy(&text);
-                match text.split_at_checked(1) {
-                    Some(("S", why)) => Err(ProbeError::Switch(why.to_string())),
-                    Some(("F", why)) => Err(ProbeError::LogFile {
+                match (text.split_at_checked(1), read_error) {
+                    (Some(("S", why)), _) => Err(ProbeError::Switch(why.to_string())),
+                    (Some(("F", why)), _) => Err(ProbeError::LogFile {
                         path: path.map(Path::to_path_buf).unwrap_or_default(),
                         account: self.label.clone(),
                         why: why.to_string(),
                     }),
-                    _ => Ok(()),
+                    _ if text == "OK" => Ok(()),
+                    (_, Some(e)) => Err(ProbeError::Os(format!(
+                        "reading the privilege probe's answer: {e}"
+                    ))),
+                    (_, None) => Err(ProbeError::Os(format!(
+                        "the privilege probe ended without an answer: {status:?}"
+                    ))),
                 }
             }
             Err(e) => Err(ProbeError::Os(format!("fork for the privilege probe: {e}"))),
