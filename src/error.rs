@@ -67,6 +67,73 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Why the workers cannot run as the account `--user` and `--group` ask for. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// No user of that name in the user database.
+    #[error(
+        "unknown user {name:?} (from {from}): expected a user name or numeric uid from the user \
+         database"
+    )]
+    UnknownUser {
+        /// The name given.
+        name: String,
+        /// Where it came from, e.g. `--user`.
+        from: String,
+    },
+    /// No group of that name in the group database.
+    #[error(
+        "unknown group {name:?} (from {from}): expected a group name or numeric gid from the group \
+         database"
+    )]
+    UnknownGroup {
+        /// The name given.
+        name: String,
+        /// Where it came from, e.g. `--group`.
+        from: String,
+    },
+    /// A numeric uid without an entry in the user database, and no `--group`.
+    #[error(
+        "uid {uid} (from {from}) has no entry in the user database, so no primary group: give \
+         --group too"
+    )]
+    NoPrimaryGroup {
+        /// The uid given.
+        uid: u32,
+        /// Where it came from.
+        from: String,
+    },
+    /// The user or group database could not be read.
+    #[error("cannot look up {what} {name:?} (from {from}): {source}")]
+    Lookup {
+        /// `user`, `group`, or `the groups of user`.
+        what: &'static str,
+        /// The name or id.
+        name: String,
+        /// Where it came from.
+        from: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another account was asked for, and this process is not root.
+    #[error(
+        "{what} {name:?} (from {from}): switching the workers to another {what} needs root; this \
+         process runs as {current}: run it as root, or leave out the setting (under systemd, set \
+         User= and Group= in the unit instead)"
+    )]
+    NotRoot {
+        /// `user` or `group`.
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// Where it came from.
+        from: String,
+        /// The process's user, e.g. `uid 1000 (alice)`.
+        current: String,
+    },
+}
+
 /// A failure while the master sets itself up (before or while forking). Exit code 1.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

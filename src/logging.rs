@@ -6,7 +6,8 @@
 //!
 //! With a log file, every process appends to it (`O_APPEND`, one `write` per line, so lines from
 //! different processes never interleave). [`reopen`] opens the path again, for log rotation: the master
-//! calls it on `SIGUSR1` and passes the signal to its workers, which call it too.
+//! calls it on `SIGUSR1` and passes the signal to its workers, which call it too. Under `--user` the
+//! master hands the file to the workers' account ([`hand_files_to`]), so they can reopen it.
 //!
 //! Access lines take a shorter way in workers (`worker::access_sink`): formatted with the same
 //! [`prefix`] and [`SystemTime`] stamp straight into a buffer, and written here in batches of whole
@@ -15,6 +16,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
@@ -28,6 +30,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::values::LogLevel;
 use crate::error::StartError;
+use crate::shared::privileges::{self, Account};
 
 /// -1 in the master, the slot in a worker.
 static SLOT: AtomicI64 = AtomicI64::new(-1);
@@ -42,8 +45,34 @@ static FILE: Mutex<Option<(PathBuf, File)>> = Mutex::new(None);
 /// installed its own).
 static OWNED: AtomicBool = AtomicBool::new(false);
 
+/// The account the log file is handed to (`--user`), set by the master before [`init`].
+static OWNER: Mutex<Option<Account>> = Mutex::new(None);
+
+/// Hands the log file, from [`init`] on and at every [`reopen`], to `account` (the workers' account,
+/// `--user`), so that the workers, which run as it, can reopen it after a rotation.
+pub fn hand_files_to(account: Option<Account>) {
+    *OWNER.lock().unwrap_or_else(|e| e.into_inner()) = account;
+}
+
+/// Opens the log file for appending, creating it. In a root master with an account to hand it to,
+/// the file is opened without following a symlink at the path and then handed over (see
+/// [`privileges::hand_over`]); a symlink there is opened as usual but not handed over.
 fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    let owner = OWNER.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    let Some(account) = owner.filter(|_| nix::unistd::geteuid().is_root()) else {
+        return options.open(path);
+    };
+    let nofollow = options.clone().custom_flags(libc::O_NOFOLLOW).open(path);
+    let (file, nofollow) = match nofollow {
+        Ok(f) => (f, true),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => (options.open(path)?, false),
+        Err(e) => return Err(e),
+    };
+    privileges::hand_over(&file, &account, nofollow)
+        .map_err(|e| io::Error::other(format!("cannot hand it to {account}: {e}")))?;
+    Ok(file)
 }
 
 /// Writes each line to the log file, or to stderr without one.

@@ -21,14 +21,15 @@ use crate::config::cli::{Cli, Command};
 use crate::config::cores;
 use crate::config::sizing::Plan;
 use crate::config::values::{Accept, LogLevel};
-use crate::config::{ProcessEnv, Settings};
-use crate::error::ConfigError;
+use crate::config::{ProcessEnv, Settings, Sourced};
+use crate::error::{ConfigError, PrivilegeError};
 use crate::error::{EXIT_BOOT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 use crate::jobs::schedule::Schedule;
 use crate::jobs::{Job, JobContext, JobResult};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome, Reloaded};
 use crate::shared::listener::{self, BindSpec, Listener};
+use crate::shared::privileges::{self, Account, Current, ProbeError, Target, Wanted};
 use crate::worker::runner::{App, AppFactory, Runner, StartHook, StopHook};
 use crate::worker::serve::{self, HttpService, ResponseBody};
 
@@ -422,8 +423,14 @@ impl<S: Send + Sync + 'static> Server<S> {
             factory,
             stop,
         };
-        start_logging(&settings, &plan, threads)?;
-        let opened = open_listeners(&settings)?;
+        let target = workers_account(&settings).map_err(Failure::usage)?;
+        let account = match &target {
+            Target::Switch(a) => Some(a.clone()),
+            Target::Unchanged | Target::Already(_) => None,
+        };
+        start_logging(&settings, &plan, threads, account.clone())?;
+        check_account(&settings, &target)?;
+        let opened = open_listeners(&settings, account.as_ref())?;
         announce(&settings, &opened.listeners, &plan, &jobs);
         let fixed = FixedAtStart::of(&settings);
         let reload = || reload(&cli, &lib_jobs, &fixed);
@@ -467,6 +474,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             max_surge: settings.max_surge,
             metrics_bind: settings.metrics_bind,
             control_socket,
+            account,
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),
@@ -539,14 +547,79 @@ fn with_library_jobs(settings: &Settings, lib_jobs: &[Job]) -> Result<Vec<Job>, 
     Ok(jobs)
 }
 
-/// Sets the umask, then starts logging and reports the plan's warnings.
-fn start_logging(settings: &Settings, plan: &Plan, threads: usize) -> Result<(), Failure> {
+/// The account `--user` and `--group` ask for, resolved against the user and group databases;
+/// an unknown name, or another account without root, is a usage error.
+fn workers_account(settings: &Settings) -> Result<Target, PrivilegeError> {
+    let from = |s: &Option<Sourced<String>>| s.as_ref().map(|s| s.source.to_string());
+    let (user_from, group_from) = (from(&settings.user), from(&settings.group));
+    privileges::resolve(
+        wanted(&settings.user, &user_from),
+        wanted(&settings.group, &group_from),
+        Current::of_process(),
+    )
+}
+
+/// A `--user` or `--group` value and where it came from, for [`privileges::resolve`].
+fn wanted<'a>(
+    setting: &'a Option<Sourced<String>>,
+    from: &'a Option<String>,
+) -> Option<Wanted<'a>> {
+    setting.as_ref().zip(from.as_ref()).map(|(s, from)| Wanted {
+        text: s.value.as_str(),
+        from: from.as_str(),
+    })
+}
+
+/// Logs what `--user` and `--group` change and, when the workers switch, checks in a forked probe
+/// that the system allows the switch (exit 1 if not) and that the account can open the log file,
+/// as the workers do after a rotation (exit 2 if not).
+fn check_account(settings: &Settings, target: &Target) -> Result<(), Failure> {
+    let account = match target {
+        Target::Unchanged => return Ok(()),
+        Target::Already(label) => {
+            tracing::info!("already running as {label}: --user and --group change nothing");
+            return Ok(());
+        }
+        Target::Switch(account) => account,
+    };
+    if account.uid().is_none() {
+        tracing::warn!(
+            "--group without --user: the workers change group only and keep the master's uid (root)"
+        );
+    }
+    // Only a regular file is reopened by path in a way the probe can stand for (a device or a
+    // pipe is not handed over, and stays whatever it is).
+    let log_file = settings
+        .log_file
+        .as_deref()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()));
+    account.probe(log_file).map_err(|e| match e {
+        ProbeError::LogFile { .. } => Failure::usage(e),
+        ProbeError::Switch(_) | ProbeError::Os(_) => Failure::runtime(e),
+    })?;
+    tracing::info!(
+        "the workers and their jobs run as {account}; the master stays {} (see \"Dropping \
+         privileges\" in docs/operations.md)",
+        Current::of_process()
+    );
+    Ok(())
+}
+
+/// Sets the umask, then starts logging (the log file handed to the workers' `account`, if any) and
+/// reports the plan's warnings.
+fn start_logging(
+    settings: &Settings,
+    plan: &Plan,
+    threads: usize,
+    account: Option<Account>,
+) -> Result<(), Failure> {
     // gunicorn's --umask: set before the master creates any file (the log file just below, the
     // pid file, and the sockets' mode when --socket-mode is not given), and inherited by the
     // workers. The master is single-threaded here. Without it the inherited umask stays.
     if let Some(mask) = settings.umask {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
+    logging::hand_files_to(account);
     logging::init(settings.log_level, settings.log_file.as_deref()).map_err(Failure::runtime)?;
     logging::install_panic_hook();
     for w in &plan.warnings {
@@ -576,8 +649,9 @@ struct Opened {
     predecessor: Option<crate::master::upgrade::Channel>,
 }
 
-/// The previous master's sockets (binary upgrade), else systemd's, else newly bound ones.
-fn open_listeners(settings: &Settings) -> Result<Opened, Failure> {
+/// The previous master's sockets (binary upgrade), else systemd's, else newly bound ones; the unix
+/// socket files bound here belong to `owner` (the workers' account), if any.
+fn open_listeners(settings: &Settings, owner: Option<&Account>) -> Result<Opened, Failure> {
     let specs = bind_specs(settings);
     let (backlog, mode) = (settings.backlog, settings.socket_mode);
     if let Some(i) = crate::master::upgrade::inherited().map_err(Failure::runtime)? {
@@ -588,7 +662,8 @@ fn open_listeners(settings: &Settings) -> Result<Opened, Failure> {
         let listeners = if i.activated {
             i.listeners
         } else {
-            listener::reuse_or_bind(&specs, i.listeners, backlog, mode).map_err(Failure::runtime)?
+            listener::reuse_or_bind(&specs, i.listeners, backlog, mode, owner)
+                .map_err(Failure::runtime)?
         };
         return Ok(Opened {
             listeners,
@@ -603,7 +678,7 @@ fn open_listeners(settings: &Settings) -> Result<Opened, Failure> {
                 (l, true)
             }
             None => (
-                listener::bind_all(&specs, backlog, mode).map_err(Failure::runtime)?,
+                listener::bind_all(&specs, backlog, mode, owner).map_err(Failure::runtime)?,
                 false,
             ),
         };
@@ -638,6 +713,8 @@ struct FixedAtStart {
     accept: Accept,
     umask: Option<u32>,
     log_file: Option<PathBuf>,
+    user: Option<String>,
+    group: Option<String>,
 }
 
 impl FixedAtStart {
@@ -648,6 +725,8 @@ impl FixedAtStart {
             accept: settings.accept,
             umask: settings.umask,
             log_file: settings.log_file.clone(),
+            user: value_of(&settings.user),
+            group: value_of(&settings.group),
         }
     }
 
@@ -660,6 +739,8 @@ impl FixedAtStart {
             ("an accept strategy", new.accept != self.accept),
             ("a umask", new.umask != self.umask),
             ("a log file", new.log_file != self.log_file),
+            ("a user", value_of(&new.user) != self.user),
+            ("a group", value_of(&new.group) != self.group),
         ];
         for (what, changed) in needs_restart {
             if changed {
@@ -670,6 +751,11 @@ impl FixedAtStart {
             }
         }
     }
+}
+
+/// A sourced setting's value, without its source.
+fn value_of<T: Clone>(s: &Option<Sourced<T>>) -> Option<T> {
+    s.as_ref().map(|s| s.value.clone())
 }
 
 /// `SIGHUP`: the settings, plan and jobs read again from the same command line, environment and

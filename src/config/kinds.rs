@@ -246,6 +246,29 @@ impl Kind for Text {
     }
 }
 
+/// A user or a group (`--user`, `--group`): a name, or a numeric id; TOML: a string or a
+/// non-negative integer. Looked up in the user and group databases where it is used.
+pub(crate) struct NameOrId;
+
+impl Kind for NameOrId {
+    type Value = String;
+    const EXPECTED: &'static str = "a name or a numeric id";
+    fn parse(text: &str) -> Result<String, String> {
+        match text.trim() {
+            "" => Err("expected a name or a numeric id, got an empty string".into()),
+            t => Ok(t.to_string()),
+        }
+    }
+    fn from_toml(value: &toml::Value) -> Result<String, String> {
+        match value {
+            toml::Value::String(s) => Self::parse(s),
+            other => integer(other, "a name or a numeric id", |n| {
+                u32::try_from(n).ok().map(|n| n.to_string())
+            }),
+        }
+    }
+}
+
 /// A TCP address with an IP literal: `HOST:PORT`, `[IPv6]:PORT`, or `localhost:PORT`.
 pub(crate) struct TcpAddress;
 

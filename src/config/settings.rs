@@ -15,8 +15,8 @@ use super::access::{AccessFormat, LogFormat, Trusted, TrustedIps};
 use super::declare::settings;
 use super::job_tables::jobs;
 use super::kinds::{
-    Addresses, Backlog, Bytes, Choice, Mode, NonNegative, Path, Port, Positive, Seconds, Switch,
-    Tables, TcpAddress, Text,
+    Addresses, Backlog, Bytes, Choice, Mode, NameOrId, NonNegative, Path, Port, Positive, Seconds,
+    Switch, Tables, TcpAddress, Text,
 };
 use super::layers::Sourced;
 use super::rules::binds;
@@ -87,6 +87,28 @@ settings! {
             toml: "umask",
             unset: "inherited",
             value_name: "MASK",
+        }
+
+        /// Run the workers and their jobs as this user, a name or a numeric uid: the master binds
+        /// and opens its files as root, then each worker switches right after its fork; needs root
+        /// (see docs/operations.md)
+        pub user: Option<Sourced<String>> = USER: NameOrId {
+            flag: "--user",
+            short: 'u',
+            env: ["HYPERFORK_USER"],
+            toml: "user",
+            unset: "the master's user",
+            value_name: "USER",
+        }
+
+        /// The workers' group, a name or a numeric gid; their supplementary groups are the user's
+        pub group: Option<Sourced<String>> = GROUP: NameOrId {
+            flag: "--group",
+            short: 'g',
+            env: ["HYPERFORK_GROUP"],
+            toml: "group",
+            unset: "the user's primary group",
+            value_name: "GROUP",
         }
 
         /// Number of workers; overrides the computed size

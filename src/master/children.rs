@@ -163,6 +163,7 @@ impl Master<'_> {
                 stats: self.stats,
                 generation: self.generation,
                 max_surge,
+                account: self.args.account.as_ref(),
             }),
             Ok(ForkResult::Parent { child }) => {
                 drop(order_read);

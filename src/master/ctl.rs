@@ -70,12 +70,14 @@ pub(super) struct CtlServer {
 
 impl CtlServer {
     /// Binds the control socket at `path`, owner-only. `take_over`: a previous master of a binary
-    /// upgrade still listens there; its file is replaced.
+    /// upgrade still listens there; its file is replaced. Under `--user` it stays the master's
+    /// (root's): the workers' account is not given it, so an app running as that account cannot
+    /// reload, upgrade or stop the master.
     pub fn bind(path: &Path, take_over: bool) -> Result<CtlServer, StartError> {
         if take_over && FileId::of_socket(path).is_ok() {
             let _ = std::fs::remove_file(path);
         }
-        match crate::shared::listener::bind_unix(path, 16, 0o600)? {
+        match crate::shared::listener::bind_unix(path, 16, 0o600, None)? {
             Listener::Unix(listener, path, file) => Ok(CtlServer {
                 listener: Some(listener),
                 path,

@@ -113,6 +113,9 @@ pub(crate) struct MasterArgs<'a> {
     /// The control socket's path, and whether it was given explicitly (then failing to bind it is
     /// fatal); `None`: no control socket.
     pub control_socket: Option<(std::path::PathBuf, bool)>,
+    /// The account the workers switch to (`--user`, `--group`), given the unix sockets bound from
+    /// now on; `None`: the workers run as the master.
+    pub account: Option<crate::shared::privileges::Account>,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade

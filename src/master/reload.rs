@@ -274,6 +274,7 @@ impl Master<'_> {
             &added,
             new.settings.backlog,
             new.settings.socket_mode,
+            self.args.account.as_ref(),
         )?;
         let mut listeners = Vec::new();
         for l in std::mem::take(&mut self.args.listeners) {

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::error::StartError;
+use crate::shared::privileges::Account;
 
 /// One address to listen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,13 +292,14 @@ pub fn reuse_or_bind(
     mut inherited: Vec<Listener>,
     backlog: u32,
     socket_mode: u32,
+    owner: Option<&Account>,
 ) -> Result<Vec<Listener>, StartError> {
     let mut out = Vec::new();
     for spec in specs {
         match inherited.iter().position(|l| l.serves(spec)) {
             Some(i) => out.push(inherited.remove(i)),
             None => {
-                let fresh = bind_all(std::slice::from_ref(spec), backlog, socket_mode)?;
+                let fresh = bind_all(std::slice::from_ref(spec), backlog, socket_mode, owner)?;
                 tracing::info!("binary upgrade: {spec} is a new address");
                 out.extend(fresh);
             }
@@ -312,12 +314,13 @@ pub fn reuse_or_bind(
     Ok(out)
 }
 
-/// Binds every address, in order; unix socket files get exactly `socket_mode`. Fails on the first
-/// address that cannot be bound.
+/// Binds every address, in order; unix socket files get exactly `socket_mode`, and belong to `owner`
+/// when given (the workers' account, `--user`). Fails on the first address that cannot be bound.
 pub fn bind_all(
     specs: &[BindSpec],
     backlog: u32,
     socket_mode: u32,
+    owner: Option<&Account>,
 ) -> Result<Vec<Listener>, StartError> {
     let mut out = Vec::new();
     for spec in specs {
@@ -332,7 +335,7 @@ pub fn bind_all(
                     )?));
                 }
             }
-            BindSpec::Unix(path) => out.push(bind_unix(path, backlog, socket_mode)?),
+            BindSpec::Unix(path) => out.push(bind_unix(path, backlog, socket_mode, owner)?),
         }
     }
     Ok(out)
@@ -424,9 +427,15 @@ impl Drop for UmaskGuard {
     }
 }
 
-/// Binds a unix socket at `path` with `mode`: a stale socket file (nobody listening) is replaced, a live
-/// one or another kind of file is an error; the file is never more open than `mode`, even briefly.
-pub fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, StartError> {
+/// Binds a unix socket at `path` with `mode`, given to `owner` if any: a stale socket file (nobody
+/// listening) is replaced, a live one or another kind of file is an error; the file is never more open
+/// than `mode`, even briefly (it is born `0600`, given to its owner, then `chmod`ed).
+pub fn bind_unix(
+    path: &Path,
+    backlog: u32,
+    mode: u32,
+    owner: Option<&Account>,
+) -> Result<Listener, StartError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -485,11 +494,18 @@ pub fn bind_unix(path: &Path, backlog: u32, mode: u32) -> Result<Listener, Start
         // The identity of the path as bound (a stat of the path: fstat of the socket would describe
         // the socket's own inode, not the file).
         let id = FileId::of_socket(path).map_err(err)?;
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        let handed = match owner {
+            Some(account) => crate::shared::privileges::hand_over_socket(path, account),
+            None => Ok(()),
+        };
+        let moded = handed.and_then(|()| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+        });
+        if let Err(e) = moded {
             if id.is_at(path) {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(err(e));
+            return Err(e);
         }
         id
     };
@@ -548,11 +564,12 @@ mod tests {
             }],
             16,
             DEFAULT_SOCKET_MODE,
+            None,
         )
         .unwrap();
         let taken = first[0].describe();
         let spec = BindSpec::parse(&taken).unwrap();
-        let err = bind_all(&[spec], 16, DEFAULT_SOCKET_MODE)
+        let err = bind_all(&[spec], 16, DEFAULT_SOCKET_MODE, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains(&taken), "{err}");
@@ -564,6 +581,7 @@ mod tests {
             &[BindSpec::Unix("/nonexistent-dir/x.sock".into())],
             16,
             DEFAULT_SOCKET_MODE,
+            None,
         )
         .unwrap_err()
         .to_string();
@@ -574,11 +592,22 @@ mod tests {
     fn stale_unix_socket_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let first = bind_all(&[BindSpec::Unix(path.clone())], 16, DEFAULT_SOCKET_MODE).unwrap();
-        let again = bind_all(&[BindSpec::Unix(path.clone())], 16, DEFAULT_SOCKET_MODE);
+        let first = bind_all(
+            &[BindSpec::Unix(path.clone())],
+            16,
+            DEFAULT_SOCKET_MODE,
+            None,
+        )
+        .unwrap();
+        let again = bind_all(
+            &[BindSpec::Unix(path.clone())],
+            16,
+            DEFAULT_SOCKET_MODE,
+            None,
+        );
         assert!(again.is_err(), "a live socket must not be taken over");
         drop(first);
-        assert!(bind_all(&[BindSpec::Unix(path)], 16, DEFAULT_SOCKET_MODE).is_ok());
+        assert!(bind_all(&[BindSpec::Unix(path)], 16, DEFAULT_SOCKET_MODE, None).is_ok());
     }
 
     #[test]
@@ -630,7 +659,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for mode in [0o660, 0o600, 0o666, 0o640] {
             let path = dir.path().join(format!("{mode:o}.sock"));
-            let l = bind_all(&[BindSpec::Unix(path.clone())], 16, mode).unwrap();
+            let l = bind_all(&[BindSpec::Unix(path.clone())], 16, mode, None).unwrap();
             assert_eq!(mode_of(&path), mode, "{mode:o}");
             assert_eq!(l[0].file_id(), Some(FileId::of_socket(&path).unwrap()));
         }
@@ -652,7 +681,7 @@ mod tests {
         let spec = [BindSpec::Unix(path.clone())];
 
         // Our own socket, untouched: removed.
-        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE, None).unwrap();
         let id = ours[0].file_id().unwrap();
         assert!(id.is_at(&path));
         remove_unix_files(&ours);
@@ -661,7 +690,7 @@ mod tests {
         drop(ours);
 
         // Replaced by another live socket (renamed over ours): left alone.
-        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE, None).unwrap();
         let other_path = dir.path().join("other.sock");
         let other = UnixListener::bind(&other_path).unwrap();
         std::fs::rename(&other_path, &path).unwrap();
@@ -675,7 +704,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
 
         // Replaced by a regular file: left alone.
-        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE, None).unwrap();
         let id = ours[0].file_id().unwrap();
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "not a socket").unwrap();
@@ -685,7 +714,7 @@ mod tests {
 
         // A different identity on the same path (another inode): left alone.
         std::fs::remove_file(&path).unwrap();
-        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE).unwrap();
+        let ours = bind_all(&spec, 16, DEFAULT_SOCKET_MODE, None).unwrap();
         let stranger = FileId {
             dev: id.dev,
             ino: ours[0].file_id().unwrap().ino ^ 1,

@@ -5,12 +5,15 @@
 //! tokio when it forks (tokio's docs allow fork only then), and because the child follows these rules,
 //! in this order:
 //!
+//! 0. with `--user`/`--group`, switch to that account for good (supplementary groups, gid, uid; see
+//!    [`crate::shared::privileges`]) before anything else, app code included; a switch that fails is
+//!    a boot failure. It comes first because a credential change clears the parent-death signal;
 //! 1. ask the kernel for `SIGKILL` when the master dies (`PR_SET_PDEATHSIG`), then check the master did
 //!    not die before that call (`getppid`), so no worker outlives its master;
 //! 2. close the master's private descriptors (signalfd, the control pipe's read end);
 //! 3. unblock the signals the master blocked (the mask is inherited, also by programs the app runs);
 //! 4. export `HYPERFORK_WORKER_ID` and remove the variables meant for the master only (`NOTIFY_SOCKET`,
-//!    `LISTEN_*`);
+//!    `LISTEN_*`); after a switch to a user, set `USER`, `LOGNAME` and `HOME` to that user's;
 //! 5. build its own tokio runtime, call the app factory inside it, and serve;
 //! 6. never return into the master's code: panics are caught and every path ends in `exit`.
 //!
@@ -40,6 +43,7 @@ use crate::error::{EXIT_BOOT, EXIT_RUNTIME};
 use crate::jobs::scheduler::Scheduler;
 use crate::shared::control::{ControlWriter, Message, Order};
 use crate::shared::listener::Listener;
+use crate::shared::privileges::Account;
 use crate::worker::runner::{App, Runner};
 use crate::worker::serve::{ServeControl, Stop};
 
@@ -65,6 +69,8 @@ pub(crate) struct ChildArgs<'a> {
     pub generation: u64,
     /// The surge bound at the fork (`--max-surge`), for `Worker::share_of`.
     pub max_surge: usize,
+    /// The account to switch to (`--user`, `--group`), if any.
+    pub account: Option<&'a Account>,
 }
 
 /// Work done once in the master, before its first fork, that every worker would otherwise redo on
@@ -96,10 +102,22 @@ pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
 /// The worker's life after the fork: the fork rules (1–4), then its own runtime and app (5), then
 /// serving until the drain ends.
 fn child_main(args: ChildArgs<'_>) -> i32 {
+    // Rule 0: become the account before anything else (and before rule 1, which a credential change
+    // would undo). A failure is reported once the rules below set up the logging prefix.
+    let switched = args.account.map(Account::assume);
     if !follow_fork_rules(&args) {
         return i32::from(EXIT_RUNTIME);
     }
     let pid = std::process::id();
+    if let Some(Err(e)) = switched {
+        let text = e.to_string();
+        tracing::error!("{text}");
+        args.control.send(&Message::BootError {
+            pid: pid as i32,
+            text,
+        });
+        return i32::from(EXIT_BOOT);
+    }
     let worker = Worker::new(args.slot, pid, args.pool_size)
         .with_generation(args.generation)
         .with_max_surge(args.max_surge);
@@ -168,6 +186,12 @@ fn follow_fork_rules(args: &ChildArgs<'_>) -> bool {
             "LISTEN_FDNAMES",
         ] {
             std::env::remove_var(var);
+        }
+        // As `su` and systemd's User= do: the app and its jobs see the user they run as.
+        if let Some((name, home)) = args.account.and_then(Account::login) {
+            std::env::set_var("USER", name);
+            std::env::set_var("LOGNAME", name);
+            std::env::set_var("HOME", home);
         }
     }
     true
