@@ -422,7 +422,10 @@ impl<S: Send + Sync + 'static> Server<S> {
             factory,
             stop,
         };
+        let watch = crate::master::watch::Spec::of(&settings, exe.as_ref().ok().map(|p| p.exe()))
+            .map_err(|e| Failure::usage(ConfigError::Invalid(e)))?;
         start_logging(&settings, &plan, threads)?;
+        warn_reload_options_unused(&settings);
         let opened = open_listeners(&settings)?;
         announce(&settings, &opened.listeners, &plan, &jobs);
         let fixed = FixedAtStart::of(&settings);
@@ -467,6 +470,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             max_surge: settings.max_surge,
             metrics_bind: settings.metrics_bind,
             control_socket,
+            watch,
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),
@@ -559,6 +563,27 @@ fn start_logging(settings: &Settings, plan: &Plan, threads: usize) -> Result<(),
         );
     }
     Ok(())
+}
+
+/// Warns about `--reload-*` options given without `--reload` (uvicorn warns too): they do nothing.
+fn warn_reload_options_unused(settings: &Settings) {
+    if settings.reload.value {
+        return;
+    }
+    let given = [
+        ("--reload-dir", settings.reload_dirs.is_some()),
+        ("--reload-include", settings.reload_includes.is_some()),
+        ("--reload-exclude", settings.reload_excludes.is_some()),
+        (
+            "--reload-delay",
+            settings.reload_delay.source != crate::config::Source::Default,
+        ),
+    ];
+    for (name, set) in given {
+        if set {
+            tracing::warn!("{name} is set but --reload is not: no file is watched");
+        }
+    }
 }
 
 /// The addresses the settings ask for.

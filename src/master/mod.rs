@@ -17,12 +17,15 @@
 //! waits for room under the surge bound (`--max-surge`, see [`surge`]): at most that many workers
 //! beyond the pool are alive, draining ones included. Stopped workers drain for at most the graceful
 //! timeout. `SIGUSR2` starts a new master from the executable on disk and hands everything over to it
-//! once its workers are ready (see [`crate::master::upgrade`]).
+//! once its workers are ready (see [`crate::master::upgrade`]). With `--reload`, the master also
+//! watches its executable and files on an inotify descriptor in the same poll, and turns a new build
+//! into an upgrade and another change into a reload (see [`watch`] and [`dev_reload`]).
 
 mod census;
 mod checks;
 mod children;
 mod ctl;
+mod dev_reload;
 mod endpoint;
 mod exposition;
 mod handover;
@@ -36,6 +39,7 @@ mod surge;
 pub(crate) mod systemd;
 mod tally;
 pub(crate) mod upgrade;
+pub(crate) mod watch;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -113,6 +117,8 @@ pub(crate) struct MasterArgs<'a> {
     /// The control socket's path, and whether it was given explicitly (then failing to bind it is
     /// fatal); `None`: no control socket.
     pub control_socket: Option<(std::path::PathBuf, bool)>,
+    /// What `--reload` watches; `None`: nothing.
+    pub watch: Option<watch::Spec>,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
@@ -179,6 +185,8 @@ struct Master<'a> {
     metrics: Option<metrics::MetricsServer>,
     /// The control socket (`hyperfork ctl`).
     ctl: Option<ctl::CtlServer>,
+    /// `--reload`: the file watcher and the change waiting for its turn.
+    dev: Option<dev_reload::DevReload>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -249,6 +257,16 @@ impl<'a> Master<'a> {
             what: "mapping the request counters' table",
             source,
         })?;
+        let dev =
+            match args.watch.take() {
+                Some(spec) => Some(dev_reload::DevReload::start(spec, now).map_err(|source| {
+                    StartError::Os {
+                        what: "watching files for --reload",
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         Ok(Master {
             pool: Pool::new(args.workers, now),
             pid: nix::unistd::getpid(),
@@ -278,6 +296,7 @@ impl<'a> Master<'a> {
             started: now,
             metrics,
             ctl: None,
+            dev,
         })
     }
 }
@@ -292,6 +311,7 @@ impl Master<'_> {
             self.reap();
             let now = Instant::now();
             self.drive_upgrade(now);
+            self.drive_watch(now);
             self.kill_overdue_drains(now);
             self.report(now);
             self.serve_metrics(now);
@@ -348,6 +368,9 @@ impl Master<'_> {
         if let Some(p) = self.predecessor.as_ref() {
             fds.push(PollFd::new(p.channel.fd(), PollFlags::POLLIN));
         }
+        if let Some(d) = self.dev.as_ref() {
+            fds.push(PollFd::new(d.fd(), PollFlags::POLLIN));
+        }
         let endpoints = self
             .metrics
             .as_ref()
@@ -393,6 +416,7 @@ impl Master<'_> {
             self.notifier.watchdog_deadline(),
             self.metrics.as_ref().and_then(|m| m.deadline()),
             self.ctl.as_ref().and_then(|c| c.deadline()),
+            self.dev.as_ref().and_then(|d| d.deadline()),
         ]
         .into_iter()
         .flatten()
