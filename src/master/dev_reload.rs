@@ -120,7 +120,14 @@ impl Master<'_> {
                 .as_deref()
                 .map_or_else(String::new, |e| e.display().to_string());
             tracing::info!("--reload: {exe} is a new build; swapping it in by a binary upgrade");
-            self.begin_upgrade();
+            if self.begin_upgrade() {
+                if let Some(dev) = self.dev.as_mut() {
+                    tracing::info!(
+                        "--reload: {exe} is still open for writing; trying again shortly"
+                    );
+                    dev.watcher.try_again(now);
+                }
+            }
         } else {
             tracing::info!(
                 "--reload: {} changed; reloading the workers",

@@ -445,7 +445,9 @@ impl Master<'_> {
                 tracing::warn!("SIGHUP ignored: a binary upgrade is in progress");
             }
             Intent::Reload => self.begin_reload(),
-            Intent::Upgrade => self.begin_upgrade(),
+            Intent::Upgrade => {
+                self.begin_upgrade();
+            }
             Intent::ReopenLogs => {
                 let _ = self.reopen_logs("SIGUSR1");
             }

@@ -21,202 +21,25 @@
 //! time) is not reported again, so a build that failed to start is left alone until the next one.
 //! What to do with a change is the master's decision (see `dev_reload`).
 
+mod spec;
+mod stamp;
+
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use glob::{MatchOptions, Pattern};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use crate::config::Settings;
-
-/// Files and directories that never count in a `--reload-dir`, unless named by `--reload-include`:
-/// hidden ones (`.git`, editors' swap files), editors' backups and autosaves, vim's write test, and
-/// cargo's output directory (the executable is watched on its own).
-pub const DEFAULT_EXCLUDES: [&str; 5] = [".*", "*~", "#*#", "4913", "target"];
+use self::spec::Filter;
+pub(crate) use self::spec::Spec;
+use self::stamp::RUNNING;
+use self::stamp::{Stamp, same_content};
 
 /// How often a directory that could not be watched is looked for again.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// What `--reload` watches, from the settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Spec {
-    /// The executable, swapped in by a binary upgrade when it changes; `None` if its path is unknown.
-    pub exe: Option<PathBuf>,
-    /// Files whose change reloads the workers: the config file, the env file.
-    pub files: Vec<PathBuf>,
-    /// Directories, watched recursively, whose files' changes reload the workers.
-    pub dirs: Vec<PathBuf>,
-    /// Glob patterns a file in `dirs` must match (none: every file).
-    pub includes: Vec<String>,
-    /// Glob patterns of files and directories in `dirs` that never count.
-    pub excludes: Vec<String>,
-    /// How long a change must be quiet before it is reported.
-    pub delay: Duration,
-}
-
-impl Spec {
-    /// What to watch for `settings`, `None` without `--reload`. An `--reload-include` naming an
-    /// existing file or directory adds it as such. A `--reload-dir` that is not a directory is an
-    /// error naming it.
-    pub fn of(settings: &Settings, exe: Option<&Path>) -> Result<Option<Spec>, String> {
-        if !settings.reload.value {
-            return Ok(None);
-        }
-        let mut files: Vec<PathBuf> = settings.config_file.iter().cloned().collect();
-        // An env file setting joins here: `files.extend(settings.env_file.iter().cloned());`
-        let mut dirs = Vec::new();
-        for d in settings.reload_dirs.iter().flatten() {
-            if !d.is_dir() {
-                return Err(format!(
-                    "--reload-dir {}: expected an existing directory",
-                    d.display()
-                ));
-            }
-            dirs.push(d.clone());
-        }
-        let mut includes = Vec::new();
-        for p in settings.reload_includes.iter().flatten() {
-            let path = Path::new(p);
-            if path.is_dir() {
-                dirs.push(path.to_path_buf());
-            } else if path.is_file() {
-                files.push(path.to_path_buf());
-            } else {
-                includes.push(p.clone());
-            }
-        }
-        let mut excludes: Vec<String> = DEFAULT_EXCLUDES
-            .iter()
-            .filter(|d| !includes.iter().any(|i| i == *d))
-            .map(|d| d.to_string())
-            .collect();
-        excludes.extend(settings.reload_excludes.iter().flatten().cloned());
-        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-        Ok(Some(Spec {
-            exe: exe.map(Path::to_path_buf),
-            files: files.into_iter().map(absolute).collect(),
-            dirs: dirs.into_iter().map(absolute).collect(),
-            includes,
-            excludes,
-            delay: settings.reload_delay.value,
-        }))
-    }
-}
-
-/// A file's identity and version: a new build has a new inode; a rewrite a new size or time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-}
-
-impl Stamp {
-    /// The stamp of the file at `path` (following symbolic links), `None` if there is none.
-    pub fn of(path: &Path) -> Option<Stamp> {
-        let m = std::fs::metadata(path).ok()?;
-        Some(Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        })
-    }
-
-    /// Whether both name the same file.
-    pub fn same_file(&self, other: &Stamp) -> bool {
-        (self.dev, self.ino) == (other.dev, other.ino)
-    }
-}
-
-/// The running executable, even once its path names another file: `/proc/self/exe`.
-const RUNNING: &str = "/proc/self/exe";
-
-/// Whether two files hold the same bytes (read in chunks, stopping at the first difference).
-pub(crate) fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
-    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
-    if fa.metadata()?.len() != fb.metadata()?.len() {
-        return Ok(false);
-    }
-    let (mut ba, mut bb) = (vec![0u8; 256 * 1024], vec![0u8; 256 * 1024]);
-    loop {
-        let n = read_full(&mut fa, &mut ba)?;
-        let m = read_full(&mut fb, &mut bb)?;
-        if n != m || ba[..n] != bb[..m] {
-            return Ok(false);
-        }
-        if n == 0 {
-            return Ok(true);
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends; the bytes read.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-/// Which files of the `--reload-dir` trees count.
-#[derive(Debug)]
-struct Filter {
-    includes: Vec<Pattern>,
-    excludes: Vec<Pattern>,
-}
-
-impl Filter {
-    fn new(includes: &[String], excludes: &[String]) -> Filter {
-        // The settings checked every pattern already.
-        let compile = |ps: &[String]| ps.iter().filter_map(|p| Pattern::new(p).ok()).collect();
-        Filter {
-            includes: compile(includes),
-            excludes: compile(excludes),
-        }
-    }
-
-    /// Whether `pattern` matches `path` under `root`: one without `/` matches the file name, one
-    /// with `/` the path relative to `root` (`templates/*.html`) or the absolute path.
-    fn matches(pattern: &Pattern, root: &Path, path: &Path) -> bool {
-        let options = MatchOptions {
-            require_literal_separator: true,
-            ..MatchOptions::new()
-        };
-        if pattern.as_str().contains('/') {
-            path.strip_prefix(root)
-                .is_ok_and(|rel| pattern.matches_path_with(rel, options))
-                || pattern.matches_path_with(path, options)
-        } else {
-            path.file_name()
-                .is_some_and(|n| pattern.matches_with(&n.to_string_lossy(), options))
-        }
-    }
-
-    /// Whether a directory or file at `path` is left out.
-    fn excluded(&self, root: &Path, path: &Path) -> bool {
-        self.excludes.iter().any(|p| Self::matches(p, root, path))
-    }
-
-    /// Whether a change of the file at `path` counts.
-    fn counts(&self, root: &Path, path: &Path) -> bool {
-        !self.excluded(root, path)
-            && (self.includes.is_empty()
-                || self.includes.iter().any(|p| Self::matches(p, root, path)))
-    }
-}
 
 /// What a named file is to the watcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -664,6 +487,16 @@ impl Watcher {
         (change.exe || !change.files.is_empty()).then_some(change)
     }
 
+    /// Reports the executable again after another quiet delay, although it is the build already
+    /// reported: it could not be started yet (still open for writing).
+    pub fn try_again(&mut self, now: Instant) {
+        self.reported = None;
+        let seen = self.spec.exe.as_deref().and_then(Stamp::of);
+        let p = self.heard(now);
+        p.exe = true;
+        p.exe_seen = seen;
+    }
+
     /// Whether the executable on disk is a build not reported yet, with other bytes than the
     /// running one.
     fn exe_changed(&mut self) -> bool {
@@ -725,6 +558,7 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
+    use super::spec::DEFAULT_EXCLUDES;
     use super::*;
 
     fn spec(dir: &Path) -> Spec {
@@ -752,31 +586,10 @@ mod tests {
                 // Give late events a moment, then stop.
                 std::thread::sleep(Duration::from_millis(100));
                 w.read(Instant::now());
-                if w.pending.is_none() {
-                    return None;
-                }
+                w.pending.as_ref()?;
             }
         }
         None
-    }
-
-    #[test]
-    fn the_filter_matches_names_and_relative_paths() {
-        let f = Filter::new(
-            &["*.html".into(), "static/**/*.css".into()],
-            &DEFAULT_EXCLUDES.map(String::from),
-        );
-        let root = Path::new("/p");
-        assert!(f.counts(root, Path::new("/p/templates/a.html")));
-        assert!(f.counts(root, Path::new("/p/static/x/y.css")));
-        assert!(!f.counts(root, Path::new("/p/a.css")));
-        assert!(!f.counts(root, Path::new("/p/.a.html.swp")));
-        assert!(!f.counts(root, Path::new("/p/a.html~")));
-        assert!(f.excluded(root, Path::new("/p/target")));
-        assert!(f.excluded(root, Path::new("/p/.git")));
-        let every = Filter::new(&[], &["*.tmp".into()]);
-        assert!(every.counts(root, Path::new("/p/anything")));
-        assert!(!every.counts(root, Path::new("/p/x.tmp")));
     }
 
     #[test]
@@ -823,19 +636,5 @@ mod tests {
         std::fs::write(tree.join("a.html"), "a").unwrap();
         let c = settle(&mut w).expect("a file in the tree");
         assert_eq!(c.files, BTreeSet::from([tree.join("a.html")]));
-    }
-
-    #[test]
-    fn same_content_compares_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&a, &big).unwrap();
-        std::fs::write(&b, &big).unwrap();
-        assert!(same_content(&a, &b).unwrap());
-        let mut other = big.clone();
-        other[599_999] ^= 1;
-        std::fs::write(&b, &other).unwrap();
-        assert!(!same_content(&a, &b).unwrap());
     }
 }
