@@ -191,6 +191,35 @@ fn a_build_that_cannot_start_leaves_the_old_master_serving_until_a_good_one() {
 }
 
 #[test]
+fn a_build_after_cargo_clean_is_swapped_in() {
+    // `cargo clean` removes target/ while the server runs from target/debug: the kernel reports
+    // nothing for a directory a running executable keeps alive, so the master notices it is gone.
+    let dir = tempfile::tempdir().unwrap();
+    let debug = dir.path().join("target/debug");
+    std::fs::create_dir_all(&debug).unwrap();
+    let bin = staged_binary(&debug);
+    let p = Proc::serve(&bin, &["--reload", "--no-access-log"], &[]);
+    let first = p.pid();
+    std::fs::remove_dir_all(dir.path().join("target")).unwrap();
+    assert!(
+        p.wait_log("target/debug is gone", Duration::from_secs(30)),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(answering_master(p.port), Some(first));
+    std::fs::create_dir_all(debug.join("deps")).unwrap();
+    let new = build(&debug.join("deps"), "hyperfork-1", b"after clean");
+    std::fs::hard_link(&new, &bin).unwrap();
+    let second = wait_new_master(&p, &[first]);
+    let _guard = PidGuard(second);
+    assert!(
+        p.stderr().contains("target/debug is back"),
+        "{}",
+        p.stderr()
+    );
+}
+
+#[test]
 fn a_changed_config_file_or_reload_dir_file_reloads_the_workers() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("app.toml");

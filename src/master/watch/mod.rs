@@ -58,6 +58,22 @@ struct Watched {
     names: HashMap<OsString, Role>,
     /// The `--reload-dir` it is in (itself or below it).
     tree: Option<PathBuf>,
+    /// The directory's device and inode when the watch was added.
+    id: Option<(u64, u64)>,
+}
+
+impl Watched {
+    /// Whether losing it matters: it holds a named file or is a `--reload-dir` itself (a lost
+    /// subdirectory's parent reports its removal).
+    fn looked_for(&self) -> bool {
+        !self.names.is_empty() || self.tree.as_deref() == Some(self.dir.as_path())
+    }
+}
+
+/// A directory's device and inode.
+fn dir_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// What changed, once settled.
@@ -180,6 +196,7 @@ impl Watcher {
                     dir: dir.to_path_buf(),
                     names: HashMap::from([(name.to_os_string(), role)]),
                     tree: None,
+                    id: None,
                 }),
             }
             if role == Role::File {
@@ -235,9 +252,10 @@ impl Watcher {
     }
 
     /// Watches one directory; a failure puts it on the lost list (and says why, once).
-    fn add(&mut self, w: Watched, now: Instant) -> bool {
+    fn add(&mut self, mut w: Watched, now: Instant) -> bool {
         match self.inotify.watches().add(&w.dir, mask()) {
             Ok(wd) => {
+                w.id = dir_id(&w.dir);
                 // The same directory twice (a named file's and a tree's) is one watch: merge.
                 match self.watches.get_mut(&wd) {
                     Some(existing) => {
@@ -257,7 +275,7 @@ impl Watcher {
                          fs.inotify.max_user_watches, or narrow --reload-dir)",
                         w.dir.display()
                     );
-                } else if w.tree.is_none() || w.tree.as_deref() == Some(w.dir.as_path()) {
+                } else if w.looked_for() {
                     tracing::warn!(
                         "--reload: cannot watch {} ({e}); looking for it every second",
                         w.dir.display()
@@ -278,6 +296,7 @@ impl Watcher {
                 dir: d.clone(),
                 names: HashMap::new(),
                 tree: Some(root.to_path_buf()),
+                id: None,
             };
             if !self.add(w, now) {
                 continue;
@@ -364,14 +383,8 @@ impl Watcher {
                 if mask.contains(EventMask::MOVE_SELF) {
                     let _ = self.inotify.watches().remove(wd);
                 }
-                let is_root = w.tree.as_deref() == Some(w.dir.as_path());
-                if !w.names.is_empty() || is_root {
-                    tracing::info!(
-                        "--reload: {} is gone; looking for it every second",
-                        w.dir.display()
-                    );
-                    self.lost.push(w);
-                    self.retry_at.get_or_insert(now + RETRY);
+                if w.looked_for() {
+                    self.lose(w, now);
                 }
             }
             return;
@@ -411,6 +424,34 @@ impl Watcher {
         } else if self.filter.counts(&root, &path) {
             self.heard(now).files.insert(path);
         }
+    }
+
+    /// Puts each directory that matters and is no longer the one watched (removed, or replaced by
+    /// another) on the lost list. The kernel does not always say: a directory holding a running
+    /// executable (`rm -rf target` under `cargo clean`) is kept alive by it and reports nothing.
+    fn revalidate(&mut self, now: Instant) {
+        let stale: Vec<WatchDescriptor> = self
+            .watches
+            .iter()
+            .filter(|(_, w)| w.looked_for() && dir_id(&w.dir) != w.id)
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in stale {
+            if let Some(w) = self.watches.remove(&wd) {
+                let _ = self.inotify.watches().remove(wd);
+                self.lose(w, now);
+            }
+        }
+    }
+
+    /// A directory that matters is gone: look for it every second.
+    fn lose(&mut self, w: Watched, now: Instant) {
+        tracing::info!(
+            "--reload: {} is gone; looking for it every second",
+            w.dir.display()
+        );
+        self.lost.push(w);
+        self.retry_at.get_or_insert(now + RETRY);
     }
 
     /// Looks for the lost directories again; one found counts as changed.
@@ -463,6 +504,8 @@ impl Watcher {
         if now < p.last_event + self.spec.delay {
             return None;
         }
+        self.revalidate(now);
+        let p = self.pending.as_ref()?;
         if p.exe {
             if let Some(exe) = self.spec.exe.clone() {
                 let stamp = Stamp::of(&exe);
