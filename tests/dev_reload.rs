@@ -191,6 +191,37 @@ fn a_build_that_cannot_start_leaves_the_old_master_serving_until_a_good_one() {
 }
 
 #[test]
+fn an_app_that_cannot_boot_waits_for_a_build_that_can() {
+    // The faults example's workers fail to boot; without --reload the master gives up (exit 3).
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("app");
+    std::fs::copy(example_bin("faults"), &bin).unwrap();
+    let port = free_port();
+    let mut cmd = command(&bin);
+    cmd.args(["--port", &port.to_string(), "--reload", "--no-access-log"])
+        .env("HYPERFORK_FAULT", "boot-error");
+    let mut p = Proc::start(cmd, port);
+    assert!(
+        p.wait_log("--reload keeps the master up", Duration::from_secs(60)),
+        "{}",
+        p.stderr()
+    );
+    assert!(
+        p.wait_exit(Duration::from_millis(500)).is_none(),
+        "{}",
+        p.stderr()
+    );
+    let first = p.pid();
+
+    // The fixed build: the hyperfork binary, whose app has no fault to inject.
+    let fixed = build(dir.path(), "fixed", b"fixed");
+    rename_over(&fixed, &bin);
+    let second = wait_new_master(&p, &[first]);
+    let _guard = PidGuard(second);
+    assert_eq!(get(port, "/health").unwrap().status, 200);
+}
+
+#[test]
 fn a_build_after_cargo_clean_is_swapped_in() {
     // `cargo clean` removes target/ while the server runs from target/debug: the kernel reports
     // nothing for a directory a running executable keeps alive, so the master notices it is gone.

@@ -5,7 +5,8 @@
 //! this master serving until the next build); any other change starts a reload (the `SIGHUP` path).
 //! A change waits while an upgrade is under way, and a new build also while a reload is; a master
 //! that is shutting down (a finished upgrade included) stops watching. A reload watches what its new
-//! settings name from then on.
+//! settings name from then on. A pool whose every worker keeps failing to boot does not end the master
+//! as it otherwise would: it keeps retrying (at the longest back-off) until a build or a change fixes it.
 
 use std::time::Instant;
 
@@ -20,6 +21,8 @@ pub(super) struct DevReload {
     waiting: Option<Change>,
     /// Whether the wait was logged.
     logged: bool,
+    /// Whether the pool's giving up was logged.
+    stuck_logged: bool,
 }
 
 impl DevReload {
@@ -51,6 +54,7 @@ impl DevReload {
             watcher,
             waiting: None,
             logged: false,
+            stuck_logged: false,
         })
     }
 
@@ -81,9 +85,11 @@ impl Master<'_> {
         }
         let upgrading = self.upgrading();
         let reloading = self.replacement().is_some();
+        let stuck = self.pool.gave_up();
         let Some(dev) = self.dev.as_mut() else {
             return;
         };
+        dev.stuck_logged &= stuck;
         dev.watcher.read(now);
         if let Some(c) = dev.watcher.due(now) {
             match dev.waiting.as_mut() {
@@ -135,6 +141,30 @@ impl Master<'_> {
             );
             self.begin_reload();
         }
+    }
+
+    /// With `--reload`, a pool whose every worker failed to boot [`GIVE_UP_AFTER`] times in a row
+    /// keeps the master up, waiting for a build or a change that fixes it (says so once); without,
+    /// `false`: the master gives up.
+    ///
+    /// [`GIVE_UP_AFTER`]: crate::master::pool::GIVE_UP_AFTER
+    pub(super) fn waiting_for_a_fix(&mut self) -> bool {
+        let Some(dev) = self.dev.as_mut() else {
+            return false;
+        };
+        if !dev.stuck_logged {
+            dev.stuck_logged = true;
+            let cause = self
+                .pool
+                .last_error()
+                .map_or_else(String::new, |(slot, e)| format!(" (worker {slot}: {e})"));
+            tracing::error!(
+                "every worker failed to boot {} times in a row{cause}; --reload keeps the master up \
+                 and retrying: fix it and build again, or change the config",
+                crate::master::pool::GIVE_UP_AFTER
+            );
+        }
+        true
     }
 
     /// What a reload's new settings ask to watch; an error (a `--reload-dir` that is not a

@@ -605,7 +605,7 @@ impl Master<'_> {
     /// allows, checks the workers' health, and grants the lease.
     fn maintain_pool(&mut self, now: Instant) -> Option<Outcome> {
         self.abort_stuck_replacement();
-        if self.pool.gave_up() {
+        if self.pool.gave_up() && !self.waiting_for_a_fix() {
             return Some(Outcome::GaveUp(self.give_up()));
         }
         for slot in self.pool.due(now) {
