@@ -37,7 +37,7 @@ impl DevReload {
             what.push(format!(
                 "{} ({} directories)",
                 dirs.join(", "),
-                watcher.watched_dirs()
+                watcher.tree_dirs()
             ));
         }
         tracing::info!(

@@ -237,9 +237,9 @@ impl Watcher {
         self.inotify.as_raw_fd()
     }
 
-    /// How many directories are watched.
-    pub fn watched_dirs(&self) -> usize {
-        self.watches.len()
+    /// How many directories of the `--reload-dir` trees are watched.
+    pub fn tree_dirs(&self) -> usize {
+        self.watches.values().filter(|w| w.tree.is_some()).count()
     }
 
     /// When [`Watcher::due`] has something to do: a pending change's end of quiet, or a retry.
@@ -642,7 +642,7 @@ mod tests {
         std::fs::write(&config, "workers = 1\n").unwrap();
         std::fs::create_dir(dir.path().join("templates")).unwrap();
         let mut w = Watcher::new(spec(dir.path()), Instant::now()).unwrap();
-        assert_eq!(w.watched_dirs(), 2);
+        assert_eq!((w.watches.len(), w.tree_dirs()), (2, 1));
 
         // An editor's save: a new file renamed over the old name.
         let tmp = dir.path().join(".app.toml.tmp");
