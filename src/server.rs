@@ -428,7 +428,10 @@ impl<S: Send + Sync + 'static> Server<S> {
             Target::Switch(a) => Some(a.clone()),
             Target::Unchanged | Target::Already(_) => None,
         };
+        let watch = crate::master::watch::Spec::of(&settings, exe.as_ref().ok().map(|p| p.exe()))
+            .map_err(|e| Failure::usage(ConfigError::Invalid(e)))?;
         start_logging(&settings, &plan, threads, account.clone())?;
+        warn_reload_options_unused(&settings);
         check_account(&settings, &target)?;
         let opened = open_listeners(&settings, account.as_ref())?;
         announce(&settings, &opened.listeners, &plan, &jobs);
@@ -475,6 +478,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             metrics_bind: settings.metrics_bind,
             control_socket,
             account,
+            watch,
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),
@@ -632,6 +636,27 @@ fn start_logging(
         );
     }
     Ok(())
+}
+
+/// Warns about `--reload-*` options given without `--reload` (uvicorn warns too): they do nothing.
+fn warn_reload_options_unused(settings: &Settings) {
+    if settings.reload.value {
+        return;
+    }
+    let given = [
+        ("--reload-dir", settings.reload_dirs.is_some()),
+        ("--reload-include", settings.reload_includes.is_some()),
+        ("--reload-exclude", settings.reload_excludes.is_some()),
+        (
+            "--reload-delay",
+            settings.reload_delay.source != crate::config::Source::Default,
+        ),
+    ];
+    for (name, set) in given {
+        if set {
+            tracing::warn!("{name} is set but --reload is not: no file is watched");
+        }
+    }
 }
 
 /// The addresses the settings ask for.

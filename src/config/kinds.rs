@@ -13,8 +13,8 @@ use clap::ValueEnum;
 use clap::builder::{NonEmptyStringValueParser, PossibleValuesParser, ValueParser};
 
 use super::values::{
-    Accept, LogLevel, non_negative_u64, parse_bool, parse_choice, parse_duration, parse_mode,
-    parse_port, parse_size, positive_u32, positive_usize,
+    Accept, LogLevel, check_glob, non_negative_u64, parse_bool, parse_choice, parse_delay,
+    parse_duration, parse_mode, parse_port, parse_size, positive_u32, positive_usize, split_list,
 };
 
 /// How a setting is written on the command line.
@@ -301,6 +301,91 @@ impl Kind for Path {
     }
 }
 
+/// A short delay (`--reload-delay`): decimal seconds (`0.25`) or a duration (`250ms`); TOML: a
+/// number of seconds or a string.
+pub(crate) struct Delay;
+
+impl Kind for Delay {
+    type Value = Duration;
+    const EXPECTED: &'static str = "a delay such as 0.25, 250ms or 2s";
+    fn parse(text: &str) -> Result<Duration, String> {
+        parse_delay(text)
+    }
+    fn from_toml(value: &toml::Value) -> Result<Duration, String> {
+        match value {
+            toml::Value::String(s) => parse_delay(s),
+            toml::Value::Float(f) => parse_delay(&f.to_string()),
+            toml::Value::Integer(n) => parse_delay(&n.to_string()),
+            other => Err(wrong_type(
+                other,
+                "seconds (0.25) or a string such as \"250ms\"",
+            )),
+        }
+    }
+}
+
+/// A list read the same way in every layer: the flag repeats; the environment variable separates the
+/// items with commas or whitespace; TOML holds an array of strings. Each item is checked by `item`.
+fn repeated_from_toml(
+    value: &toml::Value,
+    item: fn(&str) -> Result<String, String>,
+) -> Result<Vec<String>, String> {
+    let toml::Value::Array(items) = value else {
+        return Err(wrong_type(value, "an array of strings"));
+    };
+    items
+        .iter()
+        .map(|i| match i {
+            toml::Value::String(s) => item(s),
+            other => Err(wrong_type(other, "a string")),
+        })
+        .collect()
+}
+
+/// Paths (`--reload-dir`): repeatable; see [`repeated_from_toml`] for each layer's form.
+pub(crate) struct Paths;
+
+impl Kind for Paths {
+    type Value = Vec<PathBuf>;
+    const EXPECTED: &'static str = "paths separated by commas or spaces";
+    const FORM: Form = Form::Repeated;
+    fn parse(text: &str) -> Result<Vec<PathBuf>, String> {
+        Ok(split_list(text).into_iter().map(PathBuf::from).collect())
+    }
+    fn from_flag(texts: &[String]) -> Result<Vec<PathBuf>, String> {
+        Ok(texts.iter().map(PathBuf::from).collect())
+    }
+    fn from_toml(value: &toml::Value) -> Result<Vec<PathBuf>, String> {
+        let items = repeated_from_toml(value, |s| Ok(s.to_string()))?;
+        Ok(items.into_iter().map(PathBuf::from).collect())
+    }
+    fn value_parser() -> ValueParser {
+        NonEmptyStringValueParser::new().into()
+    }
+}
+
+/// Glob patterns (`--reload-include`, `--reload-exclude`): repeatable, each checked; see
+/// [`repeated_from_toml`] for each layer's form.
+pub(crate) struct Globs;
+
+impl Kind for Globs {
+    type Value = Vec<String>;
+    const EXPECTED: &'static str = "glob patterns separated by commas or spaces";
+    const FORM: Form = Form::Repeated;
+    fn parse(text: &str) -> Result<Vec<String>, String> {
+        split_list(text).iter().map(|p| check_glob(p)).collect()
+    }
+    fn from_flag(texts: &[String]) -> Result<Vec<String>, String> {
+        texts.iter().map(|p| check_glob(p)).collect()
+    }
+    fn from_toml(value: &toml::Value) -> Result<Vec<String>, String> {
+        repeated_from_toml(value, check_glob)
+    }
+    fn value_parser() -> ValueParser {
+        ValueParser::new(check_glob)
+    }
+}
+
 /// Addresses (`--bind`): the flag repeats; the environment variable separates them with commas; TOML
 /// holds an array of strings. Each address is checked where the addresses are used.
 pub(crate) struct Addresses;
@@ -429,6 +514,39 @@ mod tests {
             Port::from_toml(&int(70000)).unwrap_err(),
             "expected a port number from 0 to 65535, got 70000"
         );
+    }
+
+    #[test]
+    fn reload_lists_and_delay() {
+        assert_eq!(
+            Paths::parse("src, templates  static").unwrap(),
+            [
+                PathBuf::from("src"),
+                PathBuf::from("templates"),
+                PathBuf::from("static")
+            ]
+        );
+        let given = vec!["a dir".to_string()];
+        assert_eq!(Paths::from_flag(&given).unwrap(), [PathBuf::from("a dir")]);
+        assert_eq!(Globs::parse("*.html *.css").unwrap(), ["*.html", "*.css"]);
+        assert!(
+            Globs::parse("[a")
+                .unwrap_err()
+                .contains("expected a glob pattern"),
+            "an unclosed class is refused"
+        );
+        assert_eq!(Delay::parse("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(Delay::parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            Delay::from_toml(&toml::Value::Float(1.5)),
+            Ok(Duration::from_millis(1500))
+        );
+        assert!(
+            Delay::parse("-1")
+                .unwrap_err()
+                .contains("0 seconds or more")
+        );
+        assert!(Delay::parse("soon").is_err());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::access::{AccessFormat, LogFormat, Trusted, TrustedIps};
 use super::declare::settings;
 use super::job_tables::jobs;
 use super::kinds::{
-    Addresses, Backlog, Bytes, Choice, Mode, NameOrId, NonNegative, Path, Port, Positive, Seconds,
-    Switch, Tables, TcpAddress, Text,
+    Addresses, Backlog, Bytes, Choice, Delay, Globs, Mode, NameOrId, NonNegative, Path, Paths,
+    Port, Positive, Seconds, Switch, Tables, TcpAddress, Text,
 };
 use super::layers::Sourced;
 use super::rules::binds;
@@ -136,6 +136,57 @@ settings! {
             env: ["HYPERFORK_DEBUG"],
             toml: "debug",
             default: "false",
+        }
+
+        /// Development: watch the executable, the config file and any --reload-dir; a new build is
+        /// swapped in by a binary upgrade, another change by a reload. One worker unless a count is
+        /// given
+        pub reload: Sourced<bool> = RELOAD: Switch {
+            flag: "--reload",
+            env: ["UVICORN_RELOAD", "HYPERFORK_RELOAD"],
+            toml: "reload",
+            default: "false",
+        }
+
+        /// With --reload: a directory (watched recursively) whose files' changes reload the workers;
+        /// repeatable, or separated by commas or spaces
+        pub reload_dirs: Option<Vec<PathBuf>> = RELOAD_DIR: Paths {
+            flag: "--reload-dir",
+            env: ["UVICORN_RELOAD_DIRS", "HYPERFORK_RELOAD_DIRS"],
+            toml: "reload_dirs",
+            unset: "none",
+            value_name: "DIR",
+        }
+
+        /// With --reload: only files matching one of these glob patterns count in the --reload-dir
+        /// directories, e.g. '*.html'; an existing file or directory is watched as such; repeatable
+        pub reload_includes: Option<Vec<String>> = RELOAD_INCLUDE: Globs {
+            flag: "--reload-include",
+            env: ["UVICORN_RELOAD_INCLUDES", "HYPERFORK_RELOAD_INCLUDES"],
+            toml: "reload_includes",
+            unset: "every file",
+            value_name: "PATTERN",
+        }
+
+        /// With --reload: files and directories matching these glob patterns do not count, besides
+        /// the defaults .* *~ #*# 4913 target (one also given to --reload-include is dropped);
+        /// repeatable
+        pub reload_excludes: Option<Vec<String>> = RELOAD_EXCLUDE: Globs {
+            flag: "--reload-exclude",
+            env: ["UVICORN_RELOAD_EXCLUDES", "HYPERFORK_RELOAD_EXCLUDES"],
+            toml: "reload_excludes",
+            unset: "the defaults only",
+            value_name: "PATTERN",
+        }
+
+        /// With --reload: how long a changed file must stay unchanged before the swap, e.g. 0.25,
+        /// 500ms
+        pub reload_delay: Sourced<Duration> = RELOAD_DELAY: Delay {
+            flag: "--reload-delay",
+            env: ["UVICORN_RELOAD_DELAY", "HYPERFORK_RELOAD_DELAY"],
+            toml: "reload_delay",
+            default: "0.25",
+            value_name: "SECONDS",
         }
 
         /// Runtime threads per worker: 1 = current-thread runtime, more = multi-thread runtime

@@ -2,7 +2,8 @@
 //!
 //! An explicit count wins (`--workers`, `UVICORN_WORKERS`, `WEB_CONCURRENCY`, `HYPERFORK_WORKERS`, the
 //! TOML `workers` key, in that order). Otherwise the count is `min(2 × cores + 1, cap)`. `--debug` forces
-//! exactly one worker. An explicit count is not capped: the cap bounds only the computed value.
+//! exactly one worker; `--reload` runs one unless a count is given. An explicit count is not capped: the
+//! cap bounds only the computed value.
 //!
 //! `2 × cores + 1` comes from gunicorn, where workers block on I/O. A non-blocking hyper worker keeps a
 //! core busy on its own, so `--workers <cores>` is often faster; the plan says so.
@@ -22,7 +23,7 @@ pub const FORMULA: &str = "min(2 × cores + 1, cap)";
 pub struct Plan {
     /// The number of workers the pool will run.
     pub workers: usize,
-    /// What decided it: `debug`, `explicit` or `formula`.
+    /// What decided it: `debug`, `explicit`, `reload` or `formula`.
     pub decided_by: &'static str,
     /// Usable cores and how they were found.
     pub cores: Cores,
@@ -34,6 +35,10 @@ pub struct Plan {
     pub debug: bool,
     /// Where the debug setting came from.
     pub debug_source: String,
+    /// Whether `--reload` (development) is on: one worker unless a count is given.
+    pub reload: bool,
+    /// Where the reload setting came from.
+    pub reload_source: String,
     /// The explicit count, if one was given.
     pub explicit: Option<usize>,
     /// Where the explicit count came from.
@@ -58,6 +63,7 @@ impl Plan {
             settings.workers.as_ref(),
             &settings.max_workers,
             &settings.debug,
+            &settings.reload,
             cores,
         )
     }
@@ -67,6 +73,7 @@ impl Plan {
         explicit: Option<&Sourced<usize>>,
         cap: &Sourced<usize>,
         debug: &Sourced<bool>,
+        reload: &Sourced<bool>,
         cores: Cores,
     ) -> Plan {
         let computed = formula(cores.count, cap.value);
@@ -88,6 +95,8 @@ impl Plan {
                 ));
             }
             (e.value, "explicit")
+        } else if reload.value {
+            (1, "reload")
         } else {
             (computed, "formula")
         };
@@ -99,6 +108,8 @@ impl Plan {
             cap_source: cap.source.to_string(),
             debug: debug.value,
             debug_source: debug.source.to_string(),
+            reload: reload.value,
+            reload_source: reload.source.to_string(),
             explicit: explicit.map(|e| e.value),
             explicit_source: explicit.map(|e| e.source.to_string()),
             formula: FORMULA,
@@ -111,6 +122,7 @@ impl Plan {
     pub fn summary(&self) -> String {
         match self.decided_by {
             "debug" => "1 worker (debug mode)".to_string(),
+            "reload" => "1 worker (--reload; give --workers for more)".to_string(),
             "explicit" => format!(
                 "{} worker{} (explicit, from {})",
                 self.workers,
@@ -147,6 +159,12 @@ impl Plan {
             "debug:     {} ({})",
             if self.debug { "on" } else { "off" },
             self.debug_source
+        );
+        let _ = writeln!(
+            s,
+            "reload:    {} ({})",
+            if self.reload { "on" } else { "off" },
+            self.reload_source
         );
         match (&self.explicit, &self.explicit_source) {
             (Some(n), Some(src)) => {
@@ -193,6 +211,9 @@ mod tests {
     fn no_debug() -> Sourced<bool> {
         src(false, Source::Default)
     }
+    fn off() -> Sourced<bool> {
+        src(false, Source::Default)
+    }
 
     #[test]
     fn formula_and_cap() {
@@ -208,12 +229,13 @@ mod tests {
 
     #[test]
     fn auto_uses_the_formula() {
-        let p = Plan::from_parts(None, &default_cap(), &no_debug(), cores(2));
+        let p = Plan::from_parts(None, &default_cap(), &no_debug(), &off(), cores(2));
         assert_eq!((p.workers, p.decided_by), (5, "formula"));
         let p = Plan::from_parts(
             None,
             &src(3, Source::Cli("--max-workers")),
             &no_debug(),
+            &off(),
             cores(2),
         );
         assert_eq!(p.workers, 3);
@@ -222,7 +244,7 @@ mod tests {
     #[test]
     fn explicit_wins_and_is_not_capped() {
         let e = src(12, Source::Env("UVICORN_WORKERS"));
-        let p = Plan::from_parts(Some(&e), &default_cap(), &no_debug(), cores(2));
+        let p = Plan::from_parts(Some(&e), &default_cap(), &no_debug(), &off(), cores(2));
         assert_eq!((p.workers, p.decided_by), (12, "explicit"));
         assert_eq!(p.explicit_source.as_deref(), Some("env UVICORN_WORKERS"));
     }
@@ -230,18 +252,35 @@ mod tests {
     #[test]
     fn debug_forces_one_and_warns_about_a_given_count() {
         let debug = src(true, Source::Cli("--debug"));
-        let p = Plan::from_parts(None, &default_cap(), &debug, cores(8));
+        let p = Plan::from_parts(None, &default_cap(), &debug, &off(), cores(8));
         assert_eq!((p.workers, p.decided_by), (1, "debug"));
         assert!(p.warnings.is_empty());
         let e = src(4, Source::Cli("--workers"));
-        let p = Plan::from_parts(Some(&e), &default_cap(), &debug, cores(8));
+        let p = Plan::from_parts(Some(&e), &default_cap(), &debug, &off(), cores(8));
         assert_eq!(p.workers, 1);
         assert!(p.warnings[0].contains("ignored"), "{:?}", p.warnings);
     }
 
     #[test]
+    fn reload_runs_one_worker_unless_a_count_is_given() {
+        let reload = src(true, Source::Cli("--reload"));
+        let p = Plan::from_parts(None, &default_cap(), &no_debug(), &reload, cores(8));
+        assert_eq!((p.workers, p.decided_by), (1, "reload"));
+        assert!(p.summary().contains("--reload"), "{}", p.summary());
+        let e = src(3, Source::Env("UVICORN_WORKERS"));
+        let p = Plan::from_parts(Some(&e), &default_cap(), &no_debug(), &reload, cores(8));
+        assert_eq!((p.workers, p.decided_by), (3, "explicit"));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(
+            p.to_text().contains("reload:    on (--reload)"),
+            "{}",
+            p.to_text()
+        );
+    }
+
+    #[test]
     fn json_carries_every_input() {
-        let p = Plan::from_parts(None, &default_cap(), &no_debug(), cores(2));
+        let p = Plan::from_parts(None, &default_cap(), &no_debug(), &off(), cores(2));
         let v: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
         assert_eq!(v["workers"], 5);
         assert_eq!(v["cores"]["count"], 2);

@@ -132,6 +132,33 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("expected a duration such as 30, 30s, 2m or 500ms, got {s:?}"))
 }
 
+/// Parses a delay: seconds as a decimal number (`0.25`, uvicorn's form) or a duration (`250ms`, `1s`).
+pub fn parse_delay(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("expected a delay of 0 seconds or more, got {s:?}"));
+    }
+    humantime::parse_duration(t)
+        .map_err(|_| format!("expected a delay such as 0.25, 1.5, 250ms or 2s, got {s:?}"))
+}
+
+/// Splits a list written in one environment variable: on commas and on whitespace (click, which
+/// uvicorn uses, splits a repeatable option's variable on whitespace), empty items dropped.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks a glob pattern (`*.html`, `templates/**/*.j2`, `[!.]*`).
+pub fn check_glob(s: &str) -> Result<String, String> {
+    glob::Pattern::new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("expected a glob pattern such as *.html, got {s:?}: {e}"))
+}
+
 /// Parses a boolean as written in the environment: `1`, `true`, `yes`, `on` or `0`, `false`, `no`,
 /// `off`, ignoring case.
 pub fn parse_bool(s: &str) -> Result<bool, String> {

@@ -137,6 +137,7 @@ impl Master<'_> {
             order_write.as_raw_fd(),
         ];
         close_fds.extend(self.children.values().map(|c| c.orders.as_raw_fd()));
+        close_fds.extend(self.dev.as_ref().map(|d| d.raw_fd()));
         // Sockets a reload dropped stay open in the master until the old workers are gone; a new
         // worker must not hold them, or the address would go on queueing connections nobody accepts.
         close_fds.extend(self.retired_listeners.iter().map(|l| l.as_raw_fd()));

@@ -15,24 +15,28 @@ impl Master<'_> {
         self.successor.as_ref().is_some_and(|s| !s.took_over()) || self.predecessor.is_some()
     }
 
-    /// `SIGUSR2`: start a new master from the executable on disk.
-    pub(super) fn begin_upgrade(&mut self) {
+    /// `SIGUSR2`: start a new master from the executable on disk. Returns `true` when it could not
+    /// start because the file is still open for writing (`ETXTBSY`), worth trying again shortly.
+    pub(super) fn begin_upgrade(&mut self) -> bool {
         if self.upgrading() {
             tracing::warn!("SIGUSR2 ignored: a binary upgrade is already in progress");
-            return self.upgrade_refused("a binary upgrade is already in progress");
+            self.upgrade_refused("a binary upgrade is already in progress");
+            return false;
         }
         if self.replacement().is_some() {
             tracing::warn!("SIGUSR2 ignored: a reload is in progress; send it again after it");
-            return self.upgrade_refused("a reload is in progress; try again after it");
+            self.upgrade_refused("a reload is in progress; try again after it");
+            return false;
         }
         let Some(program) = self.args.program.as_ref() else {
             tracing::error!(
                 "SIGUSR2 ignored: the executable's path could not be read at start, so there is \
                  nothing to run"
             );
-            return self.upgrade_refused(
+            self.upgrade_refused(
                 "the executable's path could not be read at start, so there is nothing to run",
             );
+            return false;
         };
         self.notifier.reloading();
         match upgrade::spawn(program, &self.args.listeners, self.args.activated) {
@@ -44,13 +48,20 @@ impl Master<'_> {
                     s.pid
                 );
                 self.successor = Some(s);
+                false
             }
             Err(e) => {
+                let busy = matches!(
+                    &e,
+                    crate::error::StartError::Os { source, .. }
+                        if source.raw_os_error() == Some(libc::ETXTBSY)
+                );
                 let message = format!("binary upgrade failed, this master keeps serving: {e}");
                 tracing::error!("{message}");
                 let status = self.status_line();
                 self.notifier.ready(&status);
                 self.upgrade_ended(Outcome::Aborted, message);
+                busy
             }
         }
     }

@@ -17,12 +17,15 @@
 //! waits for room under the surge bound (`--max-surge`, see [`surge`]): at most that many workers
 //! beyond the pool are alive, draining ones included. Stopped workers drain for at most the graceful
 //! timeout. `SIGUSR2` starts a new master from the executable on disk and hands everything over to it
-//! once its workers are ready (see [`crate::master::upgrade`]).
+//! once its workers are ready (see [`crate::master::upgrade`]). With `--reload`, the master also
+//! watches its executable and files on an inotify descriptor in the same poll, and turns a new build
+//! into an upgrade and another change into a reload (see [`watch`] and [`dev_reload`]).
 
 mod census;
 mod checks;
 mod children;
 mod ctl;
+mod dev_reload;
 mod endpoint;
 mod exposition;
 mod handover;
@@ -36,6 +39,7 @@ mod surge;
 pub(crate) mod systemd;
 mod tally;
 pub(crate) mod upgrade;
+pub(crate) mod watch;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -116,6 +120,8 @@ pub(crate) struct MasterArgs<'a> {
     /// The account the workers switch to (`--user`, `--group`), given the unix sockets bound from
     /// now on; `None`: the workers run as the master.
     pub account: Option<crate::shared::privileges::Account>,
+    /// What `--reload` watches; `None`: nothing.
+    pub watch: Option<watch::Spec>,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
@@ -182,6 +188,8 @@ struct Master<'a> {
     metrics: Option<metrics::MetricsServer>,
     /// The control socket (`hyperfork ctl`).
     ctl: Option<ctl::CtlServer>,
+    /// `--reload`: the file watcher and the change waiting for its turn.
+    dev: Option<dev_reload::DevReload>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -252,6 +260,16 @@ impl<'a> Master<'a> {
             what: "mapping the request counters' table",
             source,
         })?;
+        let dev =
+            match args.watch.take() {
+                Some(spec) => Some(dev_reload::DevReload::start(spec, now).map_err(|source| {
+                    StartError::Os {
+                        what: "watching files for --reload",
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         Ok(Master {
             pool: Pool::new(args.workers, now),
             pid: nix::unistd::getpid(),
@@ -281,6 +299,7 @@ impl<'a> Master<'a> {
             started: now,
             metrics,
             ctl: None,
+            dev,
         })
     }
 }
@@ -295,6 +314,7 @@ impl Master<'_> {
             self.reap();
             let now = Instant::now();
             self.drive_upgrade(now);
+            self.drive_watch(now);
             self.kill_overdue_drains(now);
             self.report(now);
             self.serve_metrics(now);
@@ -351,6 +371,9 @@ impl Master<'_> {
         if let Some(p) = self.predecessor.as_ref() {
             fds.push(PollFd::new(p.channel.fd(), PollFlags::POLLIN));
         }
+        if let Some(d) = self.dev.as_ref() {
+            fds.push(PollFd::new(d.fd(), PollFlags::POLLIN));
+        }
         let endpoints = self
             .metrics
             .as_ref()
@@ -396,6 +419,7 @@ impl Master<'_> {
             self.notifier.watchdog_deadline(),
             self.metrics.as_ref().and_then(|m| m.deadline()),
             self.ctl.as_ref().and_then(|c| c.deadline()),
+            self.dev.as_ref().and_then(|d| d.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -424,7 +448,9 @@ impl Master<'_> {
                 tracing::warn!("SIGHUP ignored: a binary upgrade is in progress");
             }
             Intent::Reload => self.begin_reload(),
-            Intent::Upgrade => self.begin_upgrade(),
+            Intent::Upgrade => {
+                self.begin_upgrade();
+            }
             Intent::ReopenLogs => {
                 let _ = self.reopen_logs("SIGUSR1");
             }
@@ -582,7 +608,7 @@ impl Master<'_> {
     /// allows, checks the workers' health, and grants the lease.
     fn maintain_pool(&mut self, now: Instant) -> Option<Outcome> {
         self.abort_stuck_replacement();
-        if self.pool.gave_up() {
+        if self.pool.gave_up() && !self.waiting_for_a_fix() {
             return Some(Outcome::GaveUp(self.give_up()));
         }
         for slot in self.pool.due(now) {

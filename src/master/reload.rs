@@ -208,10 +208,15 @@ impl Master<'_> {
             Ok(n) => n,
             Err(e) => return self.reject_reload(&e),
         };
+        let watch = match self.watch_spec(&new.settings) {
+            Ok(w) => w,
+            Err(e) => return self.reject_reload(&e),
+        };
         let mut changes = match self.rebind(&new) {
             Ok(c) => c,
             Err(e) => return self.reject_reload(&e),
         };
+        changes.extend(self.rewatch(watch));
         let workers = new.plan.workers;
         changes.extend(self.apply_settings(new));
         self.generation += 1;

@@ -79,6 +79,16 @@ pub fn command(bin: &PathBuf) -> Command {
         "HYPERFORK_CONTROL_SOCKET",
         "HYPERFORK_METRICS_BIND",
         "HYPERFORK_PID",
+        "UVICORN_RELOAD",
+        "HYPERFORK_RELOAD",
+        "UVICORN_RELOAD_DIRS",
+        "HYPERFORK_RELOAD_DIRS",
+        "UVICORN_RELOAD_INCLUDES",
+        "HYPERFORK_RELOAD_INCLUDES",
+        "UVICORN_RELOAD_EXCLUDES",
+        "HYPERFORK_RELOAD_EXCLUDES",
+        "UVICORN_RELOAD_DELAY",
+        "HYPERFORK_RELOAD_DELAY",
         "RUNTIME_DIRECTORY",
         "RUST_LOG",
     ] {
@@ -478,7 +488,8 @@ pub fn slot0_pids(log: &str) -> Vec<i32> {
 }
 
 /// A load loop of our own over real sockets: `clients` keep-alive connections sending `GET /health`
-/// back to back; a connection the server closes with `Connection: close` is reopened.
+/// back to back; a connection the server closes with `Connection: close` is reopened. With
+/// [`Load::per_request`], every request opens its own connection instead.
 pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
@@ -490,6 +501,16 @@ pub struct Load {
 
 impl Load {
     pub fn start(port: u16, clients: usize) -> Load {
+        Load::with(port, clients, false)
+    }
+
+    /// `clients` clients each opening a new connection for every request (at most 200 a second
+    /// each, so the closed connections' local ports last).
+    pub fn per_request(port: u16, clients: usize) -> Load {
+        Load::with(port, clients, true)
+    }
+
+    fn with(port: u16, clients: usize, per_request: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let bad_status = Arc::new(AtomicU64::new(0));
@@ -526,8 +547,12 @@ impl Load {
                                 } else {
                                     bad.fetch_add(1, Ordering::Relaxed);
                                 }
-                                if r.header("connection") == Some("close") {
+                                if per_request || r.header("connection") == Some("close") {
                                     conn = None;
+                                }
+                                if per_request {
+                                    // Paced: each closed connection holds a local port in TIME_WAIT.
+                                    std::thread::sleep(Duration::from_millis(5));
                                 }
                             }
                             Err(e) => {
