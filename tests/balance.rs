@@ -231,3 +231,54 @@ fn packed_accept_passes_over_a_blocked_worker() {
     }
     assert_eq!(first.read_response().expect("the block ends").status, 200);
 }
+
+/// Sends SIGCONT to a stopped process when dropped, on every path.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[test]
+fn connections_queued_behind_a_deferred_one_are_all_accepted() {
+    // Worker 0 stopped looks idle, so worker 1 leaves each new connection to it and takes one back
+    // after 5 ms. A burst queues several at once, with one readiness event for all of them: the
+    // ones behind the one taken back must be accepted too, not left until the next connection.
+    let p = Proc::serve(
+        &example_bin("faults"),
+        &["--workers", "2", "--accept", "packed"],
+        &[],
+    );
+    assert!(p.wait_log("all 2 workers ready", Duration::from_secs(20)));
+    let mut first = Conn::open(p.port).expect("connect");
+    let r = first.get("/").expect("GET / on an idle pool");
+    let stopped = r.header("x-pid").expect("x-pid").to_string();
+    drop(first);
+    let pid: i32 = stopped.parse().expect("pid");
+    let _resume = Resume(pid);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &stopped])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let mut burst: Vec<Conn> = (0..8)
+        .map(|_| Conn::open(p.port).expect("connect"))
+        .collect();
+    for c in &mut burst {
+        c.send_get("/").expect("send");
+    }
+    for (i, c) in burst.iter_mut().enumerate() {
+        let r = c
+            .read_response()
+            .unwrap_or_else(|e| panic!("connection {i} of the burst got no answer: {e}"));
+        assert_eq!(r.status, 200);
+        assert_ne!(r.header("x-pid"), Some(stopped.as_str()));
+    }
+}

@@ -294,6 +294,7 @@ impl Member {
             member: self,
             bit: (listener < MAX_LISTENERS).then(|| 1u32 << listener),
             unresponsive: None,
+            leftover: false,
         }
     }
 }
@@ -307,9 +308,26 @@ pub struct Balancer {
     /// A peer that let a deferred connection wait out [`MAX_WAIT`], with its accept count then: not
     /// deferred to again until it accepts a connection.
     unresponsive: Option<Peer>,
+    /// This worker took a deferred connection itself after [`MAX_WAIT`], past the runtime's
+    /// readiness (which the deferral cleared): more connections may be queued behind it, and with
+    /// edge-triggered readiness no new event will announce them. The next accept tries the socket
+    /// before waiting.
+    leftover: bool,
 }
 
 impl Balancer {
+    /// A deferred connection was taken past the runtime's readiness: look at the socket again before
+    /// waiting for it to become readable.
+    pub fn took_past_readiness(&mut self) {
+        self.leftover = true;
+    }
+
+    /// Whether the socket should be tried before waiting (see [`Balancer::took_past_readiness`]);
+    /// clears the mark.
+    pub fn take_leftover(&mut self) -> bool {
+        std::mem::take(&mut self.leftover)
+    }
+
     /// Marks the accept loop as parked (waiting for a connection) until the guard is dropped.
     pub fn park(&self) -> Parked {
         if let Some(bit) = self.bit {

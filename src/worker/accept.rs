@@ -104,6 +104,23 @@ async fn accept_fd<T: AsRawFd>(
     listener: &AsyncFd<T>,
     mut balance: Option<&mut Balancer>,
 ) -> io::Result<OwnedFd> {
+    if let Some(b) = balance.as_deref_mut() {
+        if b.take_leftover() {
+            // Connections queued behind one taken past the readiness have no event of their own.
+            match accept_now(listener.get_ref()) {
+                Ok(fd) => {
+                    b.took_past_readiness();
+                    return Ok(fd);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // Still possibly queued: try the socket again first next time.
+                    b.took_past_readiness();
+                    return Err(e);
+                }
+            }
+        }
+    }
     let mut deferral: Option<Deferral> = None;
     loop {
         let mut ready = match (&mut balance, &deferral) {
@@ -114,8 +131,11 @@ async fn accept_fd<T: AsRawFd>(
                     let missed = deferral.take().map(|d| d.peer);
                     match accept_now(listener.get_ref()) {
                         Ok(fd) => {
-                            if let (Some(b), Some(peer)) = (balance.as_deref_mut(), missed) {
-                                b.peer_missed(peer);
+                            if let Some(b) = balance.as_deref_mut() {
+                                if let Some(peer) = missed {
+                                    b.peer_missed(peer);
+                                }
+                                b.took_past_readiness();
                             }
                             return Ok(fd);
                         }
