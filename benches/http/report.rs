@@ -848,8 +848,10 @@ const GAP_RSS: &str = "Almost all of it is shared with the master and the other 
     about 1.7 MiB is code the worker ran, 0.6 MiB libc, the rest the binary's relocated data and the \
     runtime's buffers. Tried: fat LTO (−0.2 MiB), the system's tzdata instead of chrono-tz's compiled-in \
     tables (−1.0 MiB). benches/README.md.";
-const GAP_SPREAD: &str = "Check `--accept`: the balanced strategy is the default; shared accept \
-    measured ∞ (a worker got no connection). benches/README.md.";
+const GAP_SPREAD: &str = "With packed accept, the default, the spread is uneven by design: connections \
+    gather on the first workers while their loops keep up. `--accept balanced` spreads them (1.0–1.9 \
+    in the runs of issue #16); shared accept measured ∞ (a worker got no connection). \
+    docs/performance.md (\"Packed accept\").";
 const GAP_SHORT: &str = "The balanced accept's deferral (`accept_fd` in src/serve.rs): a worker that has \
     more connections open than its least loaded accepting peer sleeps in 1 ms steps (up to 5 ms) \
     before accepting. Right after an accept the accepting worker is one connection ahead of its \
@@ -873,12 +875,12 @@ const GAP_BARE: &str = "hyperfork's worker does more per request than the bare p
 const GAP_NGINX: &str = "Same per-request work as in the bare-pool rows (nginx's worker does less: no \
     async runtime, no HTTP/2 detection, no per-request map). benches/README.md (\"Removing the \
     tax\").";
-const GAP_WORK_SHARE: &str = "The accept spreads connections, not requests: with keep-alive a \
-    connection's worker is fixed when it is accepted, so the share is the share of the connections a \
-    worker got in the opening burst. Balanced accept defers only to a peer parked at the moment it \
-    looks (src/shared/balance.rs); in a burst every worker is woken for every connection, and one or \
-    two workers end up with most of them (measured: 2, 4, 3, 28 and 27 of 64). benches/README.md \
-    (\"The CPU-bound route\").";
+const GAP_WORK_SHARE: &str = "The accept places connections, not requests: with keep-alive a \
+    connection's worker is fixed when it is accepted. Packed accept (the default) gathers them on the \
+    first workers while their loops keep up, by design, and sheds when a loop lags: its share is high \
+    and its p99 the lowest (see the p99 row). Balanced accept defers only to a peer parked at the \
+    moment it looks; in a burst one or two workers end up with most connections. No policy met 1.3. \
+    docs/performance.md (\"CPU-bound route\").";
 const GAP_WORK_P99: &str = "The busiest worker queues each request behind the others on its \
     connections (one thread per worker, 500 µs each). Compare the busiest share of the two rows. \
     benches/README.md.";
