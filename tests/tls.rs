@@ -738,7 +738,9 @@ fn a_bad_certificate_or_key_is_refused_at_start_with_exit_2_naming_the_file() {
     .unwrap();
     let encrypted = ca.path("a-encrypted.pem");
     encrypt_key(&a.key, &encrypted, "s3cret");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, String)> = vec![
+    // Arguments, environment, and the message expected on stderr's last line.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 "--ssl-certfile",
