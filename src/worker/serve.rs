@@ -26,7 +26,7 @@ use crate::app::BoxError;
 use crate::config::health::Limits;
 use crate::shared::balance::{Balancer, Member};
 use crate::shared::listener::Listener;
-use crate::shared::stats::Counters;
+use crate::shared::stats::{Counters, OpenConnection};
 use crate::worker::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
 use crate::worker::access::Peer;
 use crate::worker::connection::{self, Idle, Open, Registry, Served};
@@ -291,31 +291,35 @@ impl<S> Conns<S> {
         B: ResponseBody,
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let counted = self.service.counters.connection_opened();
-        let entered = self.registry.enter();
+        let held = (
+            self.registry.enter(),
+            open,
+            self.service.counters.connection_opened(),
+        );
         if let Some(tls) = &self.tls {
             let (tls, conns) = (tls.clone(), self.clone());
             tokio::spawn(async move {
                 if let Some(io) = tls.handshake(io).await {
-                    conns.serve::<B, _>(io, peer, entered).await;
+                    conns.serve::<B, _>(io, peer, held).await;
                 }
-                drop((open, counted));
             });
             return;
         }
-        let served = self.serve::<B, _>(io, peer, entered);
-        tokio::spawn(async move {
-            served.await;
-            drop((open, counted));
-        });
+        // Spawned as it is: a future awaited inside another async block would be stored twice in
+        // the task (the block's captured copy and the awaited one).
+        tokio::spawn(self.serve::<B, _>(io, peer, held));
     }
 
-    /// Serves `io` (plain, or decrypted) until the connection ends.
+    /// Serves `io` (plain, or decrypted) until the connection ends, holding what counts it open.
     fn serve<B, I>(
         &self,
         io: I,
         peer: Peer,
-        entered: Open,
+        held: (
+            Open,
+            Option<crate::shared::balance::OpenConnection>,
+            OpenConnection,
+        ),
     ) -> impl std::future::Future<Output = ()> + Send + 'static
     where
         S: HttpService<B>,
@@ -340,9 +344,11 @@ impl<S> Conns<S> {
             first_request: self.timing.header.max(self.timing.keep_alive),
         };
         async move {
+            let (entered, open, counted) = held;
             if let Err(e) = connection::drive(conn, requests, entered, idle).await {
                 tracing::debug!("connection ended with an error: {e}");
             }
+            drop((open, counted));
         }
     }
 }
