@@ -15,10 +15,20 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::server::TlsStream;
 
 use crate::config::tls::Tls;
 use crate::shared::stats::Counters;
+
+/// A decrypted stream, its type erased: hyper's connection code (generic over the stream) is then
+/// compiled once more for TLS, not once per kind of socket. Without it the binary carried two extra
+/// copies, and the plain path's hot code, spread among them, cost every worker about 0.5 MiB more
+/// resident code pages. One allocation per TLS connection, none for plain ones.
+pub(crate) type Decrypted = Box<dyn Stream>;
+
+/// What hyper needs of a connection's stream.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Accepts the TLS handshake of a worker's connections.
 #[derive(Clone)]
@@ -41,12 +51,12 @@ impl Acceptor {
 
     /// Runs the server side of the handshake on `io`; `None` (the connection is dropped, so closed)
     /// when it fails or does not complete in time.
-    pub(crate) async fn handshake<I>(&self, io: I) -> Option<TlsStream<I>>
+    pub(crate) async fn handshake<I>(&self, io: I) -> Option<Decrypted>
     where
-        I: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match tokio::time::timeout(self.deadline, self.inner.accept(io)).await {
-            Ok(Ok(stream)) => Some(stream),
+            Ok(Ok(stream)) => Some(Box::new(stream)),
             Ok(Err(e)) => {
                 tracing::debug!("closing a connection: TLS handshake failed: {e}");
                 self.counters.tls_failed();
