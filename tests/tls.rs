@@ -140,6 +140,11 @@ fn tls_command(args: &[&str]) -> (Command, u16) {
 /// hyperfork serving HTTPS with `args`, once `GET /` answers over TLS and the pool is up.
 fn serve_tls(ca: &Ca, args: &[&str]) -> Proc {
     let (cmd, port) = tls_command(args);
+    serve_tls_command(ca, cmd, port)
+}
+
+/// `cmd` started, once `GET /` answers over TLS on `port` and the pool is up.
+fn serve_tls_command(ca: &Ca, cmd: Command, port: u16) -> Proc {
     let mut p = Proc::start(cmd, port);
     let config = ca.client(&[b"http/1.1"]);
     let ok = wait_until(Duration::from_secs(20), || {
@@ -313,17 +318,21 @@ fn openssl_serial(port: u16) -> String {
 fn https_serves_http1_and_http2_with_alpn_in_both_connection_shapes() {
     let ca = Ca::new();
     let leaf = ca.server("server", &[0x1A, 0xAA]);
-    let p = serve_tls(
-        &ca,
-        &[
-            "--workers",
-            "2",
-            "--ssl-certfile",
-            path_str(&leaf.cert),
-            "--ssl-keyfile",
-            path_str(&leaf.key),
-        ],
-    );
+    // Every listener serves TLS: a TCP address and a unix socket.
+    let socket = ca.path("h.sock");
+    let (mut cmd, port) = tls_command(&[
+        "--workers",
+        "2",
+        "--ssl-certfile",
+        path_str(&leaf.cert),
+        "--ssl-keyfile",
+        path_str(&leaf.key),
+    ]);
+    cmd.arg("--bind")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--bind")
+        .arg(format!("unix:{}", socket.display()));
+    let p = serve_tls_command(&ca, cmd, port);
     assert!(
         p.stderr()
             .contains(&format!("listening on https://127.0.0.1:{}", p.port)),
@@ -385,6 +394,13 @@ fn https_serves_http1_and_http2_with_alpn_in_both_connection_shapes() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("connection"), Some("close"));
     }
+    let unix = curl(&ca, p.port, "/", &["--unix-socket", path_str(&socket)]);
+    assert_eq!(
+        text(&unix.stdout),
+        "Hello, world! 2",
+        "{}",
+        text(&unix.stderr)
+    );
     // Plain HTTP on the HTTPS port gets no HTTP answer.
     assert!(!get(p.port, "/").is_ok_and(|r| r.status == 200));
 }
