@@ -20,6 +20,7 @@ use crate::app::{BoxError, Worker};
 use crate::config::cli::{Cli, Command};
 use crate::config::cores;
 use crate::config::sizing::Plan;
+use crate::config::tls::Tls;
 use crate::config::values::{Accept, LogLevel};
 use crate::config::{ProcessEnv, Settings, Sourced};
 use crate::error::{ConfigError, PrivilegeError};
@@ -433,8 +434,10 @@ impl<S: Send + Sync + 'static> Server<S> {
         start_logging(&settings, &plan, threads, account.clone())?;
         warn_reload_options_unused(&settings);
         check_account(&settings, &target)?;
+        // Before any socket or fork: a bad certificate or key is a usage error naming its file.
+        let tls = load_tls(&settings).map_err(Failure::usage)?;
         let opened = open_listeners(&settings, account.as_ref())?;
-        announce(&settings, &opened.listeners, &plan, &jobs);
+        announce(&settings, &opened.listeners, &plan, &jobs, tls.as_ref());
         let fixed = FixedAtStart::of(&settings);
         let reload = || reload(&cli, &lib_jobs, &fixed);
         let control_socket = {
@@ -455,6 +458,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             threads: settings.threads,
             graceful_timeout: settings.graceful_timeout,
             limits: settings.limits(),
+            tls,
             health: settings.health(),
             binds: bind_specs(&settings),
             backlog: settings.backlog,
@@ -714,17 +718,37 @@ fn open_listeners(settings: &Settings, owner: Option<&Account>) -> Result<Opened
     })
 }
 
+/// The TLS configuration the settings ask for, loaded and checked, its warnings logged.
+fn load_tls(settings: &Settings) -> Result<Option<Tls>, crate::config::tls::TlsError> {
+    let tls = Tls::load(settings)?;
+    for w in tls.iter().flat_map(Tls::warnings) {
+        tracing::warn!("{w}");
+    }
+    Ok(tls)
+}
+
 /// Logs the addresses, the pool and the jobs about to start.
-fn announce(settings: &Settings, listeners: &[Listener], plan: &Plan, jobs: &[Job]) {
+fn announce(
+    settings: &Settings,
+    listeners: &[Listener],
+    plan: &Plan,
+    jobs: &[Job],
+    tls: Option<&Tls>,
+) {
     if let Some(file) = &settings.config_file {
         tracing::info!("config file: {}", file.display());
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     for l in listeners {
         let url = match l {
-            Listener::Tcp(_) => format!("http://{}", l.describe()),
+            Listener::Tcp(_) => format!("{scheme}://{}", l.describe()),
+            Listener::Unix(..) if tls.is_some() => format!("{} (TLS)", l.describe()),
             Listener::Unix(..) => l.describe(),
         };
         tracing::info!("listening on {url}");
+    }
+    if let Some(tls) = tls {
+        tracing::info!("TLS certificate: {}", tls.summary());
     }
     tracing::info!("starting {}", plan.summary());
     for j in jobs {
@@ -787,6 +811,7 @@ fn value_of<T: Clone>(s: &Option<Sourced<T>>) -> Option<T> {
 /// file; an error rejects the reload.
 fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded, String> {
     let settings = Settings::resolve(cli, &ProcessEnv).map_err(|e| e.to_string())?;
+    let tls = load_tls(&settings).map_err(|e| e.to_string())?;
     let plan = Plan::decide(&settings, cores::detect());
     for w in &plan.warnings {
         tracing::warn!("{w}");
@@ -795,6 +820,7 @@ fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded,
     let jobs = with_library_jobs(&settings, lib_jobs)?;
     Ok(Reloaded {
         settings,
+        tls,
         plan,
         jobs,
     })

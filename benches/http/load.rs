@@ -49,7 +49,8 @@ impl Outcome {
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
-    fn absorb(&mut self, other: Outcome) {
+    /// Adds the counts and latencies of `other` (another client loop of the same run).
+    pub fn absorb(&mut self, other: Outcome) {
         self.ok += other.ok;
         self.non_200 += other.non_200;
         for (k, v) in other.statuses {
@@ -233,8 +234,8 @@ pub struct Response {
 }
 
 /// Reads one response with a `Content-Length` body; `None` on EOF, error or a body it cannot frame.
-pub async fn read_response(
-    stream: &mut TcpStream,
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut [u8],
     worker: &mut String,
 ) -> Option<Response> {

@@ -20,13 +20,15 @@
 //! Options (after `--`): `--rounds N`, `--seconds S` (measured time per server, shape and round),
 //! `--connections N` (keep-alive), `--short-connections N` (client loops of the
 //! connection-per-request shape), `--steady-rate R` (new connections per second of the steady shape),
-//! `--only NAME[,NAME]` (baseline, hyperfork, bare, access-log, nginx, uvicorn, cpu-bound),
+//! `--only NAME[,NAME]` (baseline, hyperfork, bare, access-log, nginx, uvicorn, cpu-bound, tls),
 //! `--accept STRATEGY` (hyperfork's accept strategy), `--workers N[,N]` (hyperfork and bare pool
 //! sizes), `--work-us N`, `--work-rate R`, `--work-connections N` (the CPU-bound scenario's knobs),
 //! `--report FILE`. Besides the pools asked for, hyperfork runs at the default pool size with
 //! `--accept shared`, the reference of the short-connection target. `access-log` is hyperfork with
 //! one worker per core, logging to a file at `--log-level info`, once with the access log on and once
-//! with `--no-access-log`: the access log's cost in CPU per request.
+//! with `--no-access-log`: the access log's cost in CPU per request. `tls` is hyperfork beside nginx
+//! over HTTPS with the same certificate, one worker per core each (see `tls.rs`), keep-alive and a
+//! full handshake per request.
 
 mod bare;
 mod baseline;
@@ -36,6 +38,7 @@ mod procs;
 mod report;
 mod servers;
 mod steady;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -703,7 +706,18 @@ fn main() -> ExitCode {
         }
     }
 
-    let text = report::render(&report::Input {
+    let mut tls_section = String::new();
+    if wanted("tls") {
+        match tls::run_scenario(&o, machine.cores) {
+            Ok(section) => tls_section = section,
+            Err(e) => {
+                eprintln!("bench: TLS: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+
+    let mut text = report::render(&report::Input {
         options: &o,
         machine: &machine,
         kinds: &kinds,
@@ -713,6 +727,7 @@ fn main() -> ExitCode {
         replacement: &replacement,
         skipped: &skipped,
     });
+    text.push_str(&tls_section);
     if let Err(e) = report::write(&o.report, &text) {
         eprintln!("bench: cannot write {}: {e}", o.report.display());
         return ExitCode::from(1);

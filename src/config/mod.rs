@@ -10,7 +10,8 @@
 //!
 //! The other modules: [`values`] (domain enums and text parsers), [`kinds`] (how each type of value
 //! is read in each layer), [`job_tables`] (`[[jobs]]`), [`sizing`], [`cores`], [`health`], [`control`]
-//! (where the control socket of `hyperfork ctl` is).
+//! (where the control socket of `hyperfork ctl` is), [`tls`] (the `--ssl-*` files loaded into the
+//! rustls configuration).
 
 pub(crate) mod access;
 pub(crate) mod cli;
@@ -27,6 +28,7 @@ mod reference;
 pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod sizing;
+pub(crate) mod tls;
 pub(crate) mod values;
 
 pub use self::cli::Cli;

@@ -20,6 +20,7 @@ use super::kinds::{
 };
 use super::layers::Sourced;
 use super::rules::binds;
+use super::tls::{CertReqs, ClientAuth, Password, Secret};
 use super::values::{Accept, LogLevel, header_size_at_least_8kib};
 use crate::jobs::Job;
 use crate::shared::listener::BindSpec;
@@ -409,6 +410,54 @@ settings! {
             default: "64KiB",
             value_name: "SIZE",
             check: header_size_at_least_8kib,
+        }
+
+        /// Serve HTTPS on every listener with this PEM certificate chain (the server's certificate
+        /// first, then its intermediates); SIGHUP reloads it (see docs/tls.md)
+        pub ssl_certfile: Option<PathBuf> = SSL_CERTFILE: Path {
+            flag: "--ssl-certfile",
+            env: ["HYPERFORK_SSL_CERTFILE", "UVICORN_SSL_CERTFILE"],
+            toml: "ssl_certfile",
+            unset: "plain HTTP",
+            value_name: "FILE",
+        }
+
+        /// The PEM private key of --ssl-certfile (PKCS#8, RSA or EC), read by the master before it
+        /// forks
+        pub ssl_keyfile: Option<PathBuf> = SSL_KEYFILE: Path {
+            flag: "--ssl-keyfile",
+            env: ["HYPERFORK_SSL_KEYFILE", "UVICORN_SSL_KEYFILE"],
+            toml: "ssl_keyfile",
+            unset: "the key in --ssl-certfile",
+            value_name: "FILE",
+        }
+
+        /// The password of an encrypted PKCS#8 --ssl-keyfile (`-----BEGIN ENCRYPTED PRIVATE
+        /// KEY-----`)
+        pub ssl_keyfile_password: Option<Password> = SSL_KEYFILE_PASSWORD: Secret {
+            flag: "--ssl-keyfile-password",
+            env: ["HYPERFORK_SSL_KEYFILE_PASSWORD", "UVICORN_SSL_KEYFILE_PASSWORD"],
+            toml: "ssl_keyfile_password",
+            unset: "an unencrypted key",
+            value_name: "PASSWORD",
+        }
+
+        /// PEM CA certificates that client certificates must chain to (with --ssl-cert-reqs 1 or 2)
+        pub ssl_ca_certs: Option<PathBuf> = SSL_CA_CERTS: Path {
+            flag: "--ssl-ca-certs",
+            env: ["HYPERFORK_SSL_CA_CERTS", "UVICORN_SSL_CA_CERTS"],
+            toml: "ssl_ca_certs",
+            unset: "none",
+            value_name: "FILE",
+        }
+
+        /// Client certificates: 0 not asked for, 1 optional (verified when sent), 2 required
+        pub ssl_cert_reqs: ClientAuth = SSL_CERT_REQS: CertReqs {
+            flag: "--ssl-cert-reqs",
+            env: ["HYPERFORK_SSL_CERT_REQS", "UVICORN_SSL_CERT_REQS"],
+            toml: "ssl_cert_reqs",
+            default: "0",
+            value_name: "0|1|2",
         }
 
         /// TOML configuration file

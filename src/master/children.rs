@@ -158,6 +158,7 @@ impl Master<'_> {
                 threads: self.args.threads,
                 graceful_timeout: self.args.graceful_timeout,
                 limits: self.args.limits.clone(),
+                tls: self.args.tls.clone(),
                 health: self.args.health,
                 app: self.args.app,
                 balance: self.balance,

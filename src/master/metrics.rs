@@ -355,7 +355,7 @@ impl Master<'_> {
                 c.requests(),
             );
         }
-        let counters: [Field; 8] = [
+        let counters: [Field; 9] = [
             (
                 "hyperfork_requests_in_flight",
                 Type::Gauge,
@@ -404,6 +404,12 @@ impl Master<'_> {
                 Type::Counter,
                 "Bytes written to clients, headers included.",
                 |c| c.bytes_out,
+            ),
+            (
+                "hyperfork_tls_handshake_failures_total",
+                Type::Counter,
+                "TLS handshakes that failed or did not complete within --timeout-request-header.",
+                |c| c.tls_failures,
             ),
         ];
         for (name, kind, help, get) in counters {

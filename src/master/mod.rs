@@ -78,6 +78,8 @@ pub enum Outcome {
 /// A re-read configuration, for a reload.
 pub(crate) struct Reloaded {
     pub settings: crate::config::Settings,
+    /// The TLS configuration, loaded again from its files.
+    pub tls: Option<crate::config::tls::Tls>,
     pub plan: crate::config::sizing::Plan,
     pub jobs: Vec<Job>,
 }
@@ -91,6 +93,8 @@ pub(crate) struct MasterArgs<'a> {
     pub threads: usize,
     pub graceful_timeout: Duration,
     pub limits: crate::config::health::Limits,
+    /// The TLS configuration the workers forked from now on serve with (`--ssl-certfile`).
+    pub tls: Option<crate::config::tls::Tls>,
     pub health: crate::config::health::Health,
     pub binds: Vec<crate::shared::listener::BindSpec>,
     pub backlog: u32,

@@ -358,6 +358,17 @@ impl Master<'_> {
                     .map_or_else(|| "off".to_string(), |a| a.to_string())
             ));
         }
+        match (&args.tls, &new.tls) {
+            (None, None) => {}
+            (Some(old), Some(tls)) if old.summary() == tls.summary() => {
+                changes.push(format!("TLS certificate reloaded: {}", tls.summary()));
+            }
+            (old, tls) => changes.push(format!(
+                "TLS certificate {} -> {}",
+                old.as_ref().map_or("off", |t| t.summary()),
+                tls.as_ref().map_or("off", |t| t.summary())
+            )),
+        }
         let limits = settings.limits();
         if limits != args.limits {
             changes.push(format!("limits {:?} -> {limits:?}", args.limits));
@@ -372,6 +383,7 @@ impl Master<'_> {
         args.max_surge = settings.max_surge;
         args.graceful_timeout = settings.graceful_timeout;
         args.jobs = new.jobs;
+        args.tls = new.tls;
         changes
     }
 

@@ -55,6 +55,8 @@ pub struct Entry {
     /// Bytes read from clients and written to them, on the wire (headers included, TLS excluded).
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// TLS handshakes that failed or did not complete within the header deadline.
+    tls_failures: AtomicU64,
 }
 
 /// A copy of an entry's counters.
@@ -82,6 +84,8 @@ pub struct Counts {
     pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
+    /// TLS handshakes failed or timed out.
+    pub tls_failures: u64,
 }
 
 impl Counts {
@@ -108,6 +112,7 @@ impl Counts {
         self.panics += other.panics;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
+        self.tls_failures += other.tls_failures;
     }
 
     /// The same counts without the gauges (in-flight, open): what an exited worker leaves behind.
@@ -201,6 +206,7 @@ impl Entry {
             panics: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
         }
     }
 
@@ -216,6 +222,7 @@ impl Entry {
             &self.panics,
             &self.bytes_in,
             &self.bytes_out,
+            &self.tls_failures,
         ]);
         for c in all {
             c.store(0, Ordering::Relaxed);
@@ -236,6 +243,7 @@ impl Entry {
             panics: load(&self.panics),
             bytes_in: load(&self.bytes_in),
             bytes_out: load(&self.bytes_out),
+            tls_failures: load(&self.tls_failures),
         }
     }
 }
@@ -302,6 +310,11 @@ impl Counters {
     /// `n` bytes written to a client.
     pub fn wrote(&self, n: usize) {
         self.entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake failed or did not complete in time.
+    pub fn tls_failed(&self) {
+        self.entry.tls_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A copy of the counters.

@@ -66,14 +66,15 @@ impl Registry {
         }
     }
 
-    fn enter(self: &Arc<Self>) -> Open {
+    /// Counts one more open connection (from accept, so a TLS handshake in progress counts too).
+    pub(crate) fn enter(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
         Open(self.clone())
     }
 }
 
 /// Counts one open connection until dropped.
-struct Open(Arc<Registry>);
+pub(crate) struct Open(Arc<Registry>);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -99,15 +100,14 @@ pub(crate) struct Idle {
     pub(crate) first_request: Duration,
 }
 
-/// Drives `conn` to its end, registered in `registry`.
+/// Drives `conn` to its end, counted open in its registry until then.
 pub(crate) async fn drive<C: Served>(
     conn: C,
     requests: Arc<ConnRequests>,
-    registry: Arc<Registry>,
+    open: Open,
     idle: Idle,
 ) -> Result<(), BoxError> {
-    let _open = registry.enter();
-    let mut finish = registry.finish.subscribe();
+    let mut finish = open.0.finish.subscribe();
     let mut conn = pin!(conn);
     let accepted = Instant::now();
     let mut check = pin!(sleep_until(accepted + idle.first_request));

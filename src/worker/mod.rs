@@ -27,6 +27,7 @@ pub(crate) mod deadlines;
 mod guard;
 pub(crate) mod runner;
 pub(crate) mod serve;
+mod tls;
 
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -60,6 +61,8 @@ pub(crate) struct ChildArgs<'a> {
     pub threads: usize,
     pub graceful_timeout: Duration,
     pub limits: crate::config::health::Limits,
+    /// The TLS configuration (`--ssl-certfile`), loaded by the master.
+    pub tls: Option<crate::config::tls::Tls>,
     pub health: crate::config::health::Health,
     pub app: &'a App,
     pub balance: Option<crate::shared::balance::Table>,
@@ -322,7 +325,7 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
         .then(|| Scheduler::new(args.jobs, worker.clone(), state.clone(), control));
     let balance = join_balance(args.balance, pid, args.slot);
     let counters = join_stats(args.stats, pid, args.slot);
-    let (orders, mut limits, app) = (args.orders, args.limits, args.app);
+    let (orders, mut limits, app, tls) = (args.orders, args.limits, args.app, args.tls);
     runtime.block_on(async move {
         if !access_sink::open() {
             // Access lines are filtered out: no request builds one.
@@ -357,6 +360,7 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
             max_requests,
             balance,
             counters,
+            tls,
         };
         let served = runner(listeners, serving).await;
         access_sink::flush();

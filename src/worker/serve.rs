@@ -26,13 +26,14 @@ use crate::app::BoxError;
 use crate::config::health::Limits;
 use crate::shared::balance::{Balancer, Member};
 use crate::shared::listener::Listener;
-use crate::shared::stats::Counters;
+use crate::shared::stats::{Counters, OpenConnection};
 use crate::worker::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
 use crate::worker::access::Peer;
-use crate::worker::connection::{self, Idle, Registry, Served};
+use crate::worker::connection::{self, Idle, Open, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
 pub(crate) use crate::worker::guard::OnMaxRequests;
+use crate::worker::tls::Acceptor;
 
 /// How a worker is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub struct ServeControl {
     pub balance: Option<Member>,
     /// This worker's counters in shared memory, read by the master for metrics and `ctl status`.
     pub counters: Counters,
+    /// The TLS configuration, with `--ssl-certfile`: every listener serves HTTPS.
+    pub tls: Option<crate::config::tls::Tls>,
 }
 
 impl std::fmt::Debug for ServeControl {
@@ -150,6 +153,7 @@ where
         max_requests,
         balance,
         counters,
+        tls,
     } = control;
     let draining = Arc::new(AtomicBool::new(false));
     let service = Guarded {
@@ -174,6 +178,7 @@ where
     };
     let registry = Registry::new();
     let builder = http_builder(&limits);
+    let tls = tls.map(|t| Acceptor::new(&t, limits.timeout_request_header, counters));
     let mut accept_loops = tokio::task::JoinSet::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let listener = AsyncListener::adopt(l)?;
@@ -184,6 +189,7 @@ where
                 builder: builder.clone(),
                 registry: registry.clone(),
                 timing,
+                tls: tls.clone(),
             },
             stop.clone(),
             balance.map(|m| m.for_listener(i)),
@@ -267,22 +273,59 @@ struct Timing {
 }
 
 /// What an accept loop needs to serve the connections it accepts.
+#[derive(Clone)]
 struct Conns<S> {
     service: Guarded<S>,
     builder: auto::Builder<TokioExecutor>,
     registry: Arc<Registry>,
     timing: Timing,
+    /// The TLS handshake each connection starts with (`--ssl-certfile`).
+    tls: Option<Acceptor>,
 }
 
 impl<S> Conns<S> {
-    /// Serves one accepted connection on its own task.
+    /// Serves one accepted connection on its own task, after its TLS handshake with TLS on.
     fn spawn<B, I>(&self, io: I, peer: Peer, open: Option<crate::shared::balance::OpenConnection>)
     where
         S: HttpService<B>,
         B: ResponseBody,
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let counted = self.service.counters.connection_opened();
+        let held = (
+            self.registry.enter(),
+            open,
+            self.service.counters.connection_opened(),
+        );
+        if let Some(tls) = &self.tls {
+            let (tls, conns) = (tls.clone(), self.clone());
+            tokio::spawn(async move {
+                if let Some(io) = tls.handshake(io).await {
+                    conns.serve::<B, _>(io, peer, held).await;
+                }
+            });
+            return;
+        }
+        // Spawned as it is: a future awaited inside another async block would be stored twice in
+        // the task (the block's captured copy and the awaited one).
+        tokio::spawn(self.serve::<B, _>(io, peer, held));
+    }
+
+    /// Serves `io` (plain, or decrypted) until the connection ends, holding what counts it open.
+    fn serve<B, I>(
+        &self,
+        io: I,
+        peer: Peer,
+        held: (
+            Open,
+            Option<crate::shared::balance::OpenConnection>,
+            OpenConnection,
+        ),
+    ) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: HttpService<B>,
+        B: ResponseBody,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let requests = Arc::new(ConnRequests::default());
         let service = self.service.for_connection(requests.clone(), peer);
         let io = Deadlines::new(
@@ -300,13 +343,13 @@ impl<S> Conns<S> {
             keep_alive: self.timing.keep_alive,
             first_request: self.timing.header.max(self.timing.keep_alive),
         };
-        let registry = self.registry.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection::drive(conn, requests, registry, idle).await {
+        async move {
+            let (entered, open, counted) = held;
+            if let Err(e) = connection::drive(conn, requests, entered, idle).await {
                 tracing::debug!("connection ended with an error: {e}");
             }
             drop((open, counted));
-        });
+        }
     }
 }
 
