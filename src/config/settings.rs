@@ -15,11 +15,13 @@ use super::access::{AccessFormat, LogFormat, Trusted, TrustedIps};
 use super::declare::settings;
 use super::job_tables::jobs;
 use super::kinds::{
-    Addresses, Backlog, Bytes, Choice, Mode, NonNegative, Path, Port, Positive, Seconds, Switch,
-    Tables, TcpAddress, Text,
+    Addresses, Assignments, Backlog, Bytes, Choice, Mode, NonNegative, Path, Port, Positive, Seconds,
+    Switch, Tables, TcpAddress, Text,
 };
 use super::layers::Sourced;
-use super::rules::binds;
+use super::response::Headers;
+use super::rules::{Resolved, binds, fds, no_effect, resolved};
+use hyper::header::{HeaderName, HeaderValue};
 use super::values::{Accept, LogLevel, header_size_at_least_8kib};
 use crate::jobs::Job;
 use crate::shared::listener::BindSpec;
@@ -29,28 +31,52 @@ settings! {
         /// Host to listen on
         HOST: Text {
             flag: "--host",
-            env: ["HYPERFORK_HOST"],
+            env: ["HYPERFORK_HOST", "UVICORN_HOST"],
             toml: "host",
             default: "127.0.0.1",
             value_name: "HOST",
         }
 
-        /// TCP port to listen on; 0 lets the kernel pick a free port
+        /// TCP port to listen on; 0 lets the kernel pick a free port. Without a port, host or address
+        /// anywhere else, PORT (as gunicorn reads it) gives 0.0.0.0:$PORT
         PORT: Port {
             flag: "--port",
-            env: ["HYPERFORK_PORT"],
+            env: ["HYPERFORK_PORT", "UVICORN_PORT"],
             toml: "port",
             default: "8000",
             value_name: "PORT",
         }
 
-        /// Address to listen on, repeatable: HOST:PORT, \[IPv6\]:PORT or unix:/path. Replaces --host and
-        /// --port
+        /// Address to listen on, repeatable: HOST:PORT, \[IPv6\]:PORT, unix:/path or fd://N (an
+        /// inherited listening socket). Replaces --host and --port
         BIND: Addresses {
             flag: "--bind",
+            aliases: ["-b"],
             env: ["HYPERFORK_BIND"],
             toml: "bind",
             value_name: "ADDRESS",
+        }
+
+        /// Unix socket to listen on, like --bind unix:PATH (uvicorn's)
+        UDS: Path {
+            flag: "--uds",
+            env: ["UVICORN_UDS"],
+            value_name: "PATH",
+        }
+
+        /// Listen on this inherited socket descriptor, like --bind fd://N (uvicorn's); it is never
+        /// bound or removed by hyperfork
+        FD: NonNegative {
+            flag: "--fd",
+            env: ["UVICORN_FD"],
+            value_name: "N",
+        }
+
+        /// gunicorn's access log destination: `-` turns the access log on (it goes where the other log
+        /// lines go); a file is not supported
+        ACCESS_LOGFILE: Text {
+            flag: "--access-logfile",
+            value_name: "-",
         }
 
         /// Scheduled commands, one `[[jobs]]` table each, run in worker 0 (see config/hyperfork.toml)
@@ -63,7 +89,7 @@ settings! {
         /// Listen backlog: connections the kernel queues before a worker accepts them
         pub backlog: u32 = BACKLOG: Backlog {
             flag: "--backlog",
-            env: ["HYPERFORK_BACKLOG"],
+            env: ["HYPERFORK_BACKLOG", "UVICORN_BACKLOG"],
             toml: "backlog",
             default: "2048",
             value_name: "N",
@@ -83,6 +109,7 @@ settings! {
         /// --socket-mode, the socket mode
         pub umask: Option<u32> = UMASK: Mode {
             flag: "--umask",
+            aliases: ["-m"],
             env: ["HYPERFORK_UMASK"],
             toml: "umask",
             unset: "inherited",
@@ -92,7 +119,7 @@ settings! {
         /// Number of workers; overrides the computed size
         pub workers: Option<Sourced<usize>> = WORKERS: Positive {
             flag: "--workers",
-            short: 'w',
+            aliases: ["-w"],
             env: ["UVICORN_WORKERS", "WEB_CONCURRENCY", "HYPERFORK_WORKERS"],
             toml: "workers",
             unset: "2 × cores + 1, at most --max-workers",
@@ -128,7 +155,8 @@ settings! {
         /// How long SIGTERM waits for in-flight requests before killing workers, e.g. 30s, 2m, 500ms
         pub graceful_timeout: Duration = GRACEFUL_TIMEOUT: Seconds {
             flag: "--graceful-timeout",
-            env: ["HYPERFORK_GRACEFUL_TIMEOUT"],
+            aliases: ["--timeout-graceful-shutdown"],
+            env: ["HYPERFORK_GRACEFUL_TIMEOUT", "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"],
             toml: "graceful_timeout",
             default: "30s",
             value_name: "DURATION",
@@ -144,10 +172,10 @@ settings! {
             value_name: "N",
         }
 
-        /// Log level; RUST_LOG, when set, takes precedence
+        /// Log level, in any case; RUST_LOG, when set, takes precedence
         pub log_level: LogLevel = LOG_LEVEL: Choice<LogLevel> {
             flag: "--log-level",
-            env: ["HYPERFORK_LOG_LEVEL"],
+            env: ["HYPERFORK_LOG_LEVEL", "UVICORN_LOG_LEVEL"],
             toml: "log_level",
             default: "info",
             value_name: "LEVEL",
@@ -162,9 +190,10 @@ settings! {
             value_name: "STRATEGY",
         }
 
-        /// Append logs to this file instead of stderr; SIGUSR1 reopens it
+        /// Append logs to this file instead of stderr (`-`: stderr, as in gunicorn); SIGUSR1 reopens it
         pub log_file: Option<PathBuf> = LOG_FILE: Path {
             flag: "--log-file",
+            aliases: ["--error-logfile"],
             env: ["HYPERFORK_LOG_FILE"],
             toml: "log_file",
             unset: "stderr",
@@ -174,7 +203,7 @@ settings! {
         /// Log one line per request (INFO, target hyperfork::access); --no-access-log turns it off
         pub access_log: bool = ACCESS_LOG: Switch {
             flag: "--access-log",
-            env: ["HYPERFORK_ACCESS_LOG"],
+            env: ["HYPERFORK_ACCESS_LOG", "UVICORN_ACCESS_LOG"],
             toml: "access_log",
             default: "true",
         }
@@ -183,6 +212,7 @@ settings! {
         /// %({header}i)s (see docs/operations.md)
         pub access_log_format: Option<Arc<AccessFormat>> = ACCESS_LOG_FORMAT: LogFormat {
             flag: "--access-log-format",
+            aliases: ["--access-logformat"],
             env: ["HYPERFORK_ACCESS_LOG_FORMAT"],
             toml: "access_log_format",
             unset: "CLIENT - \"REQUEST LINE\" STATUS BYTES 0.4ms",
@@ -203,7 +233,7 @@ settings! {
         /// --no-proxy-headers turns it off
         pub proxy_headers: bool = PROXY_HEADERS: Switch {
             flag: "--proxy-headers",
-            env: ["HYPERFORK_PROXY_HEADERS"],
+            env: ["HYPERFORK_PROXY_HEADERS", "UVICORN_PROXY_HEADERS"],
             toml: "proxy_headers",
             default: "true",
         }
@@ -212,7 +242,7 @@ settings! {
         /// are always trusted
         pub forwarded_allow_ips: Trusted = FORWARDED_ALLOW_IPS: TrustedIps {
             flag: "--forwarded-allow-ips",
-            env: ["FORWARDED_ALLOW_IPS", "HYPERFORK_FORWARDED_ALLOW_IPS"],
+            env: ["HYPERFORK_FORWARDED_ALLOW_IPS", "UVICORN_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"],
             toml: "forwarded_allow_ips",
             default: "127.0.0.1",
             value_name: "IPS",
@@ -221,6 +251,7 @@ settings! {
         /// Write the master's pid to this file (atomically), removed on exit
         pub pid_file: Option<PathBuf> = PID: Path {
             flag: "--pid",
+            aliases: ["-p"],
             env: ["HYPERFORK_PID"],
             toml: "pid",
             unset: "no pid file",
@@ -240,7 +271,8 @@ settings! {
         /// Close keep-alive connections idle for this long, e.g. 5, 65s
         pub timeout_keep_alive: Duration = TIMEOUT_KEEP_ALIVE: Seconds {
             flag: "--timeout-keep-alive",
-            env: ["HYPERFORK_TIMEOUT_KEEP_ALIVE"],
+            aliases: ["--keep-alive"],
+            env: ["HYPERFORK_TIMEOUT_KEEP_ALIVE", "UVICORN_TIMEOUT_KEEP_ALIVE"],
             toml: "timeout_keep_alive",
             default: "5s",
             value_name: "DURATION",
@@ -249,7 +281,7 @@ settings! {
         /// Most requests a worker serves at once; beyond it, 503 at once
         pub limit_concurrency: Option<usize> = LIMIT_CONCURRENCY: Positive {
             flag: "--limit-concurrency",
-            env: ["HYPERFORK_LIMIT_CONCURRENCY"],
+            env: ["HYPERFORK_LIMIT_CONCURRENCY", "UVICORN_LIMIT_CONCURRENCY"],
             toml: "limit_concurrency",
             unset: "no limit",
             value_name: "N",
@@ -258,7 +290,8 @@ settings! {
         /// Kill and replace a worker whose event loop is silent this long; 0 turns it off
         pub timeout: Duration = TIMEOUT: Seconds {
             flag: "--timeout",
-            env: ["HYPERFORK_TIMEOUT"],
+            aliases: ["-t", "--timeout-worker-healthcheck"],
+            env: ["HYPERFORK_TIMEOUT", "UVICORN_TIMEOUT_WORKER_HEALTHCHECK"],
             toml: "timeout",
             default: "30s",
             value_name: "DURATION",
@@ -277,7 +310,8 @@ settings! {
         /// Replace a worker after it served this many requests; 0 turns it off
         pub max_requests: u64 = MAX_REQUESTS: NonNegative {
             flag: "--max-requests",
-            env: ["HYPERFORK_MAX_REQUESTS"],
+            aliases: ["--limit-max-requests"],
+            env: ["HYPERFORK_MAX_REQUESTS", "UVICORN_LIMIT_MAX_REQUESTS"],
             toml: "max_requests",
             default: "0",
             value_name: "N",
@@ -286,7 +320,8 @@ settings! {
         /// Add a random 0..=J to each worker's --max-requests, so they do not all restart at once
         pub max_requests_jitter: u64 = MAX_REQUESTS_JITTER: NonNegative {
             flag: "--max-requests-jitter",
-            env: ["HYPERFORK_MAX_REQUESTS_JITTER"],
+            aliases: ["--limit-max-requests-jitter"],
+            env: ["HYPERFORK_MAX_REQUESTS_JITTER", "UVICORN_LIMIT_MAX_REQUESTS_JITTER"],
             toml: "max_requests_jitter",
             default: "0",
             value_name: "J",
@@ -328,28 +363,109 @@ settings! {
             value_name: "N",
         }
 
-        /// Answer 431 to a request whose request line and headers are larger, at least 8KiB
+        /// Answer 431 to a request whose request line and headers together are larger, at least 8KiB
+        /// (gunicorn's line and field limits and h11's incomplete-event size name this one limit)
         pub limit_request_header_size: u64 = LIMIT_REQUEST_HEADER_SIZE: Bytes {
             flag: "--limit-request-header-size",
-            env: ["HYPERFORK_LIMIT_REQUEST_HEADER_SIZE"],
+            aliases: ["--limit-request-line", "--limit-request-field_size", "--limit-request-field-size", "--h11-max-incomplete-event-size"],
+            env: ["HYPERFORK_LIMIT_REQUEST_HEADER_SIZE", "UVICORN_H11_MAX_INCOMPLETE_EVENT_SIZE"],
             toml: "limit_request_header_size",
             default: "64KiB",
             value_name: "SIZE",
             check: header_size_at_least_8kib,
         }
 
+        /// Add this header to every response the app's response lacks, NAME:VALUE, repeatable
+        pub headers: Vec<(HeaderName, HeaderValue)> = HEADERS: Headers {
+            flag: "--header",
+            env: ["HYPERFORK_HEADERS", "UVICORN_HEADERS"],
+            toml: "headers",
+            default: "",
+            value_name: "NAME:VALUE",
+        }
+
+        /// Add `Server: hyperfork` to responses without a Server header; --no-server-header: none
+        pub server_header: bool = SERVER_HEADER: Switch {
+            flag: "--server-header",
+            env: ["HYPERFORK_SERVER_HEADER", "UVICORN_SERVER_HEADER"],
+            toml: "server_header",
+            default: "false",
+        }
+
+        /// Add a Date header to responses without one; --no-date-header: none
+        pub date_header: bool = DATE_HEADER: Switch {
+            flag: "--date-header",
+            env: ["HYPERFORK_DATE_HEADER", "UVICORN_DATE_HEADER"],
+            toml: "date_header",
+            default: "true",
+        }
+
+        /// Colour log lines; --no-use-colors: never
+        pub use_colors: Option<bool> = USE_COLORS: Switch {
+            flag: "--use-colors",
+            env: ["HYPERFORK_USE_COLORS", "UVICORN_USE_COLORS"],
+            toml: "use_colors",
+            unset: "when stderr is a terminal",
+        }
+
+        /// The base of the process titles (`NAME: master`, `NAME: worker 3`), gunicorn's proc_name
+        pub name: Option<String> = NAME: Text {
+            flag: "--name",
+            aliases: ["-n"],
+            env: ["HYPERFORK_NAME"],
+            toml: "name",
+            unset: "the executable's name",
+            value_name: "NAME",
+        }
+
+        /// Workers change to this directory after the fork, before the app starts; the master stays
+        /// (so relative paths in the settings keep their meaning)
+        pub chdir: Option<PathBuf> = CHDIR: Path {
+            flag: "--chdir",
+            env: ["HYPERFORK_CHDIR"],
+            toml: "chdir",
+            unset: "the working directory",
+            value_name: "DIR",
+        }
+
+        /// Load environment variables from this dotenv file before any setting is read; variables
+        /// already in the environment win
+        pub env_file: Option<PathBuf> = ENV_FILE: Path {
+            flag: "--env-file",
+            env: ["HYPERFORK_ENV_FILE", "UVICORN_ENV_FILE"],
+            unset: "none",
+            value_name: "FILE",
+        }
+
+        /// Set an environment variable, repeatable; it overrides the environment and the env file
+        pub env_vars: Vec<(String, String)> = ENV: Assignments {
+            flag: "--env",
+            aliases: ["-e"],
+            default: "",
+            value_name: "NAME=VALUE",
+        }
+
         /// TOML configuration file
         pub config_file: Option<PathBuf> = CONFIG: Path {
             flag: "--config",
-            short: 'c',
+            aliases: ["-c"],
             env: ["HYPERFORK_CONFIG"],
             value_name: "FILE",
         }
     }
 
     computed {
-        /// Addresses to listen on, at least one: `bind`, else `host` and `port`.
+        /// Addresses to listen on: `bind` (or `--uds`), else `host` and `port`; none with `--fd`.
         pub binds: Vec<Sourced<BindSpec>> = binds;
+
+        /// Inherited listening sockets (`--fd N`, `--bind fd://N`).
+        pub fds: Vec<Sourced<i32>> = fds;
+
+        /// uvicorn's and gunicorn's options given that have no effect here, each with why.
+        pub no_effect: Vec<String> = no_effect;
+
+        /// Every declared setting's resolved value and where it came from, for `plan`.
+        pub resolved: Vec<Resolved> = resolved;
 
         /// Command jobs from the file's `[[jobs]]` tables.
         pub jobs: Vec<Job> = jobs;

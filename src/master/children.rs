@@ -163,6 +163,7 @@ impl Master<'_> {
                 stats: self.stats,
                 generation: self.generation,
                 max_surge,
+                chdir: self.args.chdir.as_deref(),
             }),
             Ok(ForkResult::Parent { child }) => {
                 drop(order_read);

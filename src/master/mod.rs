@@ -113,6 +113,8 @@ pub(crate) struct MasterArgs<'a> {
     /// The control socket's path, and whether it was given explicitly (then failing to bind it is
     /// fatal); `None`: no control socket.
     pub control_socket: Option<(std::path::PathBuf, bool)>,
+    /// The directory workers change to before the app starts (`--chdir`).
+    pub chdir: Option<std::path::PathBuf>,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade

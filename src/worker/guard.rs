@@ -21,6 +21,7 @@ use crate::config::access::AccessSettings;
 use crate::shared::stats::Counters;
 use crate::worker::access::{self, Peer, Record};
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
+use crate::worker::response_headers::Extra;
 
 /// Called with the request count when a worker reaches its request limit.
 pub(crate) type OnMaxRequests = Arc<dyn Fn(u64) + Send + Sync>;
@@ -50,6 +51,8 @@ pub(crate) struct Guarded<S> {
     pub(crate) peer_trusted: bool,
     /// Packed accept's shedding: this worker's balance entry, and when it last shed a connection.
     pub(crate) shed: Option<(crate::shared::balance::Member, Arc<AtomicU64>)>,
+    /// Headers added to every response (`--header`, `--server-header`); `None`: none.
+    pub(crate) headers: Option<&'static Extra>,
 }
 
 impl<S: Clone> Guarded<S> {
@@ -196,7 +199,8 @@ where
         if let Some(proto) = proto {
             extensions.insert(proto);
         }
-        self.answer(req, Finish { start, record })
+        let headers = self.headers;
+        self.answer(req, Finish { start, record, headers })
     }
 }
 
@@ -298,6 +302,8 @@ struct Finish {
     start: Instant,
     /// The request's access-log line, if logged.
     record: Option<Box<Record>>,
+    /// Headers every response gets.
+    headers: Option<&'static Extra>,
 }
 
 /// A response hyperfork gives on the app's behalf, as the service's future.
@@ -316,12 +322,15 @@ where
 
 /// `resp` with its body tracked: holding `request`, counted, and logged by the record, if any.
 fn tracked<B: Body>(
-    resp: Response<Inner<B>>,
+    mut resp: Response<Inner<B>>,
     request: Option<RequestGuard>,
     counters: Counters,
     finish: Finish,
 ) -> Response<GuardedBody<B>> {
-    let Finish { start, mut record } = finish;
+    let Finish { start, mut record, headers } = finish;
+    if let Some(extra) = headers {
+        extra.apply(resp.headers_mut());
+    }
     if let Some(record) = record.as_mut() {
         record.respond(&resp);
     }

@@ -22,6 +22,7 @@ mod access_sink;
 mod connection;
 pub(crate) mod deadlines;
 mod guard;
+mod response_headers;
 pub(crate) mod runner;
 pub(crate) mod serve;
 
@@ -65,6 +66,8 @@ pub(crate) struct ChildArgs<'a> {
     pub generation: u64,
     /// The surge bound at the fork (`--max-surge`), for `Worker::share_of`.
     pub max_surge: usize,
+    /// The directory to change to before the app starts (`--chdir`).
+    pub chdir: Option<&'a std::path::Path>,
 }
 
 /// Work done once in the master, before its first fork, that every worker would otherwise redo on
@@ -98,6 +101,12 @@ pub(crate) fn run_child(args: ChildArgs<'_>) -> ! {
 fn child_main(args: ChildArgs<'_>) -> i32 {
     if !follow_fork_rules(&args) {
         return i32::from(EXIT_RUNTIME);
+    }
+    if let Some(dir) = args.chdir {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            tracing::error!("cannot change to --chdir {}: {e}", dir.display());
+            return i32::from(EXIT_BOOT);
+        }
     }
     let pid = std::process::id();
     let worker = Worker::new(args.slot, pid, args.pool_size)

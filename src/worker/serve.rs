@@ -32,6 +32,7 @@ use crate::worker::access::Peer;
 use crate::worker::connection::{self, Idle, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
+use crate::worker::response_headers;
 pub(crate) use crate::worker::guard::OnMaxRequests;
 
 /// How a worker is asked to stop.
@@ -167,6 +168,7 @@ where
         shed: balance
             .filter(|m| m.packed())
             .map(|m| (m, Arc::new(AtomicU64::new(0)))),
+        headers: response_headers::Extra::for_worker(&limits.response),
     };
     let timing = Timing {
         keep_alive: limits.timeout_keep_alive,
@@ -233,6 +235,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
+    response_headers::configure(&mut builder, &limits.response);
     builder
 }
 
