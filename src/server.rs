@@ -633,28 +633,30 @@ fn open_listeners(settings: &Settings) -> Result<Opened, Failure> {
             predecessor: Some(i.channel),
         });
     }
-    let (listeners, activated) =
-        match crate::master::systemd::activated_listeners().map_err(Failure::runtime)? {
-            Some(l) => {
-                tracing::info!("using {} socket(s) passed by systemd", l.len());
-                (l, true)
+    let (listeners, activated) = match crate::master::systemd::activated_listeners()
+        .map_err(Failure::runtime)?
+    {
+        Some(l) => {
+            tracing::info!("using {} socket(s) passed by systemd", l.len());
+            (l, true)
+        }
+        None if !settings.fds.is_empty() => {
+            let mut adopted = Vec::new();
+            for fd in &settings.fds {
+                let what = format!("fd://{} (from {})", fd.value, fd.source);
+                // SAFETY: the descriptor was handed to this process to listen on (`--fd`);
+                // nothing else in the master owns it.
+                adopted
+                    .push(unsafe { Listener::adopt(fd.value, &what) }.map_err(Failure::runtime)?);
             }
-            None if !settings.fds.is_empty() => {
-                let mut adopted = Vec::new();
-                for fd in &settings.fds {
-                    let what = format!("fd://{} (from {})", fd.value, fd.source);
-                    // SAFETY: the descriptor was handed to this process to listen on (`--fd`);
-                    // nothing else in the master owns it.
-                    adopted.push(unsafe { Listener::adopt(fd.value, &what) }.map_err(Failure::runtime)?);
-                }
-                // Like systemd's sockets: the descriptors' files are not hyperfork's to remove.
-                (adopted, true)
-            }
-            None => (
-                listener::bind_all(&specs, backlog, mode).map_err(Failure::runtime)?,
-                false,
-            ),
-        };
+            // Like systemd's sockets: the descriptors' files are not hyperfork's to remove.
+            (adopted, true)
+        }
+        None => (
+            listener::bind_all(&specs, backlog, mode).map_err(Failure::runtime)?,
+            false,
+        ),
+    };
     Ok(Opened {
         listeners,
         activated,
@@ -760,7 +762,10 @@ fn clap_exit(program: &str, e: clap::Error) -> ExitCode {
         _ => {
             // A bad choice names the accepted ones, and a misspelled flag the nearest, on later
             // lines of clap's message: both go on the one line.
-            eprintln!("{program}: {} (see --help)", crate::config::cli::one_line(&e));
+            eprintln!(
+                "{program}: {} (see --help)",
+                crate::config::cli::one_line(&e)
+            );
             ExitCode::from(EXIT_USAGE)
         }
     }

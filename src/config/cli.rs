@@ -122,8 +122,8 @@ impl Cli {
     /// flags only.
     pub fn from_cmd_args(text: &str) -> Result<Cli, crate::error::ConfigError> {
         let bad = |m: String| crate::error::ConfigError::Cli(format!("{GUNICORN_CMD_ARGS}: {m}"));
-        let words = shlex::split(text)
-            .ok_or_else(|| bad(format!("unbalanced quotes in {text:?}")))?;
+        let words =
+            shlex::split(text).ok_or_else(|| bad(format!("unbalanced quotes in {text:?}")))?;
         let matches = Cli::command()
             .no_binary_name(true)
             .try_get_matches_from(words)
@@ -179,7 +179,12 @@ impl Cli {
                     Form::Tables => {}
                     Form::Value | Form::Repeated => {
                         if let Ok(Some(values)) = matches.try_get_many::<String>(id) {
-                            found.extend(at(id).into_iter().zip(values).map(|(i, v)| (i, spelling, v.clone())));
+                            found.extend(
+                                at(id)
+                                    .into_iter()
+                                    .zip(values)
+                                    .map(|(i, v)| (i, spelling, v.clone())),
+                            );
                         }
                     }
                 }
@@ -191,7 +196,11 @@ impl Cli {
             let last = found.last().map_or(canonical, |(_, s, _)| *s);
             let values = match form {
                 // The last spelling on the command line wins, as a repeated flag's last value does.
-                Form::Switch | Form::Value => found.last().map(|(_, _, v)| v.clone()).into_iter().collect(),
+                Form::Switch | Form::Value => found
+                    .last()
+                    .map(|(_, _, v)| v.clone())
+                    .into_iter()
+                    .collect(),
                 _ => found.into_iter().map(|(_, _, v)| v).collect(),
             };
             cli.given.insert(canonical, values);
@@ -420,7 +429,13 @@ fn arg_id(canonical: &'static str, spelling: &'static str) -> &'static str {
 
 /// Whether the switch `id` was given; false for an id clap does not know.
 fn flag(matches: &ArgMatches, id: &str) -> bool {
-    given(matches, id) && matches.try_get_one::<bool>(id).ok().flatten().copied().unwrap_or(false)
+    given(matches, id)
+        && matches
+            .try_get_one::<bool>(id)
+            .ok()
+            .flatten()
+            .copied()
+            .unwrap_or(false)
 }
 
 /// Whether the argument `id` is on the command line (not a default); false for an unknown id.
@@ -678,7 +693,13 @@ mod tests {
             "{help}"
         );
         assert!(
-            help.contains("(env HYPERFORK_BACKLOG) [default: 2048]"),
+            help.contains("(env HYPERFORK_BACKLOG, UVICORN_BACKLOG) [default: 2048]"),
+            "{help}"
+        );
+        assert!(help.contains("(also --keep-alive)"), "{help}");
+        // Foreign options and other spellings are hidden: the settings' help names the spellings.
+        assert!(
+            !help.contains("--loop") && !help.contains("--error-logfile <"),
             "{help}"
         );
         assert!(

@@ -187,8 +187,7 @@ impl<R: Read> Read for LineReader<R> {
         let ended = available[n - 1] == b'\n';
         self.inner.consume(n);
         let (done, _) = self.lines.get();
-        self.lines
-            .set((if ended { done + 1 } else { done }, ended));
+        self.lines.set((if ended { done + 1 } else { done }, ended));
         Ok(n)
     }
 }
@@ -243,7 +242,9 @@ mod tests {
         let p = f.path().display().to_string();
         assert!(e.starts_with(&format!("{p}:3: ")), "{e}");
         assert!(e.contains("this is not a variable"), "{e}");
-        let e = read(Path::new("/nonexistent/.env")).unwrap_err().to_string();
+        let e = read(Path::new("/nonexistent/.env"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/.env"), "{e}");
     }
 }

@@ -153,8 +153,14 @@ mod tests {
     #[test]
     fn unknown_keys_suggest_the_nearest_one() {
         let e = parse("wrokers = 4\n").unwrap_err();
-        assert_eq!(e, "f.toml:1: unknown field `wrokers`; did you mean `workers`?");
-        assert_eq!(nearest("UVICORN_LOG_LEVL", &["UVICORN_LOG_LEVEL", "UVICORN_PORT"]), Some("UVICORN_LOG_LEVEL"));
+        assert_eq!(
+            e,
+            "f.toml:1: unknown field `wrokers`; did you mean `workers`?"
+        );
+        assert_eq!(
+            nearest("UVICORN_LOG_LEVL", &["UVICORN_LOG_LEVEL", "UVICORN_PORT"]),
+            Some("UVICORN_LOG_LEVEL")
+        );
         assert_eq!(nearest("xyz", &["workers"]), None);
     }
 

@@ -390,7 +390,12 @@ impl Kind for Assignments {
         ValueParser::new(|s: &str| assignment(s).map(|_| s.to_string()))
     }
     fn show(value: &Self::Value) -> serde_json::Value {
-        serde_json::Value::Array(value.iter().map(|(n, v)| text(format!("{n}={v}"))).collect())
+        serde_json::Value::Array(
+            value
+                .iter()
+                .map(|(n, v)| text(format!("{n}={v}")))
+                .collect(),
+        )
     }
 }
 

@@ -36,7 +36,9 @@ pub struct ResponseHeaders {
 /// Parses one `NAME:VALUE` header (blanks around either part are dropped).
 pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     let Some((name, value)) = text.split_once(':') else {
-        return Err(format!("expected NAME:VALUE, e.g. X-Frame-Options:DENY, got {text:?}"));
+        return Err(format!(
+            "expected NAME:VALUE, e.g. X-Frame-Options:DENY, got {text:?}"
+        ));
     };
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("{:?} is not a header name (in {text:?})", name.trim()))?;
@@ -104,12 +106,19 @@ mod tests {
     #[test]
     fn headers_parse_as_uvicorn_writes_them() {
         let (n, v) = parse_header("X-Frame-Options: DENY").unwrap();
-        assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-frame-options", "DENY"));
+        assert_eq!(
+            (n.as_str(), v.to_str().unwrap()),
+            ("x-frame-options", "DENY")
+        );
         let (n, v) = parse_header("x-a:b:c").unwrap();
         assert_eq!((n.as_str(), v.to_str().unwrap()), ("x-a", "b:c"));
         assert!(parse_header("no-colon").unwrap_err().contains("NAME:VALUE"));
         assert!(parse_header("bad name: x").is_err());
-        assert!(parse_header("Content-Length: 3").unwrap_err().contains("content-length"));
+        assert!(
+            parse_header("Content-Length: 3")
+                .unwrap_err()
+                .contains("content-length")
+        );
         // click splits UVICORN_HEADERS on blanks; a newline keeps values with blanks.
         assert_eq!(Headers::parse("X-A:1 X-B:2").unwrap().len(), 2);
         let h = Headers::parse("Cache-Control: no-cache, no-store\nX-B: 2\n").unwrap();

@@ -41,9 +41,7 @@ pub(crate) fn fds(layers: &Layers<'_>) -> Result<Vec<Sourced<i32>>, ConfigError>
 /// Where to listen. Layer by layer, from the command line down: the first layer that gives
 /// addresses (`bind`, `--uds`, `--fd`) decides, unless a layer above it gave a host or port; else one
 /// TCP address from `host` and `port`, each through its own layers, with `PORT` below the TOML file.
-fn listen(
-    layers: &Layers<'_>,
-) -> Result<(Vec<Sourced<BindSpec>>, Vec<Sourced<i32>>), ConfigError> {
+fn listen(layers: &Layers<'_>) -> Result<(Vec<Sourced<BindSpec>>, Vec<Sourced<i32>>), ConfigError> {
     for layer in Layer::ALL {
         let mut given: Vec<Sourced<String>> = Vec::new();
         if let Some(b) = layers.value_at(layer, &BIND)? {
@@ -150,12 +148,14 @@ fn split(
     let (mut binds, mut fds) = (Vec::new(), Vec::new());
     for g in given {
         if let Some(n) = g.value.trim().strip_prefix("fd://") {
-            let fd = n.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(|| {
-                ConfigError::Bind {
-                    value: g.value.clone(),
-                    source_name: g.source.to_string(),
-                }
-            })?;
+            let fd =
+                n.parse::<i32>()
+                    .ok()
+                    .filter(|fd| *fd >= 0)
+                    .ok_or_else(|| ConfigError::Bind {
+                        value: g.value.clone(),
+                        source_name: g.source.to_string(),
+                    })?;
             fds.push(Sourced {
                 value: fd,
                 source: g.source,
@@ -187,7 +187,10 @@ fn parse_bind(text: &str) -> Option<BindSpec> {
         return Some(spec);
     }
     let t = text.trim();
-    let host = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(t);
+    let host = t
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(t);
     let plain = !host.is_empty()
         && !t.starts_with("unix:")
         && (host.parse::<std::net::IpAddr>().is_ok()
@@ -204,15 +207,10 @@ fn parse_bind(text: &str) -> Option<BindSpec> {
 /// (and for an unknown `UVICORN_` variable), else what each accepted one is, for `plan` and the log.
 pub(crate) fn no_effect(layers: &Layers<'_>) -> Result<Vec<String>, ConfigError> {
     let mut out = Vec::new();
-    let given = layers
-        .cli()
-        .foreign()
-        .iter()
-        .map(|f| f.to_string())
-        .chain(
-            (layers.cmd_args().into_iter())
-                .flat_map(|c| c.foreign().iter().map(|f| format!("GUNICORN_CMD_ARGS {f}"))),
-        );
+    let given = layers.cli().foreign().iter().map(|f| f.to_string()).chain(
+        (layers.cmd_args().into_iter())
+            .flat_map(|c| c.foreign().iter().map(|f| format!("GUNICORN_CMD_ARGS {f}"))),
+    );
     for spelled in given {
         let flag = spelled.rsplit(' ').next().unwrap_or(&spelled);
         let Some(f) = foreign::by_flag(flag) else {
@@ -296,7 +294,12 @@ pub(crate) fn apply(settings: &mut Settings, layers: &Layers<'_>) -> Result<(), 
     // `--debug` (from any layer) means debug logs, unless `--log-level` is on the command line.
     if settings.debug.value && !layers.on_cli(&LOG_LEVEL) {
         settings.log_level = LogLevel::Debug;
-        note(settings, "log_level", "debug".into(), &settings.debug.source.to_string());
+        note(
+            settings,
+            "log_level",
+            "debug".into(),
+            &settings.debug.source.to_string(),
+        );
     }
     // Like gunicorn: without an explicit socket mode, the umask decides it.
     if let (Some(mask), false) = (settings.umask, layers.is_set(&SOCKET_MODE)) {
@@ -325,7 +328,12 @@ pub(crate) fn apply(settings: &mut Settings, layers: &Layers<'_>) -> Result<(), 
         }
         if !layers.is_set(&ACCESS_LOG) {
             settings.access_log = true;
-            note(settings, "access_log", true.into(), &dest.source.to_string());
+            note(
+                settings,
+                "access_log",
+                true.into(),
+                &dest.source.to_string(),
+            );
         }
     }
     Ok(())

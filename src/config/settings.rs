@@ -15,16 +15,16 @@ use super::access::{AccessFormat, LogFormat, Trusted, TrustedIps};
 use super::declare::settings;
 use super::job_tables::jobs;
 use super::kinds::{
-    Addresses, Assignments, Backlog, Bytes, Choice, Mode, NonNegative, Path, Port, Positive, Seconds,
-    Switch, Tables, TcpAddress, Text,
+    Addresses, Assignments, Backlog, Bytes, Choice, Mode, NonNegative, Path, Port, Positive,
+    Seconds, Switch, Tables, TcpAddress, Text,
 };
 use super::layers::Sourced;
 use super::response::Headers;
 use super::rules::{Resolved, binds, fds, no_effect, resolved};
-use hyper::header::{HeaderName, HeaderValue};
 use super::values::{Accept, LogLevel, header_size_at_least_8kib};
 use crate::jobs::Job;
 use crate::shared::listener::BindSpec;
+use hyper::header::{HeaderName, HeaderValue};
 
 settings! {
     inputs {

@@ -200,7 +200,14 @@ where
             extensions.insert(proto);
         }
         let headers = self.headers;
-        self.answer(req, Finish { start, record, headers })
+        self.answer(
+            req,
+            Finish {
+                start,
+                record,
+                headers,
+            },
+        )
     }
 }
 
@@ -327,7 +334,11 @@ fn tracked<B: Body>(
     counters: Counters,
     finish: Finish,
 ) -> Response<GuardedBody<B>> {
-    let Finish { start, mut record, headers } = finish;
+    let Finish {
+        start,
+        mut record,
+        headers,
+    } = finish;
     if let Some(extra) = headers {
         extra.apply(resp.headers_mut());
     }

@@ -32,8 +32,8 @@ use crate::worker::access::Peer;
 use crate::worker::connection::{self, Idle, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
-use crate::worker::response_headers;
 pub(crate) use crate::worker::guard::OnMaxRequests;
+use crate::worker::response_headers;
 
 /// How a worker is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
