@@ -522,6 +522,27 @@ pub(crate) fn message(given: &str, f: &Foreign) -> String {
 mod tests {
     use super::*;
 
+    /// docs/migrating.md names every foreign option and variable, and every uvicorn and gunicorn
+    /// spelling of a setting.
+    #[test]
+    fn the_migration_guide_names_every_spelling() {
+        let guide = include_str!("../../docs/migrating.md");
+        let aliases = super::super::settings::ALL
+            .iter()
+            .flat_map(|d| d.about().aliases.iter().chain(d.about().env));
+        for name in FOREIGN
+            .iter()
+            .flat_map(|f| f.flags.iter().chain(f.env))
+            .chain(aliases)
+            .filter(|n| !n.starts_with("HYPERFORK_") && **n != "--limit-request-field-size")
+        {
+            assert!(
+                guide.contains(&format!("`{name}`")),
+                "docs/migrating.md does not name `{name}`"
+            );
+        }
+    }
+
     #[test]
     fn every_spelling_appears_once_and_is_well_formed() {
         let mut seen = std::collections::HashSet::new();
