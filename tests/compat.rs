@@ -997,3 +997,40 @@ fn gunicorn_port_and_cmd_args_serve() {
         p.stderr()
     );
 }
+
+#[test]
+fn a_reload_reads_the_env_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("seen");
+    let toml = jobs_toml(dir.path(), &seen);
+    let env_file = dir.path().join(".env");
+    std::fs::write(&env_file, "FROM_FILE=one\nKEPT=kept\n").unwrap();
+    let p = Proc::serve(
+        &hyperfork_bin(),
+        &[
+            "--workers",
+            "1",
+            "-c",
+            toml.to_str().unwrap(),
+            "--env-file",
+            env_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let read = || std::fs::read_to_string(&seen).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || read().starts_with("one||kept|")),
+        "{:?}\n{}",
+        read(),
+        p.stderr()
+    );
+    // A changed line takes effect, a removed one is gone.
+    std::fs::write(&env_file, "FROM_FILE=two\n").unwrap();
+    p.reload(1);
+    assert!(
+        wait_until(Duration::from_secs(20), || read().starts_with("two|||")),
+        "{:?}\n{}",
+        read(),
+        p.stderr()
+    );
+}

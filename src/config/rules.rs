@@ -28,6 +28,9 @@ pub struct Resolved {
     pub source: String,
 }
 
+/// Addresses to bind, and inherited sockets (one of the two is empty).
+type Listening = (Vec<Sourced<BindSpec>>, Vec<Sourced<i32>>);
+
 /// The TCP and unix addresses to listen on (none when inherited sockets are given).
 pub(crate) fn binds(layers: &Layers<'_>) -> Result<Vec<Sourced<BindSpec>>, ConfigError> {
     Ok(listen(layers)?.0)
@@ -41,7 +44,7 @@ pub(crate) fn fds(layers: &Layers<'_>) -> Result<Vec<Sourced<i32>>, ConfigError>
 /// Where to listen. Layer by layer, from the command line down: the first layer that gives
 /// addresses (`bind`, `--uds`, `--fd`) decides, unless a layer above it gave a host or port; else one
 /// TCP address from `host` and `port`, each through its own layers, with `PORT` below the TOML file.
-fn listen(layers: &Layers<'_>) -> Result<(Vec<Sourced<BindSpec>>, Vec<Sourced<i32>>), ConfigError> {
+fn listen(layers: &Layers<'_>) -> Result<Listening, ConfigError> {
     for layer in Layer::ALL {
         let mut given: Vec<Sourced<String>> = Vec::new();
         if let Some(b) = layers.value_at(layer, &BIND)? {
@@ -141,10 +144,7 @@ fn env_source(layers: &Layers<'_>, name: &'static str) -> Source {
 
 /// Parses each address, naming where the list came from in errors: `fd://N` are inherited sockets,
 /// which cannot be mixed with addresses to bind.
-#[allow(clippy::type_complexity)]
-fn split(
-    given: Vec<Sourced<String>>,
-) -> Result<(Vec<Sourced<BindSpec>>, Vec<Sourced<i32>>), ConfigError> {
+fn split(given: Vec<Sourced<String>>) -> Result<Listening, ConfigError> {
     let (mut binds, mut fds) = (Vec::new(), Vec::new());
     for g in given {
         if let Some(n) = g.value.trim().strip_prefix("fd://") {
