@@ -6,6 +6,11 @@
 //! To add a setting, add one entry to `fields` (see [`super::declare::settings!`] for the forms) and
 //! use the new `Settings` field where it matters; add the key, commented out, to
 //! `config/hyperfork.toml` and regenerate the docs table. Tests check both.
+//!
+//! uvicorn's and gunicorn's names for a setting go in its entry: their flags in `aliases` (`"--keep-alive"`,
+//! a short one as `"-b"`), their variables in `env` (uvicorn's `UVICORN_<OPTION>`, after
+//! `HYPERFORK_<SETTING>`); `docs/migrating.md` must name each (a test checks). Their options that have no
+//! setting here are entries of [`super::foreign`]. A switch gets its `--no-` flag by itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
