@@ -149,10 +149,16 @@ impl Cli {
             None if flag(matches, "check-config") => Some(Command::Check),
             None => None,
         };
-        let mut cli = Cli {
+        Cli {
             command,
-            ..Cli::default()
-        };
+            ..Cli::settings_from_matches(matches)
+        }
+    }
+
+    /// The settings' flags of a command line clap matched, without its subcommand: also for a
+    /// command line matched leniently (`ignore_errors`), whose subcommands' arguments may be missing.
+    pub fn settings_from_matches(matches: &ArgMatches) -> Cli {
+        let mut cli = Cli::default();
         for d in ALL {
             let (Some(canonical), form) = (d.about().flag, d.form()) else {
                 continue;

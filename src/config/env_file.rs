@@ -53,7 +53,7 @@ pub(crate) fn preload(cmd: clap::Command, args: &[OsString]) -> Result<(), Confi
         // `--help`, `--version`: nothing to load.
         return Ok(());
     };
-    apply(&Cli::from_matches(&matches))
+    apply(&Cli::settings_from_matches(&matches))
 }
 
 /// Takes away what was set before, then sets the variables of the env file and `-e` that `cli` and
