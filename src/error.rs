@@ -42,6 +42,15 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    /// The env file (`--env-file`) could not be read.
+    #[error("cannot read env file {path}: {source}")]
+    ReadEnvFile {
+        /// The file named by `--env-file`, `HYPERFORK_ENV_FILE` or `UVICORN_ENV_FILE`.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// The configuration file is not valid TOML or has a wrong key or type.
     #[error("{path}:{line}: {message}")]
     File {
@@ -54,7 +63,7 @@ pub enum ConfigError {
     },
     /// A `--bind` / `bind` value is not a recognised address.
     #[error(
-        "invalid bind address {value:?} (from {source_name}): expected HOST:PORT, [IPv6]:PORT or unix:/path"
+        "invalid bind address {value:?} (from {source_name}): expected HOST:PORT, [IPv6]:PORT, HOST, unix:/path or fd://N"
     )]
     Bind {
         /// The value given.

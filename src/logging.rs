@@ -119,9 +119,10 @@ pub fn reopen() -> Result<Option<PathBuf>, StartError> {
     Ok(Some(path.clone()))
 }
 
-/// Installs the global subscriber, writing to `file` (appending) or to stderr. Does nothing if the
-/// application already installed one; fails if the file cannot be opened.
-pub fn init(level: LogLevel, file: Option<&Path>) -> Result<(), StartError> {
+/// Installs the global subscriber, writing to `file` (appending) or to stderr, in colour if `colors`
+/// says so (`None`: when stderr is a terminal and there is no file). Does nothing if the application
+/// already installed one; fails if the file cannot be opened.
+pub fn init(level: LogLevel, file: Option<&Path>, colors: Option<bool>) -> Result<(), StartError> {
     if let Some(path) = file {
         let f = open(path).map_err(|source| StartError::LogFile {
             path: path.to_path_buf(),
@@ -136,7 +137,7 @@ pub fn init(level: LogLevel, file: Option<&Path>) -> Result<(), StartError> {
     };
     // Colour (the fields of events that carry any) only for a person at a terminal: never in a log
     // file, a pipe or the journal.
-    let ansi = file.is_none() && io::stderr().is_terminal();
+    let ansi = colors.unwrap_or_else(|| file.is_none() && io::stderr().is_terminal());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -58,6 +58,8 @@ use crate::worker::serve::{self, HttpService, ResponseBody};
 pub struct Server<S = ()> {
     program: String,
     cli: Result<Cli, clap::Error>,
+    /// Why `--env-file` or `-e` could not be loaded, if so.
+    env_error: Option<ConfigError>,
     start: Option<StartHook>,
     app: Option<AppFactory>,
     stop: Option<StopHook>,
@@ -92,6 +94,7 @@ impl Server {
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let program = program_name(&args);
+        let env_error = env_file::preload(Cli::command(), &args).err();
         let cli = Cli::command()
             .bin_name(program.clone())
             .try_get_matches_from(args)
@@ -99,6 +102,7 @@ impl Server {
         Server {
             program,
             cli,
+            env_error,
             start: None,
             app: None,
             stop: None,
@@ -164,6 +168,10 @@ impl Server {
     {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         let program = program_name(&args);
+        // Before the real parse: the app's own flags may read the loaded variables (clap's `env`).
+        env_file::preload(Cli::add_to(A::command()), &args).map_err(|e| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n"))
+        })?;
         let matches = Cli::add_to(A::command())
             .bin_name(program.clone())
             .try_get_matches_from(args)?;
@@ -171,6 +179,7 @@ impl Server {
         let server = Server {
             program,
             cli: Ok(Cli::from_matches(&matches)),
+            env_error: None,
             start: None,
             app: None,
             stop: None,
@@ -224,6 +233,7 @@ impl Server {
         Server {
             program: self.program,
             cli: self.cli,
+            env_error: self.env_error,
             start: Some(start),
             app: self.app,
             stop: self.stop,
@@ -388,6 +398,7 @@ impl<S: Send + Sync + 'static> Server<S> {
         let Server {
             program,
             cli,
+            env_error,
             start,
             app,
             stop,
@@ -395,6 +406,9 @@ impl<S: Send + Sync + 'static> Server<S> {
             ..
         } = self;
         let cli = cli.map_err(Failure::Clap)?;
+        if let Some(e) = env_error {
+            return Err(Failure::usage(e));
+        }
         let settings = Settings::resolve(&cli, &ProcessEnv).map_err(Failure::usage)?;
         if let Some(Command::Ctl(args)) = &cli.command {
             // The client: before logging, sockets or the master; it only connects.
@@ -411,9 +425,20 @@ impl<S: Send + Sync + 'static> Server<S> {
                     "{name} is the app's own subcommand: handle it before calling Server::run"
                 ))));
             }
-            Some(Command::Serve | Command::Ctl(_)) | None => {}
+            Some(Command::Serve | Command::Check | Command::Ctl(_)) | None => {}
         }
         let jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
+        if let Some(dir) = &settings.chdir {
+            if !dir.is_dir() {
+                return Err(Failure::usage(ConfigError::Invalid(format!(
+                    "--chdir {}: not a directory",
+                    dir.display()
+                ))));
+            }
+        }
+        if cli.command == Some(Command::Check) {
+            return Ok(ExitCode::from(EXIT_OK));
+        }
         let factory = app.ok_or_else(|| {
             Failure::usage(ConfigError::Invalid(
                 "no app: call Server::app before Server::run".into(),
@@ -483,6 +508,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             control_socket,
             account,
             watch,
+            chdir: settings.chdir.clone(),
         });
         match outcome {
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),
@@ -628,10 +654,21 @@ fn start_logging(
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
     logging::hand_files_to(account);
-    logging::init(settings.log_level, settings.log_file.as_deref()).map_err(Failure::runtime)?;
+    if let Some(name) = &settings.name {
+        crate::shared::proctitle::set_name(name);
+    }
+    logging::init(
+        settings.log_level,
+        settings.log_file.as_deref(),
+        settings.use_colors,
+    )
+    .map_err(Failure::runtime)?;
     logging::install_panic_hook();
     for w in &plan.warnings {
         tracing::warn!("{w}");
+    }
+    for note in &settings.no_effect {
+        tracing::info!("{note}");
     }
     if threads > 1 {
         tracing::warn!(
@@ -700,17 +737,30 @@ fn open_listeners(settings: &Settings, owner: Option<&Account>) -> Result<Opened
             predecessor: Some(i.channel),
         });
     }
-    let (listeners, activated) =
-        match crate::master::systemd::activated_listeners().map_err(Failure::runtime)? {
-            Some(l) => {
-                tracing::info!("using {} socket(s) passed by systemd", l.len());
-                (l, true)
+    let (listeners, activated) = match crate::master::systemd::activated_listeners()
+        .map_err(Failure::runtime)?
+    {
+        Some(l) => {
+            tracing::info!("using {} socket(s) passed by systemd", l.len());
+            (l, true)
+        }
+        None if !settings.fds.is_empty() => {
+            let mut adopted = Vec::new();
+            for fd in &settings.fds {
+                let what = format!("fd://{} (from {})", fd.value, fd.source);
+                // SAFETY: the descriptor was handed to this process to listen on (`--fd`);
+                // nothing else in the master owns it.
+                adopted
+                    .push(unsafe { Listener::adopt(fd.value, &what) }.map_err(Failure::runtime)?);
             }
-            None => (
-                listener::bind_all(&specs, backlog, mode, owner).map_err(Failure::runtime)?,
-                false,
-            ),
-        };
+            // Like systemd's sockets: the descriptors' files are not hyperfork's to remove.
+            (adopted, true)
+        }
+        None => (
+            listener::bind_all(&specs, backlog, mode, owner).map_err(Failure::runtime)?,
+            false,
+        ),
+    };
     Ok(Opened {
         listeners,
         activated,
@@ -737,6 +787,12 @@ fn announce(
 ) {
     if let Some(file) = &settings.config_file {
         tracing::info!("config file: {}", file.display());
+    }
+    if let Some(file) = &settings.env_file {
+        tracing::info!("env file: {}", file.display());
+    }
+    for (name, _) in &settings.env_vars {
+        tracing::info!("-e {name}: set for the app");
     }
     let scheme = if tls.is_some() { "https" } else { "http" };
     for l in listeners {
@@ -810,6 +866,8 @@ fn value_of<T: Clone>(s: &Option<Sourced<T>>) -> Option<T> {
 /// `SIGHUP`: the settings, plan and jobs read again from the same command line, environment and
 /// file; an error rejects the reload.
 fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded, String> {
+    // The env file again, as it is now: the workers forked from now on see its variables.
+    env_file::apply(cli).map_err(|e| e.to_string())?;
     let settings = Settings::resolve(cli, &ProcessEnv).map_err(|e| e.to_string())?;
     let tls = load_tls(&settings).map_err(|e| e.to_string())?;
     let plan = Plan::decide(&settings, cores::detect());
@@ -839,42 +897,18 @@ fn clap_exit(program: &str, e: clap::Error) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
         _ => {
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            // A bad choice names the accepted ones, on a later line of clap's message.
-            let expected = rendered
-                .lines()
-                .map(str::trim)
-                .find(|l| l.starts_with("[possible values:"))
-                .map(|l| {
-                    format!(
-                        "; expected one of: {}",
-                        l.trim_start_matches("[possible values:")
-                            .trim_end_matches(']')
-                            .trim()
-                    )
-                })
-                .unwrap_or_default();
-            eprintln!("{program}: {first}{expected} (see --help)");
+            // A bad choice names the accepted ones, and a misspelled flag the nearest, on later
+            // lines of clap's message: both go on the one line.
+            eprintln!(
+                "{program}: {} (see --help)",
+                crate::config::cli::one_line(&e)
+            );
             ExitCode::from(EXIT_USAGE)
         }
     }
 }
 
-/// Threads in this process, from `/proc/self/stat`; 1 if unknown.
-fn thread_count() -> usize {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1;
-            after.split_whitespace().nth(17)?.parse().ok()
-        })
-        .unwrap_or(1)
-}
+use crate::config::env_file::{self, thread_count};
 
 #[cfg(test)]
 mod tests {

@@ -208,8 +208,9 @@ fn toml_socket_mode_must_be_a_quoted_octal_string() {
 
 #[test]
 fn malformed_bind_address() {
-    let out = run(&["--bind", "localhost"], &[]);
-    assert_one_line_error(&out, 2, &["\"localhost\"", "--bind", "HOST:PORT"]);
+    // `localhost` alone is gunicorn's HOST form (port 8000); a port that is not a number is not.
+    let out = run(&["--bind", "localhost:http"], &[]);
+    assert_one_line_error(&out, 2, &["\"localhost:http\"", "--bind", "HOST:PORT"]);
 }
 
 #[test]

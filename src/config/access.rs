@@ -124,6 +124,34 @@ impl AccessFormat {
         Ok(format)
     }
 
+    /// The format written back with `%(x)s` atoms (`plan` shows it).
+    pub fn to_text(&self) -> String {
+        self.atoms
+            .iter()
+            .map(|a| match a {
+                Atom::Literal(l) => l.replace('%', "%%"),
+                Atom::Client => "%(h)s".into(),
+                Atom::Dash => "%(l)s".into(),
+                Atom::RequestLine => "%(r)s".into(),
+                Atom::Method => "%(m)s".into(),
+                Atom::Path => "%(U)s".into(),
+                Atom::Query => "%(q)s".into(),
+                Atom::Protocol => "%(H)s".into(),
+                Atom::Status => "%(s)s".into(),
+                Atom::Bytes => "%(b)s".into(),
+                Atom::BytesZero => "%(B)s".into(),
+                Atom::Micros => "%(D)s".into(),
+                Atom::Millis => "%(M)s".into(),
+                Atom::Seconds => "%(T)s".into(),
+                Atom::DecimalSeconds => "%(L)s".into(),
+                Atom::ShortDuration => "0.4ms".into(),
+                Atom::Pid => "%(p)s".into(),
+                Atom::RequestHeader(i) => format!("%({{{}}}i)s", self.request_headers[*i]),
+                Atom::ResponseHeader(i) => format!("%({{{}}}o)s", self.response_headers[*i]),
+            })
+            .collect()
+    }
+
     /// The atom called `name`, registering the header it shows.
     fn atom(&mut self, name: &str) -> Option<Atom> {
         if let Some(inner) = name.strip_prefix('{') {
@@ -184,6 +212,9 @@ impl Kind for LogFormat {
     const EXPECTED: &'static str = "a format of %(x)s atoms such as '%(h)s \"%(r)s\" %(s)s'";
     fn parse(text: &str) -> Result<Arc<AccessFormat>, String> {
         AccessFormat::parse(text).map(Arc::new)
+    }
+    fn show(value: &Arc<AccessFormat>) -> serde_json::Value {
+        serde_json::Value::String(value.to_text())
     }
 }
 
@@ -254,6 +285,20 @@ impl Kind for TrustedIps {
     const EXPECTED: &'static str = "comma-separated IP addresses, CIDRs or *";
     fn parse(text: &str) -> Result<Trusted, String> {
         Trusted::parse(text)
+    }
+    fn show(value: &Trusted) -> serde_json::Value {
+        let mut items: Vec<String> = value
+            .nets
+            .iter()
+            .map(|(ip, len)| match (ip, len) {
+                (std::net::IpAddr::V4(_), 32) | (std::net::IpAddr::V6(_), 128) => ip.to_string(),
+                _ => format!("{ip}/{len}"),
+            })
+            .collect();
+        if value.any {
+            items.insert(0, "*".into());
+        }
+        serde_json::Value::String(items.join(","))
     }
 }
 

@@ -4,8 +4,13 @@
 //! control socket's client, see [`CtlArgs`]).
 //!
 //! Clap checks each value with the setting's parser; the parsed [`Cli`] keeps the values as written,
-//! and the layering ([`super::layers`]) turns them into values, falling back to the environment, the
-//! TOML file and the defaults for flags not given.
+//! and the layering ([`super::layers`]) turns them into values, falling back to `GUNICORN_CMD_ARGS`,
+//! the environment, the TOML file and the defaults for flags not given.
+//!
+//! uvicorn's and gunicorn's spellings of a setting (`--keep-alive`, `-b`) are arguments of their own,
+//! hidden from `--help` (the setting's help names them), so the parsed command line knows which
+//! spelling was used. Their options without a setting here ([`super::foreign`]) are hidden arguments
+//! too, so that each gets its own message instead of clap's "unexpected argument".
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, ArgMatches};
 
 use super::declare::Declared;
+use super::foreign::{FOREIGN, Takes};
 use super::kinds::{Form, Kind, Seconds};
 use super::settings::ALL;
 use super::values::parse_duration;
@@ -24,11 +30,16 @@ pub const CTL_TIMEOUT: Duration = Duration::from_secs(5);
 /// replaces every worker one by one, each old one draining for up to `--graceful-timeout`.
 pub const CTL_WAIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
+/// The variable gunicorn reads extra command-line arguments from.
+pub const GUNICORN_CMD_ARGS: &str = "GUNICORN_CMD_ARGS";
+
 /// Subcommands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// `--check-config` (gunicorn): resolve and check every setting, print nothing, exit 0.
+    Check,
     /// Print the worker-count decision, every input it used, and exit.
     Plan {
         /// Print the plan as JSON.
@@ -59,6 +70,10 @@ pub struct Cli {
     pub command: Option<Command>,
     /// Each given flag (e.g. `--workers`) and its values; a switch given holds `true`.
     given: HashMap<&'static str, Vec<String>>,
+    /// The spelling used for each given flag, when it is not the flag itself (e.g. `-b`).
+    spelled: HashMap<&'static str, &'static str>,
+    /// The foreign options given (see [`super::foreign`]), as spelled.
+    foreign: Vec<&'static str>,
 }
 
 impl Cli {
@@ -85,11 +100,41 @@ impl Cli {
                     .action(ArgAction::SetTrue)
                     .help("Print the plan as JSON"),
             );
+        let check = Arg::new("check-config")
+            .long("check-config")
+            .global(true)
+            .action(ArgAction::SetTrue)
+            .help(
+                "Check the configuration and exit: status 0 if it is valid, 2 with the error if not \
+                 (gunicorn's; `plan` prints it)",
+            );
         cmd.subcommand(clap::Command::new("serve").about("Run the server (the default)"))
             .subcommand(plan)
             .subcommand(ctl_command())
             .args(ALL.iter().filter_map(|d| arg(*d)))
             .args(ALL.iter().filter_map(|d| negation(*d)))
+            .args(ALL.iter().flat_map(|d| aliases(*d)))
+            .args(foreign_args())
+            .arg(check)
+    }
+
+    /// `GUNICORN_CMD_ARGS`, split as gunicorn splits it (shell words) and parsed as a command line of
+    /// flags only.
+    pub fn from_cmd_args(text: &str) -> Result<Cli, crate::error::ConfigError> {
+        let bad = |m: String| crate::error::ConfigError::Cli(format!("{GUNICORN_CMD_ARGS}: {m}"));
+        let words =
+            shlex::split(text).ok_or_else(|| bad(format!("unbalanced quotes in {text:?}")))?;
+        let matches = Cli::command()
+            .no_binary_name(true)
+            .try_get_matches_from(words)
+            .map_err(|e| bad(one_line(&e)))?;
+        let cli = Cli::from_matches(&matches);
+        match cli.command {
+            None => Ok(cli),
+            Some(_) => Err(bad(format!(
+                "expected flags only, got a subcommand in {text:?}"
+            ))),
+        }
     }
 
     /// The command line clap matched.
@@ -101,28 +146,93 @@ impl Cli {
             Some(("serve", _)) => Some(Command::Serve),
             Some(("ctl", sub)) => Some(Command::Ctl(ctl_args(sub))),
             Some((name, _)) => Some(Command::App(name.to_string())),
+            None if flag(matches, "check-config") => Some(Command::Check),
             None => None,
         };
-        let mut given = HashMap::new();
+        Cli {
+            command,
+            ..Cli::settings_from_matches(matches)
+        }
+    }
+
+    /// The settings' flags of a command line clap matched, without its subcommand: also for a
+    /// command line matched leniently (`ignore_errors`), whose subcommands' arguments may be missing.
+    pub fn settings_from_matches(matches: &ArgMatches) -> Cli {
+        let mut cli = Cli::default();
         for d in ALL {
-            let (Some(flag), form) = (d.about().flag, d.form()) else {
+            let (Some(canonical), form) = (d.about().flag, d.form()) else {
                 continue;
             };
-            let id = flag.trim_start_matches('-');
-            let values: Vec<String> = match form {
-                Form::Switch if matches.get_flag(id) => vec!["true".to_string()],
-                Form::Switch if negatable(*d) && matches.get_flag(&format!("no-{id}")) => {
-                    vec!["false".to_string()]
+            // Every spelling's values with their positions on the command line.
+            let mut found: Vec<(usize, &'static str, String)> = Vec::new();
+            for spelling in std::iter::once(canonical).chain(d.about().aliases.iter().copied()) {
+                let id = arg_id(canonical, spelling);
+                let at = |id: &str| -> Vec<usize> {
+                    matches.indices_of(id).into_iter().flatten().collect()
+                };
+                match form {
+                    Form::Switch => {
+                        if flag(matches, id) {
+                            let i = at(id).last().copied().unwrap_or(0);
+                            found.push((i, spelling, "true".into()));
+                        }
+                        let no = no_flag(id);
+                        if flag(matches, no) {
+                            let i = at(no).last().copied().unwrap_or(0);
+                            found.push((i, no_spelling(spelling), "false".into()));
+                        }
+                    }
+                    Form::Tables => {}
+                    Form::Value | Form::Repeated => {
+                        if let Ok(Some(values)) = matches.try_get_many::<String>(id) {
+                            found.extend(
+                                at(id)
+                                    .into_iter()
+                                    .zip(values)
+                                    .map(|(i, v)| (i, spelling, v.clone())),
+                            );
+                        }
+                    }
                 }
-                Form::Switch | Form::Tables => continue,
-                Form::Value | Form::Repeated => match matches.get_many::<String>(id) {
-                    Some(v) => v.cloned().collect(),
-                    None => continue,
-                },
+            }
+            if found.is_empty() {
+                continue;
+            }
+            found.sort_by_key(|(i, ..)| *i);
+            let last = found.last().map_or(canonical, |(_, s, _)| *s);
+            let values = match form {
+                // The last spelling on the command line wins, as a repeated flag's last value does.
+                Form::Switch | Form::Value => found
+                    .last()
+                    .map(|(_, _, v)| v.clone())
+                    .into_iter()
+                    .collect(),
+                _ => found.into_iter().map(|(_, _, v)| v).collect(),
             };
-            given.insert(flag, values);
+            cli.given.insert(canonical, values);
+            if last != canonical {
+                cli.spelled.insert(canonical, last);
+            }
         }
-        Cli { command, given }
+        for f in FOREIGN {
+            for spelling in f.flags {
+                if given(matches, spelling) {
+                    cli.foreign.push(spelling);
+                }
+            }
+        }
+        cli
+    }
+
+    /// The foreign options given (see [`super::foreign`]), as spelled.
+    pub fn foreign(&self) -> &[&'static str] {
+        &self.foreign
+    }
+
+    /// How `flag` (a setting's flag) was spelled on the command line: `-b` for `--bind`, `--no-debug`
+    /// for a switch turned off; the flag itself when given so or not given.
+    pub fn spelling(&self, flag: &'static str) -> &'static str {
+        self.spelled.get(flag).copied().unwrap_or(flag)
     }
 
     /// Parses `args` (the first is the program).
@@ -284,18 +394,64 @@ fn ctl_args(m: &ArgMatches) -> CtlArgs {
     }
 }
 
-/// Whether a switch is on by default, so it has a `--no-` flag to turn it off.
+/// Whether a switch has a `--no-` flag to turn it off: every switch does, as uvicorn's do.
 fn negatable(d: &dyn Declared) -> bool {
-    d.form() == Form::Switch && d.about().default == Some("true")
+    d.form() == Form::Switch
 }
 
-/// `no-ID`, kept for the process's life as clap's ids are static (a few bytes, once per command).
+/// Interns a flag name: clap's ids are static, so derived names are kept for the process's life (a
+/// few bytes each, once per command).
+fn intern(s: String) -> &'static str {
+    use std::sync::Mutex;
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == s) {
+        return n;
+    }
+    let leaked: &'static str = Box::leak(s.into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+/// `no-ID`.
 fn no_flag(id: &str) -> &'static str {
-    Box::leak(format!("no-{id}").into_boxed_str())
+    intern(format!("no-{id}"))
 }
 
-/// The `--no-NAME` flag of a switch on by default (uvicorn's `--no-access-log`), the last of the two
-/// on the command line winning.
+/// `--no-NAME` for the spelling `--NAME`.
+fn no_spelling(spelling: &str) -> &'static str {
+    intern(format!("--no-{}", spelling.trim_start_matches('-')))
+}
+
+/// The clap id of a spelling of `canonical`: the canonical flag's id is its name without dashes, an
+/// alias's is the alias as written.
+fn arg_id(canonical: &'static str, spelling: &'static str) -> &'static str {
+    if spelling == canonical {
+        canonical.trim_start_matches('-')
+    } else {
+        spelling
+    }
+}
+
+/// Whether the switch `id` was given; false for an id clap does not know.
+fn flag(matches: &ArgMatches, id: &str) -> bool {
+    given(matches, id)
+        && matches
+            .try_get_one::<bool>(id)
+            .ok()
+            .flatten()
+            .copied()
+            .unwrap_or(false)
+}
+
+/// Whether the argument `id` is on the command line (not a default); false for an unknown id.
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches.try_contains_id(id).unwrap_or(false)
+        && matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+}
+
+/// The `--no-NAME` flag of a switch (uvicorn's `--no-access-log`), the last of the two on the
+/// command line winning.
 fn negation(d: &dyn Declared) -> Option<Arg> {
     if !negatable(d) {
         return None;
@@ -310,6 +466,81 @@ fn negation(d: &dyn Declared) -> Option<Arg> {
             .overrides_with(id)
             .help(format!("Turn --{id} off")),
     )
+}
+
+/// A spelling as a clap argument: `--long` or `-s`.
+fn named(id: &'static str, spelling: &'static str) -> Arg {
+    let arg = Arg::new(id).global(true).hide(true);
+    match spelling.strip_prefix("--") {
+        Some(long) => arg.long(long),
+        None => arg.short(spelling.chars().nth(1).unwrap_or('?')),
+    }
+}
+
+/// The hidden arguments of a setting's other spellings (uvicorn's and gunicorn's).
+fn aliases(d: &dyn Declared) -> Vec<Arg> {
+    let about = d.about();
+    let Some(canonical) = about.flag else {
+        return Vec::new();
+    };
+    about
+        .aliases
+        .iter()
+        .map(|spelling| {
+            let arg = named(arg_id(canonical, spelling), spelling);
+            match d.form() {
+                Form::Switch => arg.action(ArgAction::SetTrue),
+                Form::Repeated => arg
+                    .action(ArgAction::Append)
+                    .allow_negative_numbers(true)
+                    .value_parser(d.value_parser()),
+                Form::Value | Form::Tables => arg
+                    .action(ArgAction::Set)
+                    .allow_negative_numbers(true)
+                    .value_parser(d.value_parser()),
+            }
+        })
+        .collect()
+}
+
+/// The hidden arguments of the foreign options, each taking a value if it does.
+fn foreign_args() -> Vec<Arg> {
+    FOREIGN
+        .iter()
+        .flat_map(|f| f.flags.iter().map(move |spelling| (f, *spelling)))
+        .map(|(f, spelling)| {
+            let arg = named(spelling, spelling);
+            match f.takes {
+                Takes::Nothing => arg.action(ArgAction::SetTrue),
+                Takes::Value => arg
+                    .action(ArgAction::Append)
+                    .num_args(0..=1)
+                    .allow_hyphen_values(true),
+            }
+        })
+        .collect()
+}
+
+/// A clap error on one line: its first line, the accepted values and clap's tip, if any.
+pub(crate) fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let mut line = first.to_string();
+    for l in rendered.lines().map(str::trim) {
+        if let Some(values) = l.strip_prefix("[possible values:") {
+            line.push_str(&format!(
+                "; expected one of: {}",
+                values.trim_end_matches(']').trim()
+            ));
+        } else if let Some(tip) = l.strip_prefix("tip:") {
+            line.push_str(&format!("; tip:{tip}"));
+        }
+    }
+    line
 }
 
 /// The flag of a declared setting, `None` for settings without one.
@@ -329,8 +560,16 @@ fn arg(d: &dyn Declared) -> Option<Arg> {
     Some(match d.form() {
         Form::Switch if negatable(d) => arg.action(ArgAction::SetTrue).overrides_with(no_flag(id)),
         Form::Switch => arg.action(ArgAction::SetTrue),
-        Form::Repeated => arg.action(ArgAction::Append).value_parser(d.value_parser()),
-        Form::Value | Form::Tables => arg.action(ArgAction::Set).value_parser(d.value_parser()),
+        Form::Repeated => arg
+            .action(ArgAction::Append)
+            .allow_negative_numbers(true)
+            .value_parser(d.value_parser()),
+        Form::Value | Form::Tables => arg
+            .action(ArgAction::Set)
+            .allow_negative_numbers(true)
+            // Choices (log levels) in any case, as in the environment and the TOML file.
+            .ignore_case(true)
+            .value_parser(d.value_parser()),
     })
 }
 
@@ -460,7 +699,13 @@ mod tests {
             "{help}"
         );
         assert!(
-            help.contains("(env HYPERFORK_BACKLOG) [default: 2048]"),
+            help.contains("(env HYPERFORK_BACKLOG, UVICORN_BACKLOG) [default: 2048]"),
+            "{help}"
+        );
+        assert!(help.contains("(also --keep-alive)"), "{help}");
+        // Foreign options and other spellings are hidden: the settings' help names the spellings.
+        assert!(
+            !help.contains("--loop") && !help.contains("--error-logfile <"),
             "{help}"
         );
         assert!(

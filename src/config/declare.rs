@@ -20,6 +20,9 @@ pub(crate) struct About {
     pub flag: Option<&'static str>,
     /// The short flag, e.g. `w`.
     pub short: Option<char>,
+    /// Other spellings of the flag, uvicorn's and gunicorn's (e.g. `--keep-alive`, `-b`); each is
+    /// its own clap argument, so the source names the spelling used.
+    pub aliases: &'static [&'static str],
     /// Environment variables, the first set one wins.
     pub env: &'static [&'static str],
     /// The TOML key.
@@ -38,6 +41,15 @@ impl About {
     /// The setting's name in messages: its flag, else its TOML key.
     pub fn name(&self) -> &'static str {
         self.flag.or(self.toml).unwrap_or("?")
+    }
+
+    /// The setting's key in `plan --json`: its TOML key, else its flag without dashes (`env_file`).
+    pub fn key(&self) -> String {
+        match (self.toml, self.flag) {
+            (Some(k), _) => k.to_string(),
+            (None, Some(f)) => f.trim_start_matches('-').replace('-', "_"),
+            (None, None) => "?".to_string(),
+        }
     }
 
     /// The help text on one line, without the Markdown escapes the doc comment needs (`\[`).
@@ -64,6 +76,9 @@ impl About {
     /// The `--help` text: the help, then `(env A, B)` and `[default: D]`.
     pub fn cli_help(&self, form: Form) -> String {
         let mut s = self.help_text();
+        if !self.aliases.is_empty() {
+            s.push_str(&format!(" (also {})", self.aliases.join(", ")));
+        }
         if !self.env.is_empty() {
             let list = if form == Form::Repeated {
                 ", comma-separated"
@@ -102,6 +117,11 @@ pub(crate) trait Declared: Sync {
     fn form(&self) -> Form;
     /// How clap checks the flag's value.
     fn value_parser(&self) -> ValueParser;
+    /// The resolved value as `plan --json` shows it, with its source; `None` when unset.
+    fn resolved(
+        &self,
+        layers: &super::layers::Layers<'_>,
+    ) -> Result<Option<Sourced<serde_json::Value>>, crate::error::ConfigError>;
     /// Parses and checks the declared default (a test calls it for every setting).
     #[cfg(test)]
     fn check_default(&self) -> Result<(), String>;
@@ -116,6 +136,18 @@ impl<K: Kind> Declared for Spec<K> {
     }
     fn value_parser(&self) -> ValueParser {
         K::value_parser()
+    }
+    fn resolved(
+        &self,
+        layers: &super::layers::Layers<'_>,
+    ) -> Result<Option<Sourced<serde_json::Value>>, crate::error::ConfigError> {
+        if K::FORM == Form::Tables {
+            return Ok(None);
+        }
+        Ok(layers.get(self)?.map(|v| Sourced {
+            value: K::show(&v.value),
+            source: v.source,
+        }))
     }
     #[cfg(test)]
     fn check_default(&self) -> Result<(), String> {
@@ -183,7 +215,7 @@ impl<T> Shape<T> for Option<Sourced<T>> {
 ///   `FUNCTION(&Layers) -> Result<TYPE, ConfigError>`.
 ///
 /// `KEYS`, each optional but in this order, each followed by a comma: `flag: "--name"`, `short: 'n'`,
-/// `env: ["FIRST", "SECOND"]`, `toml: "key"`, `default: "text"` or `unset: "what happens"`,
+/// `aliases: ["--other-name", "-o"]` (uvicorn's and gunicorn's spellings), `env: ["FIRST", "SECOND"]`, `toml: "key"`, `default: "text"` or `unset: "what happens"`,
 /// `value_name: "N"`, `check: function`.
 ///
 /// It defines a constant `SPEC: Spec<KIND>` per setting, [`super::settings::ALL`] (inputs, then
@@ -243,6 +275,7 @@ macro_rules! settings {
     (@spec [$($doc:literal)*]
         $(flag: $flag:literal,)?
         $(short: $short:literal,)?
+        $(aliases: [$($alias:literal),* $(,)?],)?
         $(env: [$($env:literal),* $(,)?],)?
         $(toml: $toml:literal,)?
         $(default: $default:literal,)?
@@ -254,6 +287,7 @@ macro_rules! settings {
             about: $crate::config::declare::About {
                 flag: $crate::config::declare::settings!(@opt $($flag)?),
                 short: $crate::config::declare::settings!(@opt $($short)?),
+                aliases: &[$($($alias),*)?],
                 env: &[$($($env),*)?],
                 toml: $crate::config::declare::settings!(@opt $($toml)?),
                 default: $crate::config::declare::settings!(@opt $($default)?),

@@ -43,15 +43,18 @@ impl File {
             .filter(|k| !known.contains(&k.get_ref().as_str()))
             .min_by_key(|k| k.span().start);
         if let Some(key) = unknown {
-            let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-            return Err(file.error(
-                key.span(),
-                format!(
-                    "unknown field `{}`, expected one of {}",
-                    key.get_ref(),
-                    expected.join(", ")
-                ),
-            ));
+            let message = match nearest(key.get_ref(), known) {
+                Some(near) => format!("unknown field `{}`; did you mean `{near}`?", key.get_ref()),
+                None => {
+                    let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                    format!(
+                        "unknown field `{}`, expected one of {}",
+                        key.get_ref(),
+                        expected.join(", ")
+                    )
+                }
+            };
+            return Err(file.error(key.span(), message));
         }
         Ok(file)
     }
@@ -75,6 +78,19 @@ impl File {
     pub fn error(&self, span: Range<usize>, message: String) -> ConfigError {
         error_at(&self.path, &self.text, span, message)
     }
+}
+
+/// The known name most like `given` (ignoring case, `-` and `_`), if one is close enough, as clap
+/// suggests a flag.
+pub(crate) fn nearest<'a>(given: &str, known: &[&'a str]) -> Option<&'a str> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let given = norm(given);
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(&given, &norm(k)), *k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
 }
 
 /// An error in `path` at the line of `text` holding `span`.
@@ -132,6 +148,20 @@ mod tests {
         let e = parse("port = 1\nzzz = 2\naaa = 3\n").unwrap_err();
         assert!(e.starts_with("f.toml:2: unknown field `zzz`"), "{e}");
         assert!(e.contains("expected one of `port`, `workers`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest_one() {
+        let e = parse("wrokers = 4\n").unwrap_err();
+        assert_eq!(
+            e,
+            "f.toml:1: unknown field `wrokers`; did you mean `workers`?"
+        );
+        assert_eq!(
+            nearest("UVICORN_LOG_LEVL", &["UVICORN_LOG_LEVEL", "UVICORN_PORT"]),
+            Some("UVICORN_LOG_LEVEL")
+        );
+        assert_eq!(nearest("xyz", &["workers"]), None);
     }
 
     #[test]

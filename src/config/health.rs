@@ -94,6 +94,8 @@ pub struct Limits {
     pub limit_request_header_size: u64,
     /// The access log and the proxy headers.
     pub access: crate::config::access::AccessSettings,
+    /// The headers every response gets (`--header`, `--server-header`, `--date-header`).
+    pub response: crate::config::response::ResponseHeaders,
 }
 
 #[cfg(test)]

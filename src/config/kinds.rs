@@ -62,6 +62,19 @@ pub(crate) trait Kind: 'static {
     fn value_parser() -> ValueParser {
         ValueParser::new(|s: &str| Self::parse(s).map(|_| s.to_string()))
     }
+
+    /// The value as `hyperfork plan --json` shows it.
+    fn show(value: &Self::Value) -> serde_json::Value;
+}
+
+/// A number as JSON.
+fn number(n: impl Into<serde_json::Number>) -> serde_json::Value {
+    serde_json::Value::Number(n.into())
+}
+
+/// Text as JSON.
+fn text(s: impl Into<String>) -> serde_json::Value {
+    serde_json::Value::String(s.into())
 }
 
 /// The message for a TOML value of the wrong type, worded as serde words it.
@@ -107,6 +120,9 @@ impl Kind for Positive {
             usize::try_from(n).ok().filter(|n| *n >= 1)
         })
     }
+    fn show(value: &usize) -> serde_json::Value {
+        number(*value as u64)
+    }
 }
 
 /// A count of 0 or more (`u64`); TOML: an integer.
@@ -120,6 +136,9 @@ impl Kind for NonNegative {
     }
     fn from_toml(value: &toml::Value) -> Result<u64, String> {
         integer(value, Self::EXPECTED, |n| u64::try_from(n).ok())
+    }
+    fn show(value: &u64) -> serde_json::Value {
+        number(*value)
     }
 }
 
@@ -137,6 +156,9 @@ impl Kind for Backlog {
             u32::try_from(n).ok().filter(|n| *n >= 1)
         })
     }
+    fn show(value: &u32) -> serde_json::Value {
+        number(*value)
+    }
 }
 
 /// A TCP port number; TOML: an integer.
@@ -150,6 +172,9 @@ impl Kind for Port {
     }
     fn from_toml(value: &toml::Value) -> Result<u16, String> {
         integer(value, Self::EXPECTED, |n| u16::try_from(n).ok())
+    }
+    fn show(value: &u16) -> serde_json::Value {
+        number(*value)
     }
 }
 
@@ -171,6 +196,9 @@ impl Kind for Seconds {
             }),
         }
     }
+    fn show(value: &Duration) -> serde_json::Value {
+        text(humantime::format_duration(*value).to_string())
+    }
 }
 
 /// A size in bytes (`1048576`, `512KiB`, `64MiB`); TOML: integer bytes or a string.
@@ -188,6 +216,9 @@ impl Kind for Bytes {
             toml::Value::String(s) => parse_size(s),
             other => integer(other, EXPECTING, |n| u64::try_from(n).ok()),
         }
+    }
+    fn show(value: &u64) -> serde_json::Value {
+        number(*value)
     }
 }
 
@@ -214,6 +245,9 @@ impl Kind for Mode {
             )),
         }
     }
+    fn show(value: &u32) -> serde_json::Value {
+        text(format!("{value:04o}"))
+    }
 }
 
 /// On or off: a flag without value; `1`, `true`, `yes`, `on` (or their opposites) in the
@@ -233,6 +267,9 @@ impl Kind for Switch {
             other => Err(wrong_type(other, "a boolean")),
         }
     }
+    fn show(value: &bool) -> serde_json::Value {
+        serde_json::Value::Bool(*value)
+    }
 }
 
 /// Free text (a host name).
@@ -243,6 +280,9 @@ impl Kind for Text {
     const EXPECTED: &'static str = "a string";
     fn parse(text: &str) -> Result<String, String> {
         Ok(text.to_string())
+    }
+    fn show(value: &String) -> serde_json::Value {
+        text(value.as_str())
     }
 }
 
@@ -267,6 +307,9 @@ impl Kind for NameOrId {
             }),
         }
     }
+    fn show(value: &String) -> serde_json::Value {
+        text(value.as_str())
+    }
 }
 
 /// A TCP address with an IP literal: `HOST:PORT`, `[IPv6]:PORT`, or `localhost:PORT`.
@@ -285,6 +328,9 @@ impl Kind for TcpAddress {
             format!("expected an address like 127.0.0.1:9100 or [::1]:9100, got {text:?}")
         })
     }
+    fn show(value: &std::net::SocketAddr) -> serde_json::Value {
+        text(value.to_string())
+    }
 }
 
 /// A file path; an empty one is refused on the command line.
@@ -298,6 +344,9 @@ impl Kind for Path {
     }
     fn value_parser() -> ValueParser {
         NonEmptyStringValueParser::new().into()
+    }
+    fn show(value: &PathBuf) -> serde_json::Value {
+        text(value.display().to_string())
     }
 }
 
@@ -321,6 +370,9 @@ impl Kind for Delay {
                 "seconds (0.25) or a string such as \"250ms\"",
             )),
         }
+    }
+    fn show(value: &Duration) -> serde_json::Value {
+        text(humantime::format_duration(*value).to_string())
     }
 }
 
@@ -362,6 +414,14 @@ impl Kind for Paths {
     fn value_parser() -> ValueParser {
         NonEmptyStringValueParser::new().into()
     }
+    fn show(value: &Vec<PathBuf>) -> serde_json::Value {
+        serde_json::Value::Array(
+            value
+                .iter()
+                .map(|p| text(p.display().to_string()))
+                .collect(),
+        )
+    }
 }
 
 /// Glob patterns (`--reload-include`, `--reload-exclude`): repeatable, each checked; see
@@ -384,10 +444,13 @@ impl Kind for Globs {
     fn value_parser() -> ValueParser {
         ValueParser::new(check_glob)
     }
+    fn show(value: &Vec<String>) -> serde_json::Value {
+        serde_json::Value::Array(value.iter().map(|g| text(g.as_str())).collect())
+    }
 }
 
 /// Addresses (`--bind`): the flag repeats; the environment variable separates them with commas; TOML
-/// holds an array of strings. Each address is checked where the addresses are used.
+/// holds an array of strings or one string. Each address is checked where the addresses are used.
 pub(crate) struct Addresses;
 
 impl Kind for Addresses {
@@ -401,8 +464,11 @@ impl Kind for Addresses {
         Ok(texts.to_vec())
     }
     fn from_toml(value: &toml::Value) -> Result<Vec<String>, String> {
-        let toml::Value::Array(items) = value else {
-            return Err(wrong_type(value, "an array of strings"));
+        let items = match value {
+            toml::Value::Array(items) => items,
+            // One address, or several separated by commas as in the environment.
+            toml::Value::String(s) => return Self::parse(s),
+            other => return Err(wrong_type(other, "a string or an array of strings")),
         };
         items
             .iter()
@@ -411,6 +477,50 @@ impl Kind for Addresses {
                 other => Err(wrong_type(other, "a string")),
             })
             .collect()
+    }
+    fn show(value: &Vec<String>) -> serde_json::Value {
+        serde_json::Value::Array(value.iter().map(|a| text(a.as_str())).collect())
+    }
+}
+
+/// `NAME=VALUE` assignments (`-e`/`--env`): the flag repeats.
+pub(crate) struct Assignments;
+
+/// Parses one `NAME=VALUE` assignment.
+pub(crate) fn assignment(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value))
+            if !name.is_empty()
+                && !name.contains('\0')
+                && !value.contains('\0')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            Ok((name.to_string(), value.to_string()))
+        }
+        _ => Err(format!("expected NAME=VALUE, e.g. DEBUG=1, got {text:?}")),
+    }
+}
+
+impl Kind for Assignments {
+    type Value = Vec<(String, String)>;
+    const EXPECTED: &'static str = "NAME=VALUE";
+    const FORM: Form = Form::Repeated;
+    fn parse(text: &str) -> Result<Self::Value, String> {
+        text.split_whitespace().map(assignment).collect()
+    }
+    fn from_flag(texts: &[String]) -> Result<Self::Value, String> {
+        texts.iter().map(|t| assignment(t)).collect()
+    }
+    fn value_parser() -> ValueParser {
+        ValueParser::new(|s: &str| assignment(s).map(|_| s.to_string()))
+    }
+    fn show(value: &Self::Value) -> serde_json::Value {
+        serde_json::Value::Array(
+            value
+                .iter()
+                .map(|(n, v)| text(format!("{n}={v}")))
+                .collect(),
+        )
     }
 }
 
@@ -429,6 +539,9 @@ impl Kind for Tables {
             toml::Value::Array(_) => Ok(()),
             other => Err(wrong_type(other, Self::EXPECTED)),
         }
+    }
+    fn show(_: &()) -> serde_json::Value {
+        serde_json::Value::Null
     }
 }
 
@@ -461,6 +574,11 @@ impl<E: Named> Kind for Choice<E> {
             .iter()
             .filter_map(ValueEnum::to_possible_value);
         PossibleValuesParser::new(names).into()
+    }
+    fn show(value: &E) -> serde_json::Value {
+        value
+            .to_possible_value()
+            .map_or(serde_json::Value::Null, |p| text(p.get_name()))
     }
 }
 

@@ -1,6 +1,7 @@
-//! The layers a setting is looked up in, written once for every setting: the command line, then its
-//! environment variables in declared order (an empty one counts as unset), then its TOML key, then its
-//! default. Each value remembers its [`Source`].
+//! The layers a setting is looked up in, written once for every setting: the command line, then
+//! `GUNICORN_CMD_ARGS` (a command line in a variable, as gunicorn reads it), then its environment
+//! variables in declared order (an empty one counts as unset), then its TOML key, then its default.
+//! Each value remembers its [`Source`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,10 +16,23 @@ use crate::error::ConfigError;
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// A command-line flag, e.g. `--workers`.
+    /// A command-line flag as written, e.g. `--workers` or `-w`.
     Cli(&'static str),
+    /// A flag in `GUNICORN_CMD_ARGS`, e.g. `--workers`.
+    CmdArgs(&'static str),
     /// An environment variable, e.g. `UVICORN_WORKERS`.
     Env(&'static str),
+    /// An environment variable loaded from the `--env-file`.
+    EnvFile {
+        /// The variable.
+        name: &'static str,
+        /// The env file.
+        path: PathBuf,
+        /// Its line.
+        line: usize,
+    },
+    /// An environment variable set with `-e NAME=VALUE`.
+    EnvFlag(&'static str),
     /// A key of the TOML file.
     File {
         /// The file.
@@ -34,7 +48,12 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Cli(flag) => write!(f, "{flag}"),
+            Source::CmdArgs(flag) => write!(f, "GUNICORN_CMD_ARGS {flag}"),
             Source::Env(name) => write!(f, "env {name}"),
+            Source::EnvFile { name, path, line } => {
+                write!(f, "env {name} from {}:{line}", path.display())
+            }
+            Source::EnvFlag(name) => write!(f, "env {name} from -e"),
             Source::File { path, key } => write!(f, "{} key `{key}`", path.display()),
             Source::Default => write!(f, "default"),
         }
@@ -50,10 +69,32 @@ pub struct Sourced<T> {
     pub source: Source,
 }
 
+/// Where an environment variable's value came from, when hyperfork set it (see `env_file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of the env file.
+    File {
+        /// The env file.
+        path: PathBuf,
+        /// Its line.
+        line: usize,
+    },
+    /// `-e NAME=VALUE`.
+    Flag,
+}
+
 /// Reads environment variables; a seam so tests can pass a map instead of the process environment.
 pub trait Env {
     /// The variable's value, `None` when unset or empty.
     fn get(&self, name: &str) -> Option<String>;
+
+    /// The names of every variable set (for the check of unknown `UVICORN_` variables).
+    fn names(&self) -> Vec<String>;
+
+    /// Where the variable's value came from, if hyperfork set it from the env file or `-e`.
+    fn origin(&self, _name: &str) -> Option<Origin> {
+        None
+    }
 }
 
 /// The real process environment.
@@ -64,6 +105,14 @@ impl Env for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.trim().is_empty())
     }
+    fn names(&self) -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect()
+    }
+    fn origin(&self, name: &str) -> Option<Origin> {
+        super::env_file::origin(name)
+    }
 }
 
 impl Env for HashMap<String, String> {
@@ -72,23 +121,65 @@ impl Env for HashMap<String, String> {
             .cloned()
             .filter(|v| !v.trim().is_empty())
     }
+    fn names(&self) -> Vec<String> {
+        self.keys().cloned().collect()
+    }
 }
 
-/// The command line, the environment and (once read) the TOML file.
+/// One layer of [`Layers`], highest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layer {
+    /// The command line.
+    Cli,
+    /// `GUNICORN_CMD_ARGS`.
+    CmdArgs,
+    /// The environment.
+    Env,
+    /// The TOML file.
+    File,
+}
+
+impl Layer {
+    /// Every layer, highest first.
+    pub const ALL: [Layer; 4] = [Layer::Cli, Layer::CmdArgs, Layer::Env, Layer::File];
+}
+
+/// The command line, `GUNICORN_CMD_ARGS`, the environment and (once read) the TOML file.
 pub(crate) struct Layers<'a> {
     cli: &'a Cli,
+    cmd_args: Option<Cli>,
     env: &'a dyn Env,
     file: Option<File>,
 }
 
 impl<'a> Layers<'a> {
-    /// The command line and the environment, without a file yet.
-    pub fn new(cli: &'a Cli, env: &'a dyn Env) -> Self {
-        Layers {
+    /// The command line and the environment (with `GUNICORN_CMD_ARGS` parsed), without a file yet.
+    pub fn new(cli: &'a Cli, env: &'a dyn Env) -> Result<Self, ConfigError> {
+        let cmd_args = match env.get(super::cli::GUNICORN_CMD_ARGS) {
+            Some(text) => Some(Cli::from_cmd_args(&text)?),
+            None => None,
+        };
+        Ok(Layers {
             cli,
+            cmd_args,
             env,
             file: None,
-        }
+        })
+    }
+
+    /// The command line.
+    pub fn cli(&self) -> &Cli {
+        self.cli
+    }
+
+    /// `GUNICORN_CMD_ARGS`, parsed, if set.
+    pub fn cmd_args(&self) -> Option<&Cli> {
+        self.cmd_args.as_ref()
+    }
+
+    /// The environment.
+    pub fn env(&self) -> &dyn Env {
+        self.env
     }
 
     /// Adds the TOML file, the last layer before the defaults.
@@ -104,16 +195,41 @@ impl<'a> Layers<'a> {
 
     /// The setting's value from the first layer that sets it, else its default (`None` without one).
     pub fn get<K: Kind>(&self, spec: &Spec<K>) -> Result<Option<Sourced<K::Value>>, ConfigError> {
-        if let Some(v) = self.cli_value(spec)? {
-            return Ok(Some(v));
-        }
-        if let Some(v) = self.env_value(spec)? {
-            return Ok(Some(v));
-        }
-        if let Some(v) = self.file_value(spec)? {
-            return Ok(Some(v));
+        for layer in Layer::ALL {
+            if let Some(v) = self.value_at(layer, spec)? {
+                return Ok(Some(v));
+            }
         }
         self.default(spec)
+    }
+
+    /// The setting's value in one layer.
+    pub fn value_at<K: Kind>(
+        &self,
+        layer: Layer,
+        spec: &Spec<K>,
+    ) -> Result<Option<Sourced<K::Value>>, ConfigError> {
+        match layer {
+            Layer::Cli => self.cli_value(spec),
+            Layer::CmdArgs => self.cmd_args_value(spec),
+            Layer::Env => self.env_value(spec),
+            Layer::File => self.file_value(spec),
+        }
+    }
+
+    /// Whether one layer gives the setting (valid or not).
+    pub fn is_at<K: Kind>(&self, layer: Layer, spec: &Spec<K>) -> bool {
+        let about = &spec.about;
+        match layer {
+            Layer::Cli => about.flag.is_some_and(|f| self.cli.values(f).is_some()),
+            Layer::CmdArgs => about
+                .flag
+                .is_some_and(|f| self.cmd_args().is_some_and(|c| c.values(f).is_some())),
+            Layer::Env => about.env.iter().any(|n| self.env.get(n).is_some()),
+            Layer::File => about
+                .toml
+                .is_some_and(|k| self.file().is_some_and(|f| f.value(k).is_some())),
+        }
     }
 
     /// The setting shaped as the [`super::Settings`] field it fills.
@@ -126,22 +242,14 @@ impl<'a> Layers<'a> {
         })
     }
 
-    /// Whether the command line gives the setting.
+    /// Whether the command line (or `GUNICORN_CMD_ARGS`) gives the setting.
     pub fn on_cli<K: Kind>(&self, spec: &Spec<K>) -> bool {
-        spec.about
-            .flag
-            .is_some_and(|f| self.cli.values(f).is_some())
-    }
-
-    /// Whether the command line or one of the setting's environment variables gives it (valid or not).
-    pub fn on_cli_or_env<K: Kind>(&self, spec: &Spec<K>) -> bool {
-        self.on_cli(spec) || spec.about.env.iter().any(|n| self.env.get(n).is_some())
+        self.is_at(Layer::Cli, spec) || self.is_at(Layer::CmdArgs, spec)
     }
 
     /// Whether any layer but the default gives the setting (valid or not).
     pub fn is_set<K: Kind>(&self, spec: &Spec<K>) -> bool {
-        self.on_cli_or_env(spec)
-            || (spec.about.toml).is_some_and(|k| self.file().is_some_and(|f| f.value(k).is_some()))
+        Layer::ALL.iter().any(|l| self.is_at(*l, spec))
     }
 
     /// The value given on the command line.
@@ -149,20 +257,18 @@ impl<'a> Layers<'a> {
         &self,
         spec: &Spec<K>,
     ) -> Result<Option<Sourced<K::Value>>, ConfigError> {
-        let Some(flag) = spec.about.flag else {
-            return Ok(None);
-        };
-        let Some(texts) = self.cli.values(flag) else {
-            return Ok(None);
-        };
-        let value = K::from_flag(texts).map_err(|m| ConfigError::Cli(format!("{flag}: {m}")))?;
-        checked(spec, &value, |m| {
-            ConfigError::Invalid(format!("{flag}: {m}"))
-        })?;
-        Ok(Some(Sourced {
-            value,
-            source: Source::Cli(flag),
-        }))
+        flag_value(self.cli, spec, "", Source::Cli)
+    }
+
+    /// The value given in `GUNICORN_CMD_ARGS`.
+    pub fn cmd_args_value<K: Kind>(
+        &self,
+        spec: &Spec<K>,
+    ) -> Result<Option<Sourced<K::Value>>, ConfigError> {
+        match &self.cmd_args {
+            Some(c) => flag_value(c, spec, "GUNICORN_CMD_ARGS: ", Source::CmdArgs),
+            None => Ok(None),
+        }
     }
 
     /// The value of the first of the setting's environment variables that is set.
@@ -182,10 +288,12 @@ impl<'a> Layers<'a> {
             checked(spec, &value, |m| {
                 ConfigError::Invalid(format!("{name}: {m}"))
             })?;
-            return Ok(Some(Sourced {
-                value,
-                source: Source::Env(name),
-            }));
+            let source = match self.env.origin(name) {
+                Some(Origin::File { path, line }) => Source::EnvFile { name, path, line },
+                Some(Origin::Flag) => Source::EnvFlag(name),
+                None => Source::Env(name),
+            };
+            return Ok(Some(Sourced { value, source }));
         }
         Ok(None)
     }
@@ -228,6 +336,31 @@ impl<'a> Layers<'a> {
             source: Source::Default,
         }))
     }
+}
+
+/// The value a parsed command line gives the setting, its source the spelling used.
+fn flag_value<K: Kind>(
+    cli: &Cli,
+    spec: &Spec<K>,
+    prefix: &str,
+    source: fn(&'static str) -> Source,
+) -> Result<Option<Sourced<K::Value>>, ConfigError> {
+    let Some(flag) = spec.about.flag else {
+        return Ok(None);
+    };
+    let Some(texts) = cli.values(flag) else {
+        return Ok(None);
+    };
+    let spelled = cli.spelling(flag);
+    let value =
+        K::from_flag(texts).map_err(|m| ConfigError::Cli(format!("{prefix}{spelled}: {m}")))?;
+    checked(spec, &value, |m| {
+        ConfigError::Invalid(format!("{prefix}{spelled}: {m}"))
+    })?;
+    Ok(Some(Sourced {
+        value,
+        source: source(spelled),
+    }))
 }
 
 /// Applies the spec's check, if any, turning its message into an error with `at`.

@@ -11,20 +11,25 @@
 //! The other modules: [`values`] (domain enums and text parsers), [`kinds`] (how each type of value
 //! is read in each layer), [`job_tables`] (`[[jobs]]`), [`sizing`], [`cores`], [`health`], [`control`]
 //! (where the control socket of `hyperfork ctl` is), [`tls`] (the `--ssl-*` files loaded into the
-//! rustls configuration).
+//! rustls configuration), [`foreign`] (uvicorn's and gunicorn's options without a setting: rejected
+//! with a reason, or already so), [`env_file`] (`--env-file` and `-e`, loaded before anything is
+//! resolved), [`response`] (headers added to every response).
 
 pub(crate) mod access;
 pub(crate) mod cli;
 pub(crate) mod control;
 pub(crate) mod cores;
 pub(crate) mod declare;
+pub(crate) mod env_file;
 pub(crate) mod file;
+pub(crate) mod foreign;
 pub(crate) mod health;
 pub(crate) mod job_tables;
 pub(crate) mod kinds;
 pub(crate) mod layers;
 #[cfg(test)]
 mod reference;
+pub(crate) mod response;
 pub(crate) mod rules;
 pub(crate) mod settings;
 pub(crate) mod sizing;
@@ -42,10 +47,19 @@ use self::layers::Layers;
 use crate::error::ConfigError;
 
 impl Settings {
-    /// Merges command line, environment and the TOML file (from `--config` or `HYPERFORK_CONFIG`).
+    /// Merges command line, `GUNICORN_CMD_ARGS`, environment and the TOML file (from `--config` or
+    /// `HYPERFORK_CONFIG`).
     pub fn resolve(cli: &Cli, env: &dyn Env) -> Result<Settings, ConfigError> {
-        let mut layers = Layers::new(cli, env);
+        let mut layers = Layers::new(cli, env)?;
         if let Some(path) = layers.get(&settings::CONFIG)? {
+            if path.value.extension().is_some_and(|e| e == "py") {
+                return Err(ConfigError::Invalid(format!(
+                    "{} (from {}) is a Python file, gunicorn's configuration; hyperfork reads a TOML \
+                     file: move its settings to flags or TOML keys (see docs/migrating.md)",
+                    path.value.display(),
+                    path.source
+                )));
+            }
             let keys: Vec<&str> = declare::toml_order(settings::ALL)
                 .iter()
                 .filter_map(|d| d.about().toml)
@@ -53,7 +67,7 @@ impl Settings {
             layers = layers.with_file(File::read(&path.value, &keys)?);
         }
         let mut settings = Settings::from_layers(&layers)?;
-        rules::apply(&mut settings, &layers);
+        rules::apply(&mut settings, &layers)?;
         Ok(settings)
     }
 
@@ -74,6 +88,11 @@ impl Settings {
                 }),
                 proxy_headers: self.proxy_headers,
                 trusted: self.forwarded_allow_ips.clone(),
+            },
+            response: crate::config::response::ResponseHeaders {
+                extra: self.headers.clone(),
+                server: self.server_header,
+                date: self.date_header,
             },
         }
     }

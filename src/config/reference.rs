@@ -38,7 +38,8 @@ fn row(d: &dyn Declared) -> String {
                 _ => String::new(),
             };
             let short = short.map_or_else(String::new, |c| format!("`-{c}`, "));
-            format!("{short}`{f}{value}`")
+            let aliases: String = about.aliases.iter().map(|a| format!(", `{a}`")).collect();
+            format!("{short}`{f}{value}`{aliases}")
         }
     };
     let env = if about.env.is_empty() {

@@ -6,6 +6,11 @@
 //! To add a setting, add one entry to `fields` (see [`super::declare::settings!`] for the forms) and
 //! use the new `Settings` field where it matters; add the key, commented out, to
 //! `config/hyperfork.toml` and regenerate the docs table. Tests check both.
+//!
+//! uvicorn's and gunicorn's names for a setting go in its entry: their flags in `aliases` (`"--keep-alive"`,
+//! a short one as `"-b"`), their variables in `env` (uvicorn's `UVICORN_<OPTION>`, after
+//! `HYPERFORK_<SETTING>`); `docs/migrating.md` must name each (a test checks). Their options that have no
+//! setting here are entries of [`super::foreign`]. A switch gets its `--no-` flag by itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,43 +20,69 @@ use super::access::{AccessFormat, LogFormat, Trusted, TrustedIps};
 use super::declare::settings;
 use super::job_tables::jobs;
 use super::kinds::{
-    Addresses, Backlog, Bytes, Choice, Delay, Globs, Mode, NameOrId, NonNegative, Path, Paths,
-    Port, Positive, Seconds, Switch, Tables, TcpAddress, Text,
+    Addresses, Assignments, Backlog, Bytes, Choice, Delay, Globs, Mode, NameOrId, NonNegative,
+    Path, Paths, Port, Positive, Seconds, Switch, Tables, TcpAddress, Text,
 };
 use super::layers::Sourced;
-use super::rules::binds;
+use super::response::Headers;
+use super::rules::{Resolved, binds, fds, no_effect, resolved};
 use super::tls::{CertReqs, ClientAuth, Password, Secret};
 use super::values::{Accept, LogLevel, header_size_at_least_8kib};
 use crate::jobs::Job;
 use crate::shared::listener::BindSpec;
+use hyper::header::{HeaderName, HeaderValue};
 
 settings! {
     inputs {
         /// Host to listen on
         HOST: Text {
             flag: "--host",
-            env: ["HYPERFORK_HOST"],
+            env: ["HYPERFORK_HOST", "UVICORN_HOST"],
             toml: "host",
             default: "127.0.0.1",
             value_name: "HOST",
         }
 
-        /// TCP port to listen on; 0 lets the kernel pick a free port
+        /// TCP port to listen on; 0 lets the kernel pick a free port. Without a port, host or address
+        /// anywhere else, PORT (as gunicorn reads it) gives 0.0.0.0:$PORT
         PORT: Port {
             flag: "--port",
-            env: ["HYPERFORK_PORT"],
+            env: ["HYPERFORK_PORT", "UVICORN_PORT"],
             toml: "port",
             default: "8000",
             value_name: "PORT",
         }
 
-        /// Address to listen on, repeatable: HOST:PORT, \[IPv6\]:PORT or unix:/path. Replaces --host and
-        /// --port
+        /// Address to listen on, repeatable: HOST:PORT, \[IPv6\]:PORT, unix:/path or fd://N (an
+        /// inherited listening socket). Replaces --host and --port
         BIND: Addresses {
             flag: "--bind",
+            aliases: ["-b"],
             env: ["HYPERFORK_BIND"],
             toml: "bind",
             value_name: "ADDRESS",
+        }
+
+        /// Unix socket to listen on, like --bind unix:PATH (uvicorn's)
+        UDS: Path {
+            flag: "--uds",
+            env: ["UVICORN_UDS"],
+            value_name: "PATH",
+        }
+
+        /// Listen on this inherited socket descriptor, like --bind fd://N (uvicorn's); it is never
+        /// bound or removed by hyperfork
+        FD: NonNegative {
+            flag: "--fd",
+            env: ["UVICORN_FD"],
+            value_name: "N",
+        }
+
+        /// gunicorn's access log destination: `-` turns the access log on (it goes where the other log
+        /// lines go); a file is not supported
+        ACCESS_LOGFILE: Text {
+            flag: "--access-logfile",
+            value_name: "-",
         }
 
         /// Scheduled commands, one `[[jobs]]` table each, run in worker 0 (see config/hyperfork.toml)
@@ -64,7 +95,7 @@ settings! {
         /// Listen backlog: connections the kernel queues before a worker accepts them
         pub backlog: u32 = BACKLOG: Backlog {
             flag: "--backlog",
-            env: ["HYPERFORK_BACKLOG"],
+            env: ["HYPERFORK_BACKLOG", "UVICORN_BACKLOG"],
             toml: "backlog",
             default: "2048",
             value_name: "N",
@@ -84,6 +115,7 @@ settings! {
         /// --socket-mode, the socket mode
         pub umask: Option<u32> = UMASK: Mode {
             flag: "--umask",
+            aliases: ["-m"],
             env: ["HYPERFORK_UMASK"],
             toml: "umask",
             unset: "inherited",
@@ -115,7 +147,7 @@ settings! {
         /// Number of workers; overrides the computed size
         pub workers: Option<Sourced<usize>> = WORKERS: Positive {
             flag: "--workers",
-            short: 'w',
+            aliases: ["-w"],
             env: ["UVICORN_WORKERS", "WEB_CONCURRENCY", "HYPERFORK_WORKERS"],
             toml: "workers",
             unset: "2 × cores + 1, at most --max-workers",
@@ -202,7 +234,8 @@ settings! {
         /// How long SIGTERM waits for in-flight requests before killing workers, e.g. 30s, 2m, 500ms
         pub graceful_timeout: Duration = GRACEFUL_TIMEOUT: Seconds {
             flag: "--graceful-timeout",
-            env: ["HYPERFORK_GRACEFUL_TIMEOUT"],
+            aliases: ["--timeout-graceful-shutdown"],
+            env: ["HYPERFORK_GRACEFUL_TIMEOUT", "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"],
             toml: "graceful_timeout",
             default: "30s",
             value_name: "DURATION",
@@ -218,10 +251,10 @@ settings! {
             value_name: "N",
         }
 
-        /// Log level; RUST_LOG, when set, takes precedence
+        /// Log level, in any case; RUST_LOG, when set, takes precedence
         pub log_level: LogLevel = LOG_LEVEL: Choice<LogLevel> {
             flag: "--log-level",
-            env: ["HYPERFORK_LOG_LEVEL"],
+            env: ["HYPERFORK_LOG_LEVEL", "UVICORN_LOG_LEVEL"],
             toml: "log_level",
             default: "info",
             value_name: "LEVEL",
@@ -236,9 +269,10 @@ settings! {
             value_name: "STRATEGY",
         }
 
-        /// Append logs to this file instead of stderr; SIGUSR1 reopens it
+        /// Append logs to this file instead of stderr (`-`: stderr, as in gunicorn); SIGUSR1 reopens it
         pub log_file: Option<PathBuf> = LOG_FILE: Path {
             flag: "--log-file",
+            aliases: ["--error-logfile"],
             env: ["HYPERFORK_LOG_FILE"],
             toml: "log_file",
             unset: "stderr",
@@ -248,7 +282,7 @@ settings! {
         /// Log one line per request (INFO, target hyperfork::access); --no-access-log turns it off
         pub access_log: bool = ACCESS_LOG: Switch {
             flag: "--access-log",
-            env: ["HYPERFORK_ACCESS_LOG"],
+            env: ["HYPERFORK_ACCESS_LOG", "UVICORN_ACCESS_LOG"],
             toml: "access_log",
             default: "true",
         }
@@ -257,6 +291,7 @@ settings! {
         /// %({header}i)s (see docs/operations.md)
         pub access_log_format: Option<Arc<AccessFormat>> = ACCESS_LOG_FORMAT: LogFormat {
             flag: "--access-log-format",
+            aliases: ["--access-logformat"],
             env: ["HYPERFORK_ACCESS_LOG_FORMAT"],
             toml: "access_log_format",
             unset: "CLIENT - \"REQUEST LINE\" STATUS BYTES 0.4ms",
@@ -277,7 +312,7 @@ settings! {
         /// --no-proxy-headers turns it off
         pub proxy_headers: bool = PROXY_HEADERS: Switch {
             flag: "--proxy-headers",
-            env: ["HYPERFORK_PROXY_HEADERS"],
+            env: ["HYPERFORK_PROXY_HEADERS", "UVICORN_PROXY_HEADERS"],
             toml: "proxy_headers",
             default: "true",
         }
@@ -286,7 +321,7 @@ settings! {
         /// are always trusted
         pub forwarded_allow_ips: Trusted = FORWARDED_ALLOW_IPS: TrustedIps {
             flag: "--forwarded-allow-ips",
-            env: ["FORWARDED_ALLOW_IPS", "HYPERFORK_FORWARDED_ALLOW_IPS"],
+            env: ["HYPERFORK_FORWARDED_ALLOW_IPS", "UVICORN_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"],
             toml: "forwarded_allow_ips",
             default: "127.0.0.1",
             value_name: "IPS",
@@ -295,6 +330,7 @@ settings! {
         /// Write the master's pid to this file (atomically), removed on exit
         pub pid_file: Option<PathBuf> = PID: Path {
             flag: "--pid",
+            aliases: ["-p"],
             env: ["HYPERFORK_PID"],
             toml: "pid",
             unset: "no pid file",
@@ -314,7 +350,8 @@ settings! {
         /// Close keep-alive connections idle for this long, e.g. 5, 65s
         pub timeout_keep_alive: Duration = TIMEOUT_KEEP_ALIVE: Seconds {
             flag: "--timeout-keep-alive",
-            env: ["HYPERFORK_TIMEOUT_KEEP_ALIVE"],
+            aliases: ["--keep-alive"],
+            env: ["HYPERFORK_TIMEOUT_KEEP_ALIVE", "UVICORN_TIMEOUT_KEEP_ALIVE"],
             toml: "timeout_keep_alive",
             default: "5s",
             value_name: "DURATION",
@@ -323,7 +360,7 @@ settings! {
         /// Most requests a worker serves at once; beyond it, 503 at once
         pub limit_concurrency: Option<usize> = LIMIT_CONCURRENCY: Positive {
             flag: "--limit-concurrency",
-            env: ["HYPERFORK_LIMIT_CONCURRENCY"],
+            env: ["HYPERFORK_LIMIT_CONCURRENCY", "UVICORN_LIMIT_CONCURRENCY"],
             toml: "limit_concurrency",
             unset: "no limit",
             value_name: "N",
@@ -332,7 +369,8 @@ settings! {
         /// Kill and replace a worker whose event loop is silent this long; 0 turns it off
         pub timeout: Duration = TIMEOUT: Seconds {
             flag: "--timeout",
-            env: ["HYPERFORK_TIMEOUT"],
+            aliases: ["-t", "--timeout-worker-healthcheck"],
+            env: ["HYPERFORK_TIMEOUT", "UVICORN_TIMEOUT_WORKER_HEALTHCHECK"],
             toml: "timeout",
             default: "30s",
             value_name: "DURATION",
@@ -351,7 +389,8 @@ settings! {
         /// Replace a worker after it served this many requests; 0 turns it off
         pub max_requests: u64 = MAX_REQUESTS: NonNegative {
             flag: "--max-requests",
-            env: ["HYPERFORK_MAX_REQUESTS"],
+            aliases: ["--limit-max-requests"],
+            env: ["HYPERFORK_MAX_REQUESTS", "UVICORN_LIMIT_MAX_REQUESTS"],
             toml: "max_requests",
             default: "0",
             value_name: "N",
@@ -360,7 +399,8 @@ settings! {
         /// Add a random 0..=J to each worker's --max-requests, so they do not all restart at once
         pub max_requests_jitter: u64 = MAX_REQUESTS_JITTER: NonNegative {
             flag: "--max-requests-jitter",
-            env: ["HYPERFORK_MAX_REQUESTS_JITTER"],
+            aliases: ["--limit-max-requests-jitter"],
+            env: ["HYPERFORK_MAX_REQUESTS_JITTER", "UVICORN_LIMIT_MAX_REQUESTS_JITTER"],
             toml: "max_requests_jitter",
             default: "0",
             value_name: "J",
@@ -402,10 +442,12 @@ settings! {
             value_name: "N",
         }
 
-        /// Answer 431 to a request whose request line and headers are larger, at least 8KiB
+        /// Answer 431 to a request whose request line and headers together are larger, at least 8KiB
+        /// (gunicorn's line and field limits and h11's incomplete-event size name this one limit)
         pub limit_request_header_size: u64 = LIMIT_REQUEST_HEADER_SIZE: Bytes {
             flag: "--limit-request-header-size",
-            env: ["HYPERFORK_LIMIT_REQUEST_HEADER_SIZE"],
+            aliases: ["--limit-request-line", "--limit-request-field_size", "--limit-request-field-size", "--h11-max-incomplete-event-size"],
+            env: ["HYPERFORK_LIMIT_REQUEST_HEADER_SIZE", "UVICORN_H11_MAX_INCOMPLETE_EVENT_SIZE"],
             toml: "limit_request_header_size",
             default: "64KiB",
             value_name: "SIZE",
@@ -416,6 +458,7 @@ settings! {
         /// first, then its intermediates); SIGHUP reloads it (see docs/tls.md)
         pub ssl_certfile: Option<PathBuf> = SSL_CERTFILE: Path {
             flag: "--ssl-certfile",
+            aliases: ["--certfile"],
             env: ["HYPERFORK_SSL_CERTFILE", "UVICORN_SSL_CERTFILE"],
             toml: "ssl_certfile",
             unset: "plain HTTP",
@@ -426,6 +469,7 @@ settings! {
         /// forks
         pub ssl_keyfile: Option<PathBuf> = SSL_KEYFILE: Path {
             flag: "--ssl-keyfile",
+            aliases: ["--keyfile"],
             env: ["HYPERFORK_SSL_KEYFILE", "UVICORN_SSL_KEYFILE"],
             toml: "ssl_keyfile",
             unset: "the key in --ssl-certfile",
@@ -445,6 +489,7 @@ settings! {
         /// PEM CA certificates that client certificates must chain to (with --ssl-cert-reqs 1 or 2)
         pub ssl_ca_certs: Option<PathBuf> = SSL_CA_CERTS: Path {
             flag: "--ssl-ca-certs",
+            aliases: ["--ca-certs"],
             env: ["HYPERFORK_SSL_CA_CERTS", "UVICORN_SSL_CA_CERTS"],
             toml: "ssl_ca_certs",
             unset: "none",
@@ -454,24 +499,104 @@ settings! {
         /// Client certificates: 0 not asked for, 1 optional (verified when sent), 2 required
         pub ssl_cert_reqs: ClientAuth = SSL_CERT_REQS: CertReqs {
             flag: "--ssl-cert-reqs",
+            aliases: ["--cert-reqs"],
             env: ["HYPERFORK_SSL_CERT_REQS", "UVICORN_SSL_CERT_REQS"],
             toml: "ssl_cert_reqs",
             default: "0",
             value_name: "0|1|2",
         }
 
+        /// Add this header to every response the app's response lacks, NAME:VALUE, repeatable
+        pub headers: Vec<(HeaderName, HeaderValue)> = HEADERS: Headers {
+            flag: "--header",
+            env: ["HYPERFORK_HEADERS", "UVICORN_HEADERS"],
+            toml: "headers",
+            default: "",
+            value_name: "NAME:VALUE",
+        }
+
+        /// Add `Server: hyperfork` to responses without a Server header; --no-server-header: none
+        pub server_header: bool = SERVER_HEADER: Switch {
+            flag: "--server-header",
+            env: ["HYPERFORK_SERVER_HEADER", "UVICORN_SERVER_HEADER"],
+            toml: "server_header",
+            default: "false",
+        }
+
+        /// Add a Date header to responses without one; --no-date-header: none
+        pub date_header: bool = DATE_HEADER: Switch {
+            flag: "--date-header",
+            env: ["HYPERFORK_DATE_HEADER", "UVICORN_DATE_HEADER"],
+            toml: "date_header",
+            default: "true",
+        }
+
+        /// Colour log lines; --no-use-colors: never
+        pub use_colors: Option<bool> = USE_COLORS: Switch {
+            flag: "--use-colors",
+            env: ["HYPERFORK_USE_COLORS", "UVICORN_USE_COLORS"],
+            toml: "use_colors",
+            unset: "when stderr is a terminal",
+        }
+
+        /// The base of the process titles (`NAME: master`, `NAME: worker 3`), gunicorn's proc_name
+        pub name: Option<String> = NAME: Text {
+            flag: "--name",
+            aliases: ["-n"],
+            env: ["HYPERFORK_NAME"],
+            toml: "name",
+            unset: "the executable's name",
+            value_name: "NAME",
+        }
+
+        /// Workers change to this directory after the fork, before the app starts; the master stays
+        /// (so relative paths in the settings keep their meaning)
+        pub chdir: Option<PathBuf> = CHDIR: Path {
+            flag: "--chdir",
+            env: ["HYPERFORK_CHDIR"],
+            toml: "chdir",
+            unset: "the working directory",
+            value_name: "DIR",
+        }
+
+        /// Load environment variables from this dotenv file before any setting is read; variables
+        /// already in the environment win
+        pub env_file: Option<PathBuf> = ENV_FILE: Path {
+            flag: "--env-file",
+            env: ["HYPERFORK_ENV_FILE", "UVICORN_ENV_FILE"],
+            unset: "none",
+            value_name: "FILE",
+        }
+
+        /// Set an environment variable, repeatable; it overrides the environment and the env file
+        pub env_vars: Vec<(String, String)> = ENV: Assignments {
+            flag: "--env",
+            aliases: ["-e"],
+            default: "",
+            value_name: "NAME=VALUE",
+        }
+
         /// TOML configuration file
         pub config_file: Option<PathBuf> = CONFIG: Path {
             flag: "--config",
-            short: 'c',
+            aliases: ["-c"],
             env: ["HYPERFORK_CONFIG"],
             value_name: "FILE",
         }
     }
 
     computed {
-        /// Addresses to listen on, at least one: `bind`, else `host` and `port`.
+        /// Addresses to listen on: `bind` (or `--uds`), else `host` and `port`; none with `--fd`.
         pub binds: Vec<Sourced<BindSpec>> = binds;
+
+        /// Inherited listening sockets (`--fd N`, `--bind fd://N`).
+        pub fds: Vec<Sourced<i32>> = fds;
+
+        /// uvicorn's and gunicorn's options given that have no effect here, each with why.
+        pub no_effect: Vec<String> = no_effect;
+
+        /// Every declared setting's resolved value and where it came from, for `plan`.
+        pub resolved: Vec<Resolved> = resolved;
 
         /// Command jobs from the file's `[[jobs]]` tables.
         pub jobs: Vec<Job> = jobs;

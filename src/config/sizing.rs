@@ -49,6 +49,31 @@ pub struct Plan {
     pub formula_result: String,
     /// Things the user should know, e.g. an explicit count ignored in debug mode.
     pub warnings: Vec<String>,
+    /// Where the server listens, each address with where it came from.
+    pub listen: Vec<Listen>,
+    /// Every setting's resolved value and where it came from (flag as spelled, `env NAME`,
+    /// `FILE key`, `GUNICORN_CMD_ARGS FLAG`, `default`), by key.
+    pub settings: std::collections::BTreeMap<String, Shown>,
+    /// uvicorn's and gunicorn's options given that change nothing here, and why.
+    pub no_effect: Vec<String>,
+}
+
+/// An address the server listens on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listen {
+    /// `HOST:PORT`, `unix:PATH` or `fd://N`.
+    pub address: String,
+    /// Where it came from.
+    pub source: String,
+}
+
+/// A resolved setting in the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    /// The value.
+    pub value: serde_json::Value,
+    /// Where it came from.
+    pub source: String,
 }
 
 /// The computed count: `min(2 × cores + 1, cap)`, at least 1.
@@ -59,13 +84,33 @@ pub fn formula(cores: usize, cap: usize) -> usize {
 impl Plan {
     /// Decides the worker count from settings and detected cores.
     pub fn decide(settings: &Settings, cores: Cores) -> Plan {
-        Plan::from_parts(
+        let mut plan = Plan::from_parts(
             settings.workers.as_ref(),
             &settings.max_workers,
             &settings.debug,
             &settings.reload,
             cores,
-        )
+        );
+        plan.listen = (settings.binds.iter().map(|b| Listen {
+            address: b.value.to_string(),
+            source: b.source.to_string(),
+        }))
+        .chain(settings.fds.iter().map(|fd| Listen {
+            address: format!("fd://{}", fd.value),
+            source: fd.source.to_string(),
+        }))
+        .collect();
+        plan.settings = (settings.resolved.iter())
+            .map(|r| {
+                let shown = Shown {
+                    value: r.value.clone(),
+                    source: r.source.clone(),
+                };
+                (r.key.clone(), shown)
+            })
+            .collect();
+        plan.no_effect = settings.no_effect.clone();
+        plan
     }
 
     /// Decides the worker count from its inputs.
@@ -115,6 +160,9 @@ impl Plan {
             formula: FORMULA,
             formula_result,
             warnings,
+            listen: Vec::new(),
+            settings: Default::default(),
+            no_effect: Vec::new(),
         }
     }
 
@@ -186,6 +234,23 @@ impl Plan {
             "note:      2 × cores + 1 suits workers that block; for a non-blocking app try --workers {}",
             self.cores.count
         );
+        for l in &self.listen {
+            let _ = writeln!(s, "listen:    {} ({})", l.address, l.source);
+        }
+        for n in &self.no_effect {
+            let _ = writeln!(s, "accepted:  {n}");
+        }
+        if !self.settings.is_empty() {
+            let _ = writeln!(s, "settings:");
+            let width = self.settings.keys().map(String::len).max().unwrap_or(0);
+            for (key, shown) in &self.settings {
+                let value = match &shown.value {
+                    serde_json::Value::String(t) => t.clone(),
+                    other => other.to_string(),
+                };
+                let _ = writeln!(s, "  {key:<width$}  {value}  ({})", shown.source);
+            }
+        }
         s
     }
 

@@ -196,7 +196,17 @@ fn binds_default_and_override() {
     )
     .unwrap();
     assert_eq!(s.binds.len(), 2);
-    assert!(Settings::resolve(&cli(&["--bind", "nonsense"]), &env(&[])).is_err());
+    assert!(Settings::resolve(&cli(&["--bind", "nonsense:port"]), &env(&[])).is_err());
+    // gunicorn's HOST alone: port 8000.
+    let s = Settings::resolve(&cli(&["-b", "0.0.0.0"]), &env(&[])).unwrap();
+    let want = BindSpec::Tcp {
+        host: "0.0.0.0".into(),
+        port: 8000,
+    };
+    assert_eq!(
+        (s.binds[0].value.clone(), s.binds[0].source.clone()),
+        (want, Source::Cli("-b"))
+    );
 }
 
 #[test]
@@ -273,7 +283,8 @@ fn bind_layers_defer_to_host_and_port_given_higher() {
         &env(&[("HYPERFORK_BIND", "unix:/x")]),
     )
     .unwrap();
-    assert_eq!(s.binds[0].source, Source::Default);
+    // The host is the default: the port names where the address came from.
+    assert_eq!(s.binds[0].source, Source::Cli("--port"));
     let s =
         Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_BIND", "1.2.3.4:5, unix:/x")])).unwrap();
     assert_eq!(s.binds.len(), 2);
@@ -302,4 +313,183 @@ fn an_empty_log_file_in_the_file_means_stderr() {
     let s = Settings::resolve(&cli(&["--config", path]), &env(&[])).unwrap();
     assert!(s.log_file.is_none());
     assert_eq!(s.pid_file.as_deref(), Some(std::path::Path::new("/tmp/p")));
+}
+
+#[test]
+fn gunicorn_cmd_args_sit_between_the_command_line_and_the_environment() {
+    let e = env(&[
+        (
+            "GUNICORN_CMD_ARGS",
+            "--workers 3 -b '0.0.0.0:9001' --keep-alive 7",
+        ),
+        ("UVICORN_WORKERS", "5"),
+        ("HYPERFORK_TIMEOUT_KEEP_ALIVE", "9"),
+    ]);
+    let s = Settings::resolve(&cli(&[]), &e).unwrap();
+    let w = s.workers.unwrap();
+    assert_eq!((w.value, w.source), (3, Source::CmdArgs("--workers")));
+    assert_eq!(s.binds[0].source, Source::CmdArgs("-b"));
+    assert_eq!(s.timeout_keep_alive, Duration::from_secs(7));
+    let s = Settings::resolve(&cli(&["-w", "2"]), &e).unwrap();
+    assert_eq!(s.workers.unwrap().source, Source::Cli("-w"));
+    let bad = env(&[("GUNICORN_CMD_ARGS", "--workers 'unbalanced")]);
+    let e = Settings::resolve(&cli(&[]), &bad).unwrap_err().to_string();
+    assert!(e.starts_with("GUNICORN_CMD_ARGS: "), "{e}");
+    let bad = env(&[("GUNICORN_CMD_ARGS", "--wrokers 2")]);
+    let e = Settings::resolve(&cli(&[]), &bad).unwrap_err().to_string();
+    assert!(
+        e.contains("--wrokers") && e.contains("tip:") && e.contains("--workers"),
+        "{e}"
+    );
+}
+
+#[test]
+fn port_is_gunicorns_last_resort_address() {
+    let s = Settings::resolve(&cli(&[]), &env(&[("PORT", "5000")])).unwrap();
+    let want = BindSpec::Tcp {
+        host: "0.0.0.0".into(),
+        port: 5000,
+    };
+    assert_eq!(
+        (s.binds[0].value.clone(), s.binds[0].source.clone()),
+        (want, Source::Env("PORT"))
+    );
+    // A host given keeps it; a port given anywhere wins over PORT.
+    let s = Settings::resolve(&cli(&["--host", "127.0.0.1"]), &env(&[("PORT", "5000")])).unwrap();
+    assert_eq!(s.binds[0].value.to_string(), "127.0.0.1:5000");
+    let s = Settings::resolve(
+        &cli(&[]),
+        &env(&[("PORT", "5000"), ("UVICORN_PORT", "6000")]),
+    )
+    .unwrap();
+    assert_eq!(s.binds[0].value.to_string(), "127.0.0.1:6000");
+    let f = toml_file("bind = \"unix:/run/x.sock\"\n");
+    let path = f.path().to_str().unwrap();
+    let s = Settings::resolve(&cli(&["-c", path]), &env(&[("PORT", "5000")])).unwrap();
+    assert_eq!(s.binds[0].value.to_string(), "unix:/run/x.sock");
+    let e = Settings::resolve(&cli(&[]), &env(&[("PORT", "http")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("PORT") && e.contains("http"), "{e}");
+}
+
+#[test]
+fn uds_and_fd_are_addresses() {
+    let s = Settings::resolve(&cli(&["--uds", "/run/a.sock"]), &env(&[])).unwrap();
+    assert_eq!(s.binds[0].value.to_string(), "unix:/run/a.sock");
+    let s = Settings::resolve(&cli(&[]), &env(&[("UVICORN_FD", "3")])).unwrap();
+    assert!(s.binds.is_empty());
+    assert_eq!(
+        (s.fds[0].value, s.fds[0].source.clone()),
+        (3, Source::Env("UVICORN_FD"))
+    );
+    let e = Settings::resolve(&cli(&["--fd", "3", "--bind", "127.0.0.1:1"]), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot be combined"), "{e}");
+}
+
+#[test]
+fn foreign_options_are_rejected_or_noted_never_ignored() {
+    let e = Settings::resolve(&cli(&["--loop", "uvloop"]), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("--loop is not supported: ") && e.contains("tokio"),
+        "{e}"
+    );
+    let e = Settings::resolve(&cli(&[]), &env(&[("UVICORN_LIFESPAN", "on")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("UVICORN_LIFESPAN is not supported"), "{e}");
+    let gc = env(&[("GUNICORN_CMD_ARGS", "-k uvicorn.workers.UvicornWorker")]);
+    let e = Settings::resolve(&cli(&[]), &gc).unwrap_err().to_string();
+    assert!(
+        e.starts_with("GUNICORN_CMD_ARGS -k is not supported"),
+        "{e}"
+    );
+    let s = Settings::resolve(
+        &cli(&["--http2", "--worker-tmp-dir", "/dev/shm"]),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(s.no_effect.len(), 2, "{:?}", s.no_effect);
+    assert!(
+        s.no_effect[0].starts_with("--http2 has no effect"),
+        "{:?}",
+        s.no_effect
+    );
+    let e = Settings::resolve(&cli(&[]), &env(&[("UVICORN_HTTP2", "false")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot be turned off"), "{e}");
+    let e = Settings::resolve(&cli(&[]), &env(&[("UVICORN_LOG_LEVL", "debug")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("UVICORN_LOG_LEVL") && e.contains("UVICORN_LOG_LEVEL"),
+        "{e}"
+    );
+}
+
+#[test]
+fn uvicorn_variables_and_spellings_reach_their_settings() {
+    let s = Settings::resolve(
+        &cli(&[
+            "--limit-max-requests",
+            "100",
+            "--timeout-graceful-shutdown",
+            "12",
+        ]),
+        &env(&[
+            ("UVICORN_LOG_LEVEL", "WARNING"),
+            ("UVICORN_TIMEOUT_KEEP_ALIVE", "65"),
+            ("UVICORN_HEADERS", "X-A:1 X-B:2"),
+            ("UVICORN_SERVER_HEADER", "true"),
+            ("UVICORN_DATE_HEADER", "false"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.log_level, LogLevel::Warning);
+    assert_eq!(s.timeout_keep_alive, Duration::from_secs(65));
+    assert_eq!(
+        (s.max_requests, s.graceful_timeout),
+        (100, Duration::from_secs(12))
+    );
+    assert_eq!(s.headers.len(), 2);
+    assert!(s.server_header && !s.date_header);
+    let r = s.resolved.iter().find(|r| r.key == "log_level").unwrap();
+    assert_eq!(
+        (r.value.as_str(), r.source.as_str()),
+        (Some("warning"), "env UVICORN_LOG_LEVEL")
+    );
+    let f = toml_file("log_level = \"ERROR\"\nbind = \"0.0.0.0:1\"\n");
+    let path = f.path().to_str().unwrap();
+    let s = Settings::resolve(&cli(&["-c", path, "--log-level", "Critical"]), &env(&[])).unwrap();
+    assert_eq!(s.log_level, LogLevel::Critical);
+    assert_eq!(s.binds[0].value.to_string(), "0.0.0.0:1");
+}
+
+#[test]
+fn a_python_config_file_is_named_as_such() {
+    let e = Settings::resolve(&cli(&["-c", "gunicorn.conf.py"]), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gunicorn.conf.py") && e.contains("TOML"), "{e}");
+}
+
+#[test]
+fn log_file_dash_is_stderr_and_access_logfile_dash_turns_the_access_log_on() {
+    let s = Settings::resolve(&cli(&["--log-file", "-", "--no-access-log"]), &env(&[])).unwrap();
+    assert!(s.log_file.is_none() && !s.access_log);
+    let s = Settings::resolve(
+        &cli(&["--error-logfile", "-", "--access-logfile", "-"]),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(s.log_file.is_none() && s.access_log);
+    let e = Settings::resolve(&cli(&["--access-logfile", "/var/log/a.log"]), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/var/log/a.log") && e.contains("`-`"), "{e}");
 }

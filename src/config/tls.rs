@@ -72,6 +72,14 @@ impl Kind for CertReqs {
             other => Err(wrong_type(other, Self::EXPECTED)),
         }
     }
+    fn show(value: &ClientAuth) -> serde_json::Value {
+        let n: u64 = match value {
+            ClientAuth::None => 0,
+            ClientAuth::Optional => 1,
+            ClientAuth::Required => 2,
+        };
+        serde_json::Value::Number(n.into())
+    }
 }
 
 /// A password: shown as `***` by `Debug`, so no settings dump or log line prints it.
@@ -92,6 +100,10 @@ impl Kind for Secret {
     const EXPECTED: &'static str = "a password";
     fn parse(text: &str) -> Result<Password, String> {
         Ok(Password(text.to_string()))
+    }
+    /// Never the password itself.
+    fn show(_: &Password) -> serde_json::Value {
+        serde_json::Value::String("***".to_string())
     }
 }
 

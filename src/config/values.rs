@@ -173,7 +173,8 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 pub fn header_size_at_least_8kib(n: &u64) -> Result<(), String> {
     if *n < MIN_LIMIT_REQUEST_HEADER_SIZE {
         return Err(format!(
-            "expected a size of at least {}, got {n} bytes",
+            "expected a size of at least {}, got {n} bytes (hyper bounds the request line and the \
+             headers together)",
             bytesize::ByteSize::b(MIN_LIMIT_REQUEST_HEADER_SIZE)
                 .display()
                 .iec()

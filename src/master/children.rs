@@ -166,6 +166,7 @@ impl Master<'_> {
                 generation: self.generation,
                 max_surge,
                 account: self.args.account.as_ref(),
+                chdir: self.args.chdir.as_deref(),
             }),
             Ok(ForkResult::Parent { child }) => {
                 drop(order_read);

@@ -126,6 +126,8 @@ pub(crate) struct MasterArgs<'a> {
     pub account: Option<crate::shared::privileges::Account>,
     /// What `--reload` watches; `None`: nothing.
     pub watch: Option<watch::Spec>,
+    /// The directory workers change to before the app starts (`--chdir`).
+    pub chdir: Option<std::path::PathBuf>,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade

@@ -382,6 +382,10 @@ impl Master<'_> {
         args.threads = settings.threads;
         args.max_surge = settings.max_surge;
         args.graceful_timeout = settings.graceful_timeout;
+        if settings.chdir != args.chdir {
+            changes.push(format!("chdir {:?} -> {:?}", args.chdir, settings.chdir));
+            args.chdir = settings.chdir.clone();
+        }
         args.jobs = new.jobs;
         args.tls = new.tls;
         changes

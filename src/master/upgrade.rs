@@ -244,6 +244,8 @@ pub fn spawn(
         // The watchdog belongs to whichever master is main; without WATCHDOG_PID it applies to the
         // new master's own pid.
         .env_remove("WATCHDOG_PID");
+    // The new master reads the env file and `-e` itself, as they are then.
+    crate::config::env_file::leave_out(&mut cmd);
     // SAFETY: the closure runs in the forked child before `exec` and only makes async-signal-safe
     // calls (fcntl, sigprocmask) on descriptors this process owns and keeps open until after spawn.
     unsafe {

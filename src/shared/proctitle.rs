@@ -105,9 +105,16 @@ pub fn set(title: &str) {
     }
 }
 
-/// The program name titles start with: the executable's file name.
+/// The name titles start with: `--name` (gunicorn's proc_name), else the executable's file name.
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the name titles start with (`--name`); only before the first title is set.
+pub fn set_name(name: &str) {
+    let _ = NAME.set(name.to_string());
+}
+
+/// The program name titles start with.
 fn program_name() -> &'static str {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         std::env::args_os()
             .next()

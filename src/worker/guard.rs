@@ -22,6 +22,7 @@ use crate::shared::balance::Member;
 use crate::shared::stats::{Counters, InFlight};
 use crate::worker::access::{self, Peer, Record};
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
+use crate::worker::response_headers::Extra;
 
 /// Called with the request count when a worker reaches its request limit.
 pub(crate) type OnMaxRequests = Arc<dyn Fn(u64) + Send + Sync>;
@@ -51,6 +52,8 @@ pub(crate) struct Guarded<S> {
     pub(crate) peer_trusted: bool,
     /// Packed accept's shedding: this worker's balance entry, and when it last shed a connection.
     pub(crate) shed: Option<(crate::shared::balance::Member, Arc<AtomicU64>)>,
+    /// Headers added to every response (`--header`, `--server-header`); `None`: none.
+    pub(crate) headers: Option<&'static Extra>,
 }
 
 impl<S: Clone> Guarded<S> {
@@ -215,7 +218,15 @@ where
         if let Some(proto) = proto {
             extensions.insert(proto);
         }
-        self.answer(req, Finish { start, record })
+        let headers = self.headers;
+        self.answer(
+            req,
+            Finish {
+                start,
+                record,
+                headers,
+            },
+        )
     }
 }
 
@@ -404,6 +415,8 @@ struct Finish {
     start: Instant,
     /// The request's access-log line, if logged.
     record: Option<Box<Record>>,
+    /// Headers every response gets.
+    headers: Option<&'static Extra>,
 }
 
 /// A response hyperfork gives on the app's behalf, as the service's future.
@@ -415,12 +428,19 @@ fn ready<F, B: Body>(resp: Response<Inner<B>>, counters: Counters, finish: Finis
 
 /// `resp` with its body tracked: holding `request`, counted, and logged by the record, if any.
 fn tracked<B: Body>(
-    resp: Response<Inner<B>>,
+    mut resp: Response<Inner<B>>,
     request: Option<RequestGuard>,
     counters: Counters,
     finish: Finish,
 ) -> Response<GuardedBody<B>> {
-    let Finish { start, mut record } = finish;
+    let Finish {
+        start,
+        mut record,
+        headers,
+    } = finish;
+    if let Some(extra) = headers {
+        extra.apply(resp.headers_mut());
+    }
     if let Some(record) = record.as_mut() {
         record.respond(&resp);
     }

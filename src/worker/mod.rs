@@ -25,6 +25,7 @@ mod access_sink;
 mod connection;
 pub(crate) mod deadlines;
 mod guard;
+mod response_headers;
 pub(crate) mod runner;
 pub(crate) mod serve;
 mod tls;
@@ -74,6 +75,8 @@ pub(crate) struct ChildArgs<'a> {
     pub max_surge: usize,
     /// The account to switch to (`--user`, `--group`), if any.
     pub account: Option<&'a Account>,
+    /// The directory to change to before the app starts (`--chdir`).
+    pub chdir: Option<&'a std::path::Path>,
 }
 
 /// Work done once in the master, before its first fork, that every worker would otherwise redo on
@@ -110,6 +113,12 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     let switched = args.account.map(Account::assume);
     if !follow_fork_rules(&args) {
         return i32::from(EXIT_RUNTIME);
+    }
+    if let Some(dir) = args.chdir {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            tracing::error!("cannot change to --chdir {}: {e}", dir.display());
+            return i32::from(EXIT_BOOT);
+        }
     }
     let pid = std::process::id();
     if let Some(Err(e)) = switched {

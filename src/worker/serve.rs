@@ -33,6 +33,7 @@ use crate::worker::connection::{self, Idle, Open, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
 pub(crate) use crate::worker::guard::OnMaxRequests;
+use crate::worker::response_headers;
 use crate::worker::tls::Acceptor;
 
 /// How a worker is asked to stop.
@@ -171,6 +172,7 @@ where
         shed: balance
             .filter(|m| m.packed())
             .map(|m| (m, Arc::new(AtomicU64::new(0)))),
+        headers: response_headers::Extra::for_worker(&limits.response),
     };
     let timing = Timing {
         keep_alive: limits.timeout_keep_alive,
@@ -239,6 +241,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(H2_PING_TIMEOUT);
+    response_headers::configure(&mut builder, &limits.response);
     builder
 }
 

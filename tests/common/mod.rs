@@ -94,6 +94,16 @@ pub fn command(bin: &PathBuf) -> Command {
     ] {
         c.env_remove(var);
     }
+    // Every other variable a setting reads (uvicorn's and gunicorn's too).
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("UVICORN_")
+            || name.starts_with("HYPERFORK_")
+            || ["PORT", "GUNICORN_CMD_ARGS", "FORWARDED_ALLOW_IPS"].contains(&name.as_ref())
+        {
+            c.env_remove(name.as_ref());
+        }
+    }
     // The control socket's default path (without --control-socket, --pid or RUNTIME_DIRECTORY) is in
     // XDG_RUNTIME_DIR: keep the tests' sockets out of the user's runtime directory and /tmp.
     let run = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run");
