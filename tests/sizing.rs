@@ -151,3 +151,32 @@ fn the_running_pool_has_the_planned_size() {
     let auto = plan(&[], &[])["workers"].as_u64().unwrap() as usize;
     assert_eq!(running_pool_size(&[], &[]), auto);
 }
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+fn mem_total() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    kib * 1024
+}
+
+#[test]
+fn plan_reports_the_machines_memory() {
+    let p = plan(&[], &[]);
+    assert_eq!(p["memory"]["total"].as_u64(), Some(mem_total()), "{p}");
+    assert!(p["memory"]["available"].as_u64().is_some(), "{p}");
+    let out = command(&hyperfork_bin())
+        .arg("plan")
+        .output()
+        .expect("run hyperfork plan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("memory:"))
+        .unwrap_or_else(|| panic!("no memory line:\n{text}"));
+    assert!(line.contains("MemTotal"), "{line}");
+}

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::cgroup;
+
 /// A CPU quota found in a cgroup.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Quota {
@@ -130,96 +132,6 @@ pub fn parse_cfs(quota: &str, period: &str) -> Option<(u64, u64)> {
     (q > 0 && p > 0).then_some((q as u64, p))
 }
 
-/// A cgroup hierarchy this process belongs to, as listed in `/proc/self/cgroup`.
-#[derive(Debug, PartialEq)]
-struct Membership {
-    /// `true` for the unified (v2) hierarchy.
-    v2: bool,
-    /// The process's path inside the hierarchy.
-    path: String,
-}
-
-/// The `/proc/self/cgroup` lines relevant to CPU: the v2 line (`0::/path`) and a v1 line whose
-/// controllers include `cpu`.
-fn parse_proc_cgroup(text: &str) -> Vec<Membership> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if id == "0" && ctrls.is_empty() {
-            out.push(Membership {
-                v2: true,
-                path: path.to_string(),
-            });
-        } else if ctrls.split(',').any(|c| c == "cpu") {
-            out.push(Membership {
-                v2: false,
-                path: path.to_string(),
-            });
-        }
-    }
-    out
-}
-
-/// A cgroup mount from `/proc/self/mountinfo`: the root of the hierarchy it exposes and where.
-#[derive(Debug, PartialEq)]
-struct Mount {
-    root: String,
-    mount_point: String,
-}
-
-/// Finds the mount of the v2 hierarchy, or of the v1 hierarchy carrying the `cpu` controller.
-fn find_mount(mountinfo: &str, v2: bool) -> Option<Mount> {
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        if left.len() < 5 || right.len() < 3 {
-            continue;
-        }
-        let fstype = right[0];
-        let ok = if v2 {
-            fstype == "cgroup2"
-        } else {
-            fstype == "cgroup" && right[2].split(',').any(|o| o == "cpu")
-        };
-        if ok {
-            return Some(Mount {
-                root: unescape(left[3]),
-                mount_point: unescape(left[4]),
-            });
-        }
-    }
-    None
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = u32::from(b[i + 1] - b'0') * 64
-                + u32::from(b[i + 2] - b'0') * 8
-                + u32::from(b[i + 3] - b'0');
-            out.push(v as u8);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Reads the quota of one cgroup directory.
 fn read_quota(dir: &Path, v2: bool) -> Option<Quota> {
     let (kind, (quota_us, period_us)) = if v2 {
@@ -240,34 +152,9 @@ fn read_quota(dir: &Path, v2: bool) -> Option<Quota> {
 
 /// The smallest quota along the process's cgroup path in every CPU hierarchy, read under `root`.
 fn find_quota(root: &Path) -> Option<Quota> {
-    let cgroup = std::fs::read_to_string(root.join("proc/self/cgroup")).ok()?;
-    let mountinfo = std::fs::read_to_string(root.join("proc/self/mountinfo")).unwrap_or_default();
-    let mut best: Option<Quota> = None;
-    for m in parse_proc_cgroup(&cgroup) {
-        let Some(mount) = find_mount(&mountinfo, m.v2) else {
-            continue;
-        };
-        // The path in /proc/self/cgroup is relative to the hierarchy's root; the mount may expose a
-        // sub-tree of it (containers), in which case strip that prefix.
-        let rel = if mount.root != "/" {
-            m.path.strip_prefix(&mount.root).unwrap_or(&m.path)
-        } else {
-            &m.path
-        };
-        let base = root.join(mount.mount_point.trim_start_matches('/'));
-        let mut dir = base.join(rel.trim_start_matches('/'));
-        loop {
-            if let Some(q) = read_quota(&dir, m.v2) {
-                if best.as_ref().is_none_or(|b| q.cpus() < b.cpus()) {
-                    best = Some(q);
-                }
-            }
-            if dir == base || !dir.pop() || !dir.starts_with(&base) {
-                break;
-            }
-        }
-    }
-    best
+    cgroup::along_path(root, "cpu", read_quota)
+        .into_iter()
+        .min_by(|a, b| a.cpus().total_cmp(&b.cpus()))
 }
 
 #[cfg(test)]
@@ -366,12 +253,6 @@ mod tests {
         let cores = detect_in(root.path(), Some(3));
         assert_eq!(cores.count, 3);
         assert_eq!(cores.decided_by, "affinity mask");
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! resolved), [`response`] (headers added to every response).
 
 pub(crate) mod access;
+pub(crate) mod cgroup;
 pub(crate) mod cli;
 pub(crate) mod control;
 pub(crate) mod cores;
@@ -27,6 +28,7 @@ pub(crate) mod health;
 pub(crate) mod job_tables;
 pub(crate) mod kinds;
 pub(crate) mod layers;
+pub(crate) mod memory;
 #[cfg(test)]
 mod reference;
 pub(crate) mod response;

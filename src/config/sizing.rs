@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::cores::Cores;
+use crate::config::memory::{self, Memory};
 use crate::config::{Settings, Source, Sourced};
 
 /// The formula applied when no count is given.
@@ -27,6 +28,9 @@ pub struct Plan {
     pub decided_by: &'static str,
     /// Usable cores and how they were found.
     pub cores: Cores,
+    /// The machine's memory and the cgroup memory limit, when read (`None` in plans built from
+    /// fixed inputs).
+    pub memory: Option<Memory>,
     /// The cap on the computed count.
     pub cap: usize,
     /// Where the cap came from.
@@ -91,6 +95,7 @@ impl Plan {
             &settings.reload,
             cores,
         );
+        plan.memory = Some(memory::detect());
         plan.listen = (settings.binds.iter().map(|b| Listen {
             address: b.value.to_string(),
             source: b.source.to_string(),
@@ -149,6 +154,7 @@ impl Plan {
             workers,
             decided_by,
             cores,
+            memory: None,
             cap: cap.value,
             cap_source: cap.source.to_string(),
             debug: debug.value,
@@ -201,6 +207,12 @@ impl Plan {
             self.cores.count,
             self.cores.explain()
         );
+        if let Some(m) = &self.memory {
+            let usable = m.usable().map_or("unknown".to_string(), |b| {
+                format!("{} MiB", b / (1024 * 1024))
+            });
+            let _ = writeln!(s, "memory:    {usable} usable ({})", m.explain());
+        }
         let _ = writeln!(s, "cap:       {} ({})", self.cap, self.cap_source);
         let _ = writeln!(
             s,
