@@ -9,6 +9,9 @@
 //! - `job-panic`: a scheduled job `flaky` runs every second and panics on every other run (the worker
 //!   must survive it and run the next tick).
 //!
+//! `HYPERFORK_BOOT_ALLOC_MIB=N` makes every worker allocate N MiB at boot, touch every page and keep
+//! it: a worker that weighs N MiB more, for the sizing tests.
+//!
 //! Routes on top of the built-in app's (`/`, `/health`), every response naming the worker
 //! (`x-worker: SLOT`, `x-pid: PID`):
 //! - `/sleep?ms=N`: answers after N ms, without blocking the worker;
@@ -46,7 +49,7 @@ use hyper::{Request, Response};
 use hyperfork::Worker;
 use hyperfork::{BuiltinApp, ClientAddr};
 
-/// Memory `/alloc` keeps.
+/// Memory `/alloc` and `HYPERFORK_BOOT_ALLOC_MIB` keep.
 static HELD: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 /// The built-in app plus the fault routes.
@@ -146,6 +149,14 @@ impl Service<Request<Incoming>> for Faults {
 }
 
 fn build(worker: &Worker) -> Result<Faults, String> {
+    if let Ok(text) = std::env::var("HYPERFORK_BOOT_ALLOC_MIB") {
+        let mib: usize = text.trim().parse().map_err(|_| {
+            format!("HYPERFORK_BOOT_ALLOC_MIB: expected a number of MiB, got {text:?}")
+        })?;
+        // Written, not only reserved: every page counts in the worker's RSS.
+        let block = vec![1u8; mib * 1024 * 1024];
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(block);
+    }
     let mut fault = std::env::var("HYPERFORK_FAULT").unwrap_or_default();
     if let Some(path) = fault.strip_prefix("file:") {
         fault = std::fs::read_to_string(path)

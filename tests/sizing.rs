@@ -180,3 +180,35 @@ fn plan_reports_the_machines_memory() {
         .unwrap_or_else(|| panic!("no memory line:\n{text}"));
     assert!(line.contains("MemTotal"), "{line}");
 }
+
+/// Resident memory of `pid`, in KiB, from /proc/PID/status.
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_faults_examples_boot_allocation_weighs_every_worker() {
+    // The sizing tests' heavy worker: 50 MiB allocated and touched at boot, in each worker.
+    let p = Proc::serve(
+        &example_bin("faults"),
+        &["--workers", "2"],
+        &[("HYPERFORK_BOOT_ALLOC_MIB", "50")],
+    );
+    assert!(
+        p.wait_log("all 2 workers ready", std::time::Duration::from_secs(20)),
+        "{}",
+        p.stderr()
+    );
+    let workers = p.worker_pids();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for pid in workers {
+        let rss = rss_kib(pid);
+        assert!(rss >= 50 * 1024, "worker {pid}: RSS {rss} KiB");
+    }
+}
