@@ -294,7 +294,7 @@ pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
         Kind::Nginx { binary, workers } => {
             let d = tempfile::tempdir().map_err(|e| e.to_string())?;
             let conf = d.path().join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(addr, *workers, d.path()))
+            std::fs::write(&conf, nginx_conf(addr, *workers, d.path(), None))
                 .map_err(|e| e.to_string())?;
             let mut c = Command::new(binary);
             c.arg("-p")
@@ -354,9 +354,27 @@ pub fn start(kind: &Kind, benches: &Path) -> Result<Server, String> {
 }
 
 /// nginx answering every request like the others: 200, 13-byte body, the same headers, keep-alive
-/// without a request cap, no access log.
-fn nginx_conf(addr: SocketAddr, workers: usize, dir: &Path) -> String {
+/// without a request cap, no access log; on TLS with `tls` (certificate chain, key), TLS 1.2 and 1.3.
+pub fn nginx_conf(
+    addr: SocketAddr,
+    workers: usize,
+    dir: &Path,
+    tls: Option<(&Path, &Path)>,
+) -> String {
     let d = dir.display();
+    let (protocols, listen, certificate) = match tls {
+        Some((cert, key)) => (
+            "           ssl_protocols TLSv1.2 TLSv1.3;\n".to_string(),
+            format!("{addr} ssl"),
+            format!(
+                "             ssl_certificate {};\n\
+                              ssl_certificate_key {};\n",
+                cert.display(),
+                key.display()
+            ),
+        ),
+        None => (String::new(), addr.to_string(), String::new()),
+    };
     format!(
         "worker_processes {workers};\n\
          daemon off;\n\
@@ -372,8 +390,10 @@ fn nginx_conf(addr: SocketAddr, workers: usize, dir: &Path) -> String {
            fastcgi_temp_path {d}/fastcgi;\n\
            uwsgi_temp_path {d}/uwsgi;\n\
            scgi_temp_path {d}/scgi;\n\
+         {protocols}\
            server {{\n\
-             listen {addr};\n\
+             listen {listen};\n\
+         {certificate}\
              location / {{\n\
                default_type \"text/plain; charset=utf-8\";\n\
                add_header x-worker 0;\n\

@@ -6,7 +6,7 @@
 //! and the server's CPU per request (its process tree's user + system time over the measured run).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,8 +139,11 @@ fn start(server: &Server, addr: SocketAddr, workers: usize, pki: &Pki) -> Result
         Server::Nginx(binary) => {
             let d = tempfile::tempdir().map_err(|e| e.to_string())?;
             let conf = d.path().join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(addr, workers, d.path(), pki))
-                .map_err(|e| e.to_string())?;
+            std::fs::write(
+                &conf,
+                servers::nginx_conf(addr, workers, d.path(), Some((&pki.cert, &pki.key))),
+            )
+            .map_err(|e| e.to_string())?;
             let mut c = Command::new(binary);
             c.arg("-p")
                 .arg(d.path())
@@ -179,41 +182,6 @@ fn start(server: &Server, addr: SocketAddr, workers: usize, pki: &Pki) -> Result
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// nginx as in the plain scenario, on TLS with the same certificate.
-fn nginx_conf(addr: SocketAddr, workers: usize, dir: &Path, pki: &Pki) -> String {
-    let d = dir.display();
-    format!(
-        "worker_processes {workers};\n\
-         daemon off;\n\
-         pid {d}/nginx.pid;\n\
-         error_log stderr warn;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n\
-           access_log off;\n\
-           keepalive_requests 100000000;\n\
-           keepalive_timeout 65s;\n\
-           client_body_temp_path {d}/body;\n\
-           proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n\
-           uwsgi_temp_path {d}/uwsgi;\n\
-           scgi_temp_path {d}/scgi;\n\
-           ssl_protocols TLSv1.2 TLSv1.3;\n\
-           server {{\n\
-             listen {addr} ssl;\n\
-             ssl_certificate {cert};\n\
-             ssl_certificate_key {key};\n\
-             location / {{\n\
-               default_type \"text/plain; charset=utf-8\";\n\
-               add_header x-worker 0;\n\
-               return 200 \"Hello, world!\";\n\
-             }}\n\
-           }}\n\
-         }}\n",
-        cert = pki.cert.display(),
-        key = pki.key.display(),
-    )
 }
 
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
