@@ -33,6 +33,7 @@
 mod bare;
 mod baseline;
 mod load;
+mod machine;
 mod paced;
 mod procs;
 mod report;
@@ -513,7 +514,7 @@ fn main() -> ExitCode {
         }
     };
     let benches = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches");
-    let machine = report::Machine::read();
+    let machine = report::Machine::read(&servers::hyperfork_bin());
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|n| n == name);
 
     let mut kinds = Vec::new();

@@ -32,12 +32,15 @@ mod pg;
 #[path = "../http/procs.rs"]
 mod procs;
 
+#[path = "../http/machine.rs"]
+mod machine;
+
 mod cleanup;
 mod db;
 mod report;
 mod servers;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -352,16 +355,8 @@ mod cpu {
 /// Machine and run facts for the report.
 #[derive(Debug, Clone)]
 pub struct Machine {
-    /// Usable cores, as hyperfork counts them.
-    pub cores: usize,
-    /// hyperfork's default pool size here (`hyperfork plan --json`).
-    pub default_workers: usize,
-    /// CPU model.
-    pub cpu: String,
-    /// Kernel release.
-    pub kernel: String,
-    /// Total memory, GiB.
-    pub memory_gib: f64,
+    /// Cores, hyperfork's default pool, CPU model, kernel, memory.
+    pub host: machine::Machine,
     /// `postgres --version`.
     pub postgres: String,
     /// Python and package versions of the FastAPI rows, if run.
@@ -370,35 +365,6 @@ pub struct Machine {
 
 impl Machine {
     fn read() -> Machine {
-        let plan = std::process::Command::new(env!("CARGO_BIN_EXE_hyperfork"))
-            .args(["plan", "--json"])
-            .env_remove("UVICORN_WORKERS")
-            .env_remove("WEB_CONCURRENCY")
-            .env_remove("HYPERFORK_WORKERS")
-            .env_remove("HYPERFORK_MAX_WORKERS")
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok());
-        let num = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_u64()).map(|n| n as usize);
-        let cores = num(plan.as_ref().and_then(|p| p.pointer("/cores/count")))
-            .or_else(|| std::thread::available_parallelism().ok().map(Into::into))
-            .unwrap_or(1);
-        let default_workers =
-            num(plan.as_ref().and_then(|p| p.get("workers"))).unwrap_or((2 * cores + 1).min(8));
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("model name"))
-            .and_then(|l| l.split_once(':'))
-            .map_or_else(|| "unknown CPU".to_string(), |(_, v)| v.trim().to_string());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string());
-        let memory_gib = std::fs::read_to_string("/proc/meminfo")
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
         let postgres = pg::server_bin_dir()
             .and_then(|d| {
                 std::process::Command::new(d.join("postgres"))
@@ -411,11 +377,7 @@ impl Machine {
                 |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
             );
         Machine {
-            cores,
-            default_workers,
-            cpu,
-            kernel,
-            memory_gib,
+            host: machine::Machine::read(Path::new(env!("CARGO_BIN_EXE_hyperfork"))),
             postgres,
             python: None,
         }
@@ -449,7 +411,7 @@ fn run(o: &Options) -> Result<(), String> {
     let began = Instant::now();
     let mut machine = Machine::read();
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|n| n == name);
-    let workers = machine.default_workers;
+    let workers = machine.host.default_workers;
     let mut kinds = Vec::new();
     let mut skipped = Vec::new();
     if wanted("hyperfork") {
@@ -466,7 +428,7 @@ fn run(o: &Options) -> Result<(), String> {
     }
     if wanted("single") {
         kinds.push(Kind::Single {
-            threads: machine.cores,
+            threads: machine.host.cores,
         });
     }
     if wanted("uvicorn") || wanted("gunicorn") {

@@ -109,10 +109,10 @@ pub fn render(input: &Input<'_>) -> String {
     let _ = writeln!(
         s,
         "Machine: {} usable core(s) ({}), {:.0} GiB, Linux {}. {}. {}. Run {} ({}).\n",
-        m.cores,
-        m.cpu,
-        m.memory_gib,
-        m.kernel,
+        m.host.cores,
+        m.host.cpu,
+        m.host.memory_gib,
+        m.host.kernel,
         m.postgres,
         m.python.as_deref().unwrap_or("No FastAPI rows"),
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
@@ -245,7 +245,7 @@ pub fn render(input: &Input<'_>) -> String {
             ratios(v),
         );
     }
-    let per_core = |rate: f64| rate / m.cores as f64;
+    let per_core = |rate: f64| rate / m.host.cores as f64;
     let uv = input.rate(uvicorn);
     let hf = input.rate(hyperfork);
     let _ = writeln!(
@@ -256,7 +256,7 @@ pub fn render(input: &Input<'_>) -> String {
         lo / SEED_CORES,
         hi / SEED_CORES,
         thousands(uv),
-        m.cores,
+        m.host.cores,
         thousands(per_core(uv)),
         thousands(hf),
         thousands(per_core(hf)),
@@ -268,7 +268,7 @@ pub fn render(input: &Input<'_>) -> String {
         "\nThe load generator and PostgreSQL share the same {} core(s) with the server, so every \
          row pays for them too: the ratios, not the absolute figures, are the result. The seed's \
          figure comes from another machine and setup and is shown for scale only.",
-        m.cores
+        m.host.cores
     );
     s
 }
