@@ -417,6 +417,10 @@ impl<S: Send + Sync + 'static> Server<S> {
         let plan = Plan::decide(&settings, cores::detect());
         match &cli.command {
             Some(Command::Plan { json }) => {
+                let plan = Plan {
+                    memory: Some(crate::config::memory::detect()),
+                    ..plan
+                };
                 print_plan(&plan, *json);
                 return Ok(ExitCode::from(EXIT_OK));
             }

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::cores::Cores;
-use crate::config::memory::{self, Memory};
+use crate::config::memory::Memory;
 use crate::config::{Settings, Source, Sourced};
 
 /// The formula applied when no count is given.
@@ -28,8 +28,8 @@ pub struct Plan {
     pub decided_by: &'static str,
     /// Usable cores and how they were found.
     pub cores: Cores,
-    /// The machine's memory and the cgroup memory limit, when read (`None` in plans built from
-    /// fixed inputs).
+    /// The machine's memory and the cgroup memory limit, read for `hyperfork plan` only (the pool is
+    /// not sized by memory yet, so the master does not read it).
     pub memory: Option<Memory>,
     /// The cap on the computed count.
     pub cap: usize,
@@ -95,7 +95,6 @@ impl Plan {
             &settings.reload,
             cores,
         );
-        plan.memory = Some(memory::detect());
         plan.listen = (settings.binds.iter().map(|b| Listen {
             address: b.value.to_string(),
             source: b.source.to_string(),
