@@ -409,20 +409,29 @@ impl<S: Send + Sync + 'static> Server<S> {
         if let Some(e) = env_error {
             return Err(Failure::usage(e));
         }
-        let settings = Settings::resolve(&cli, &ProcessEnv).map_err(Failure::usage)?;
+        let mut settings = Settings::resolve(&cli, &ProcessEnv).map_err(Failure::usage)?;
         if let Some(Command::Ctl(args)) = &cli.command {
             // The client: before logging, sockets or the master; it only connects.
             return Ok(crate::ctl::run(&settings, args, &program));
         }
         let plan = Plan::decide(&settings, cores::detect());
+        let memory = crate::config::memory::detect();
+        // `plan --measure`: boot the pool as `serve` would, on an ephemeral loopback port.
+        let mut measure = None;
         match &cli.command {
-            Some(Command::Plan { json }) => {
-                let plan = Plan {
-                    memory: Some(crate::config::memory::detect()),
-                    ..plan
-                };
-                print_plan(&plan, *json);
+            Some(Command::Plan {
+                json,
+                measure: None,
+            }) => {
+                print_plan(&plan.with_memory(&settings, memory, None), *json);
                 return Ok(ExitCode::from(EXIT_OK));
+            }
+            Some(Command::Plan {
+                json,
+                measure: Some(path),
+            }) => {
+                measure = Some((crate::master::measure::Spec { path: path.clone() }, *json));
+                for_measuring(&mut settings);
             }
             Some(Command::App(name)) => {
                 return Err(Failure::usage(ConfigError::Invalid(format!(
@@ -431,7 +440,11 @@ impl<S: Send + Sync + 'static> Server<S> {
             }
             Some(Command::Serve | Command::Check | Command::Ctl(_)) | None => {}
         }
-        let jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
+        let mut jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
+        if measure.is_some() {
+            // Measuring must not run the app's jobs ("expire users") beside the real server.
+            jobs.clear();
+        }
         if let Some(dir) = &settings.chdir {
             if !dir.is_dir() {
                 return Err(Failure::usage(ConfigError::Invalid(format!(
@@ -464,12 +477,20 @@ impl<S: Send + Sync + 'static> Server<S> {
         warn_reload_options_unused(&settings);
         check_account(&settings, &target)?;
         // Before any socket or fork: a bad certificate or key is a usage error naming its file.
-        let tls = load_tls(&settings).map_err(Failure::usage)?;
+        // `plan --measure` warms the pool up over plain HTTP.
+        let tls = match measure {
+            Some(_) => None,
+            None => load_tls(&settings).map_err(Failure::usage)?,
+        };
         let opened = open_listeners(&settings, account.as_ref())?;
         announce(&settings, &opened.listeners, &plan, &jobs, tls.as_ref());
+        check_db_connections(&settings, plan.workers);
+        let guard = plan.guard(&memory, settings.memory_reserve);
         let fixed = FixedAtStart::of(&settings);
         let reload = || reload(&cli, &lib_jobs, &fixed);
-        let control_socket = {
+        let control_socket = if measure.is_some() {
+            None
+        } else {
             let c = crate::config::control::control_socket(&settings, &ProcessEnv);
             match c.checked() {
                 Ok(path) => Some((path.to_path_buf(), c.is_explicit())),
@@ -513,8 +534,18 @@ impl<S: Send + Sync + 'static> Server<S> {
             account,
             watch,
             chdir: settings.chdir.clone(),
+            guard,
+            measure: measure.as_ref().map(|(spec, _)| spec.clone()),
         });
         match outcome {
+            Ok(Outcome::Measured(m)) => {
+                let json = measure.as_ref().is_some_and(|(_, json)| *json);
+                print_plan(&plan.with_memory(&settings, memory, Some(*m)), json);
+                Ok(ExitCode::from(EXIT_OK))
+            }
+            Ok(Outcome::Stopped) if measure.is_some() => Err(Failure::runtime(
+                "plan --measure: the pool stopped before it could be measured (see the log above)",
+            )),
             Ok(Outcome::Stopped) => Ok(ExitCode::from(EXIT_OK)),
             Ok(Outcome::GaveUp(msg)) => {
                 tracing::error!("{msg}");
@@ -574,6 +605,69 @@ fn print_plan(plan: &Plan, json: bool) {
         println!("{}", plan.to_json());
     } else {
         print!("{}", plan.to_text());
+    }
+}
+
+/// `plan --measure` boots the pool as `serve` would, but out of the way of a server already
+/// running: on an ephemeral loopback port, with balanced accept (which spreads the warm-up's
+/// connections over the workers), without a pid file, metrics address, control socket, access log
+/// or file watcher, logging only warnings, to stderr.
+fn for_measuring(settings: &mut Settings) {
+    settings.binds = vec![Sourced {
+        value: BindSpec::Tcp {
+            host: "127.0.0.1".into(),
+            port: 0,
+        },
+        source: crate::config::Source::Default,
+    }];
+    settings.fds.clear();
+    settings.accept = Accept::Balanced;
+    settings.pid_file = None;
+    settings.metrics_bind = None;
+    settings.access_log = false;
+    settings.log_file = None;
+    settings.reload.value = false;
+    if matches!(
+        settings.log_level,
+        LogLevel::Info | LogLevel::Debug | LogLevel::Trace
+    ) {
+        settings.log_level = LogLevel::Warning;
+    }
+}
+
+/// Logs the pool's database connections against `--db-max-connections`, reload surge included: a
+/// warning when they do not fit, an error when a `--db-budget` cannot give each worker one.
+fn check_db_connections(settings: &Settings, workers: usize) {
+    use crate::config::guide::{DbUse, connections};
+    let db = match (&settings.db_pool_per_worker, &settings.db_budget) {
+        (Some(p), _) => DbUse::PerWorker(p.value),
+        (None, Some(b)) => DbUse::Budget(b.value),
+        (None, None) => return,
+    };
+    let max = settings.db_max_connections.as_ref().map(|m| m.value);
+    match connections(db, workers, settings.max_surge, max) {
+        Ok(c) => match c.allowed {
+            Some(allowed) if c.at_reload > allowed => tracing::warn!(
+                "database: {workers} workers open up to {} connections, {} during a reload \
+                 (--max-surge {}), but max_connections {} admits {allowed} ({} are kept for \
+                 superusers): lower --workers or the pool per worker, or raise max_connections",
+                c.steady,
+                c.at_reload,
+                settings.max_surge,
+                max.unwrap_or(0),
+                crate::config::guide::SUPERUSER_RESERVED
+            ),
+            _ => tracing::info!(
+                "database: {workers} workers open up to {} connections ({} per worker), {} during a \
+                 reload{}",
+                c.steady,
+                c.per_worker,
+                c.at_reload,
+                c.allowed
+                    .map_or(String::new(), |a| format!("; max_connections admits {a}"))
+            ),
+        },
+        Err(e) => tracing::error!("database: {e}"),
     }
 }
 
@@ -880,10 +974,13 @@ fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded,
     }
     fixed.warn_about_changes(&settings);
     let jobs = with_library_jobs(&settings, lib_jobs)?;
+    check_db_connections(&settings, plan.workers);
+    let guard = plan.guard(&crate::config::memory::detect(), settings.memory_reserve);
     Ok(Reloaded {
         settings,
         tls,
         plan,
+        guard,
         jobs,
     })
 }

@@ -44,6 +44,9 @@ pub enum Command {
     Plan {
         /// Print the plan as JSON.
         json: bool,
+        /// `--measure`: boot the pool on an ephemeral loopback port, warm it up on this path,
+        /// measure its memory, and stop it.
+        measure: Option<String>,
     },
     /// Send a command to the running master over its control socket (`hyperfork ctl …`).
     Ctl(CtlArgs),
@@ -99,6 +102,31 @@ impl Cli {
                     .long("json")
                     .action(ArgAction::SetTrue)
                     .help("Print the plan as JSON"),
+            )
+            .arg(
+                Arg::new("measure")
+                    .long("measure")
+                    .action(ArgAction::SetTrue)
+                    .help(
+                        "Boot the pool on an ephemeral loopback port, send each worker a warm-up load, \
+                         read every process's memory (RSS, PSS, private), then stop it; the app's start \
+                         and stop hooks run, scheduled jobs do not",
+                    ),
+            )
+            .arg(
+                Arg::new("warmup-path")
+                    .long("warmup-path")
+                    .value_name("PATH")
+                    .default_value("/")
+                    .requires("measure")
+                    .value_parser(|p: &str| {
+                        if p.starts_with('/') {
+                            Ok(p.to_string())
+                        } else {
+                            Err(format!("expected a path starting with /, got {p:?}"))
+                        }
+                    })
+                    .help("The path --measure's warm-up requests"),
             );
         let check = Arg::new("check-config")
             .long("check-config")
@@ -142,6 +170,10 @@ impl Cli {
         let command = match matches.subcommand() {
             Some(("plan", sub)) => Some(Command::Plan {
                 json: sub.get_flag("json"),
+                measure: sub
+                    .get_flag("measure")
+                    .then(|| sub.get_one::<String>("warmup-path").cloned())
+                    .flatten(),
             }),
             Some(("serve", _)) => Some(Command::Serve),
             Some(("ctl", sub)) => Some(Command::Ctl(ctl_args(sub))),
@@ -600,7 +632,13 @@ mod tests {
     fn every_flag_is_global_so_it_works_after_the_subcommand() {
         let cli = Cli::try_parse_from(["hyperfork", "plan", "--workers", "3", "--json"]).unwrap();
         assert_eq!(cli.values("--workers"), Some(&["3".to_string()][..]));
-        assert_eq!(cli.command, Some(Command::Plan { json: true }));
+        assert_eq!(
+            cli.command,
+            Some(Command::Plan {
+                json: true,
+                measure: None
+            })
+        );
         let cli = Cli::try_parse_from(["hyperfork", "serve", "--debug", "-c", "f.toml"]).unwrap();
         assert_eq!(cli.command, Some(Command::Serve));
         assert!(cli.values("--debug").is_some() && cli.values("--config").is_some());

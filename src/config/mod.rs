@@ -23,12 +23,15 @@ pub(crate) mod cores;
 pub(crate) mod declare;
 pub(crate) mod env_file;
 pub(crate) mod file;
+pub(crate) mod footprint;
 pub(crate) mod foreign;
+pub(crate) mod guide;
 pub(crate) mod health;
 pub(crate) mod job_tables;
 pub(crate) mod kinds;
 pub(crate) mod layers;
 pub(crate) mod memory;
+pub(crate) mod memory_guard;
 #[cfg(test)]
 mod reference;
 pub(crate) mod response;

@@ -291,6 +291,13 @@ pub(crate) fn resolved(layers: &Layers<'_>) -> Result<Vec<Resolved>, ConfigError
 
 /// The rules between fields, once every field is resolved.
 pub(crate) fn apply(settings: &mut Settings, layers: &Layers<'_>) -> Result<(), ConfigError> {
+    // The pool's database connections are given one way: per worker or as a budget shared out.
+    if let (Some(per), Some(budget)) = (&settings.db_pool_per_worker, &settings.db_budget) {
+        return Err(ConfigError::Invalid(format!(
+            "{} {} and {} {}: give one, the connections per worker or the budget the pool shares",
+            per.source, per.value, budget.source, budget.value
+        )));
+    }
     // `--debug` (from any layer) means debug logs, unless `--log-level` is on the command line.
     if settings.debug.value && !layers.on_cli(&LOG_LEVEL) {
         settings.log_level = LogLevel::Debug;

@@ -415,6 +415,46 @@ settings! {
             value_name: "SIZE",
         }
 
+        /// Memory kept for what shares the host or cgroup with the pool (database, cache, system):
+        /// a computed worker count stops where the pool would pass the cgroup memory limit minus this
+        pub memory_reserve: u64 = MEMORY_RESERVE: Bytes {
+            flag: "--memory-reserve",
+            env: ["HYPERFORK_MEMORY_RESERVE"],
+            toml: "memory_reserve",
+            default: "64MiB",
+            value_name: "SIZE",
+        }
+
+        /// Database connections each worker's pool opens at most (for `plan` and the start-up
+        /// check against --db-max-connections)
+        pub db_pool_per_worker: Option<Sourced<usize>> = DB_POOL_PER_WORKER: Positive {
+            flag: "--db-pool-per-worker",
+            env: ["HYPERFORK_DB_POOL_PER_WORKER"],
+            toml: "db_pool_per_worker",
+            unset: "not given",
+            value_name: "N",
+        }
+
+        /// Database connections the whole pool shares, each worker taking Worker::share_of(N)
+        /// (for `plan` and the start-up check against --db-max-connections)
+        pub db_budget: Option<Sourced<usize>> = DB_BUDGET: Positive {
+            flag: "--db-budget",
+            env: ["HYPERFORK_DB_BUDGET"],
+            toml: "db_budget",
+            unset: "not given",
+            value_name: "N",
+        }
+
+        /// The database's max_connections, to check the pool's connections against, reload surge
+        /// included
+        pub db_max_connections: Option<Sourced<usize>> = DB_MAX_CONNECTIONS: Positive {
+            flag: "--db-max-connections",
+            env: ["HYPERFORK_DB_MAX_CONNECTIONS"],
+            toml: "db_max_connections",
+            unset: "not checked",
+            value_name: "N",
+        }
+
         /// Close a connection whose request header is not complete this long after its first byte
         pub timeout_request_header: Duration = TIMEOUT_REQUEST_HEADER: Seconds {
             flag: "--timeout-request-header",

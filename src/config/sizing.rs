@@ -13,7 +13,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::config::cores::Cores;
+use crate::config::footprint::{PoolFootprint, mib, mib_text};
+use crate::config::guide::{self, DbUse, Level};
 use crate::config::memory::Memory;
+use crate::config::memory_guard::{Budget, Decision, Guard};
 use crate::config::{Settings, Source, Sourced};
 
 /// The formula applied when no count is given.
@@ -28,9 +31,20 @@ pub struct Plan {
     pub decided_by: &'static str,
     /// Usable cores and how they were found.
     pub cores: Cores,
-    /// The machine's memory and the cgroup memory limit, read for `hyperfork plan` only (the pool is
-    /// not sized by memory yet, so the master does not read it).
+    /// The machine's memory and the cgroup memory limit (`plan` only).
     pub memory: Option<Memory>,
+    /// What the pool may hold: the cgroup limit, else `MemAvailable`, less `--memory-reserve`.
+    pub budget: Option<Budget>,
+    /// The memory guard, when a cgroup memory limit applies (see [`crate::config::memory_guard`]).
+    pub memory_guard: Option<GuardReport>,
+    /// `plan --measure`: the pool booted, warmed up and measured.
+    pub measured: Option<PoolFootprint>,
+    /// The app's database connections (`--db-pool-per-worker` or `--db-budget`).
+    pub db: Option<DbUse>,
+    /// The database's `max_connections` (`--db-max-connections`).
+    pub db_max_connections: Option<usize>,
+    /// The guide's levels for this host, the chosen count marked.
+    pub levels: Vec<Level>,
     /// The cap on the computed count.
     pub cap: usize,
     /// Where the cap came from.
@@ -60,6 +74,17 @@ pub struct Plan {
     pub settings: std::collections::BTreeMap<String, Shown>,
     /// uvicorn's and gunicorn's options given that change nothing here, and why.
     pub no_effect: Vec<String>,
+}
+
+/// The memory guard as `plan` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardReport {
+    /// Whether the count is explicit: never reduced, only warned about.
+    pub explicit: bool,
+    /// What the pool may hold.
+    pub budget: Budget,
+    /// What the guard decided for the measured pool (`plan --measure`).
+    pub decision: Option<Decision>,
 }
 
 /// An address the server listens on.
@@ -117,6 +142,61 @@ impl Plan {
         plan
     }
 
+    /// The guard a master started with these settings applies, if `memory` has a cgroup limit: on
+    /// a computed count (it stops growing where the pool would pass the limit less the reserve)
+    /// and on an explicit one (warned about only); not in debug or `--reload` mode.
+    pub fn guard(&self, memory: &Memory, reserve: u64) -> Option<Guard> {
+        let explicit = match self.decided_by {
+            "formula" if self.workers > 1 => false,
+            "explicit" => true,
+            _ => return None,
+        };
+        Guard::new(memory, reserve, self.workers, explicit)
+    }
+
+    /// The plan with the memory and database inputs: the budget, the memory guard, the
+    /// measurement if `plan --measure` took one (the count becomes what the guard decided), and
+    /// the guide's levels.
+    pub fn with_memory(
+        mut self,
+        settings: &Settings,
+        memory: Memory,
+        measured: Option<PoolFootprint>,
+    ) -> Plan {
+        let reserve = settings.memory_reserve;
+        self.budget = Budget::of(&memory, reserve);
+        self.memory_guard = self.guard(&memory, reserve).map(|g| GuardReport {
+            explicit: g.explicit,
+            budget: g.budget,
+            decision: measured.as_ref().and_then(|m| m.guard.clone()),
+        });
+        if let Some(d) = self.memory_guard.as_ref().and_then(|g| g.decision.as_ref()) {
+            if d.workers != self.workers {
+                self.workers = d.workers;
+                self.decided_by = "memory guard";
+            }
+        }
+        self.db = match (&settings.db_pool_per_worker, &settings.db_budget) {
+            (Some(p), _) => Some(DbUse::PerWorker(p.value)),
+            (None, Some(b)) => Some(DbUse::Budget(b.value)),
+            (None, None) => None,
+        };
+        self.db_max_connections = settings.db_max_connections.as_ref().map(|m| m.value);
+        self.levels = guide::levels(&guide::Inputs {
+            cores: self.cores.count,
+            cap: self.cap,
+            chosen: (self.workers, self.decided_by),
+            cost: measured.as_ref().map(|m| &m.cost),
+            budget: self.budget.as_ref(),
+            db: self.db,
+            db_max: self.db_max_connections,
+            max_surge: settings.max_surge,
+        });
+        self.memory = Some(memory);
+        self.measured = measured;
+        self
+    }
+
     /// Decides the worker count from its inputs.
     pub fn from_parts(
         explicit: Option<&Sourced<usize>>,
@@ -154,6 +234,12 @@ impl Plan {
             decided_by,
             cores,
             memory: None,
+            budget: None,
+            memory_guard: None,
+            measured: None,
+            db: None,
+            db_max_connections: None,
+            levels: Vec::new(),
             cap: cap.value,
             cap_source: cap.source.to_string(),
             debug: debug.value,
@@ -176,6 +262,11 @@ impl Plan {
         match self.decided_by {
             "debug" => "1 worker (debug mode)".to_string(),
             "reload" => "1 worker (--reload; give --workers for more)".to_string(),
+            "memory guard" => format!(
+                "{} worker{} (the memory guard's count)",
+                self.workers,
+                if self.workers == 1 { "" } else { "s" },
+            ),
             "explicit" => format!(
                 "{} worker{} (explicit, from {})",
                 self.workers,
@@ -211,6 +302,7 @@ impl Plan {
                 format!("{} MiB", b / (1024 * 1024))
             });
             let _ = writeln!(s, "memory:    {usable} usable ({})", m.explain());
+            self.guard_text(&mut s);
         }
         let _ = writeln!(s, "cap:       {} ({})", self.cap, self.cap_source);
         let _ = writeln!(
@@ -245,6 +337,8 @@ impl Plan {
             "note:      2 × cores + 1 suits workers that block; for a non-blocking app try --workers {}",
             self.cores.count
         );
+        self.measured_text(&mut s);
+        self.levels_text(&mut s);
         for l in &self.listen {
             let _ = writeln!(s, "listen:    {} ({})", l.address, l.source);
         }
@@ -263,6 +357,138 @@ impl Plan {
             }
         }
         s
+    }
+
+    /// The memory guard's lines.
+    fn guard_text(&self, s: &mut String) {
+        let Some(g) = &self.memory_guard else {
+            let why = match self.decided_by {
+                "debug" | "reload" => "one worker",
+                _ if self.memory.as_ref().is_some_and(|m| m.limit.is_some()) => "one worker",
+                _ => "no cgroup memory limit",
+            };
+            let _ = writeln!(s, "guard:     off ({why})");
+            return;
+        };
+        match (&g.decision, g.explicit) {
+            (Some(d), _) => {
+                let line = d.message.clone().unwrap_or_else(|| {
+                    format!(
+                        "{} workers fit: {} MiB, {}",
+                        d.wanted,
+                        mib(d.wanted_needs),
+                        g.budget.describe()
+                    )
+                });
+                let _ = writeln!(s, "guard:     {line}");
+            }
+            (None, false) => {
+                let _ = writeln!(
+                    s,
+                    "guard:     {}: the pool starts with worker 0, measures it, and grows only as far as                      that allows (plan --measure predicts the count)",
+                    g.budget.describe()
+                );
+            }
+            (None, true) => {
+                let _ = writeln!(
+                    s,
+                    "guard:     {}: an explicit count is never reduced, only warned about once worker 0                      is measured",
+                    g.budget.describe()
+                );
+            }
+        }
+    }
+
+    /// The measured pool's lines (`plan --measure`).
+    fn measured_text(&self, s: &mut String) {
+        let Some(m) = &self.measured else {
+            return;
+        };
+        let statuses: Vec<String> = (m.warmup.statuses.iter())
+            .map(|(code, n)| format!("{code}: {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "measured:  a pool of {} after {} warm-up requests to {} ({}{})",
+            m.workers.len(),
+            m.warmup.answered(),
+            m.warmup.path,
+            if statuses.is_empty() {
+                "no answer".to_string()
+            } else {
+                statuses.join(", ")
+            },
+            if m.warmup.failed > 0 {
+                format!(", {} failed", m.warmup.failed)
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  {:<9} {:>7}  {:>8}  {:>8}  {:>8}  {:>8}",
+            "process", "pid", "rss", "pss", "private", "requests"
+        );
+        let row = |s: &mut String,
+                   name: String,
+                   pid: i32,
+                   f: &crate::config::footprint::Footprint,
+                   req: String| {
+            let _ = writeln!(
+                s,
+                "  {name:<9} {pid:>7}  {:>8}  {:>8}  {:>8}  {req:>8}",
+                mib_text(f.rss),
+                mib_text(f.pss),
+                mib_text(f.uss)
+            );
+        };
+        row(s, "master".into(), m.master_pid, &m.master, "-".into());
+        for w in &m.workers {
+            row(
+                s,
+                format!("worker {}", w.slot),
+                w.pid,
+                &w.memory,
+                w.requests.to_string(),
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  one more worker costs {}; the pool of {} uses {} in all",
+            mib_text(m.cost.per_worker),
+            m.workers.len(),
+            mib_text(m.total())
+        );
+    }
+
+    /// The guide's table, and its warnings.
+    fn levels_text(&self, s: &mut String) {
+        if self.levels.is_empty() {
+            return;
+        }
+        let memory = match (&self.measured, &self.budget) {
+            (Some(_), Some(b)) => format!("memory measured, {}", b.describe()),
+            (Some(_), None) => "memory measured, no budget known".to_string(),
+            (None, _) => "memory not measured (plan --measure)".to_string(),
+        };
+        let db = match (self.db, self.db_max_connections) {
+            (None, _) => {
+                "no database connections given (--db-pool-per-worker or --db-budget)".to_string()
+            }
+            (Some(DbUse::PerWorker(n)), max) => format!(
+                "{n} database connections per worker{}",
+                max.map_or(String::new(), |m| format!(", max_connections {m}"))
+            ),
+            (Some(DbUse::Budget(n)), max) => format!(
+                "a budget of {n} database connections{}",
+                max.map_or(String::new(), |m| format!(", max_connections {m}"))
+            ),
+        };
+        let _ = writeln!(s, "levels:    {memory}; {db}; * = what runs");
+        s.push_str(&guide::to_text(&self.levels));
+        for w in self.levels.iter().flat_map(|l| &l.warnings) {
+            let _ = writeln!(s, "warning:   {w}");
+        }
     }
 
     /// The plan as pretty-printed JSON.

@@ -28,8 +28,10 @@ mod ctl;
 mod dev_reload;
 mod endpoint;
 mod exposition;
+mod guard;
 mod handover;
 pub(crate) mod lease;
+pub(crate) mod measure;
 mod metrics;
 pub(crate) mod pidfile;
 pub(crate) mod pool;
@@ -73,6 +75,8 @@ pub enum Outcome {
     Stopped,
     /// Every slot failed to boot repeatedly.
     GaveUp(String),
+    /// `plan --measure`: the pool booted, was measured, and shut down.
+    Measured(Box<crate::config::footprint::PoolFootprint>),
 }
 
 /// A re-read configuration, for a reload.
@@ -81,6 +85,8 @@ pub(crate) struct Reloaded {
     /// The TLS configuration, loaded again from its files.
     pub tls: Option<crate::config::tls::Tls>,
     pub plan: crate::config::sizing::Plan,
+    /// The memory guard for the re-read count, if a cgroup memory limit applies.
+    pub guard: Option<crate::config::memory_guard::Guard>,
     pub jobs: Vec<Job>,
 }
 
@@ -128,6 +134,10 @@ pub(crate) struct MasterArgs<'a> {
     pub watch: Option<watch::Spec>,
     /// The directory workers change to before the app starts (`--chdir`).
     pub chdir: Option<std::path::PathBuf>,
+    /// The memory guard, if a cgroup memory limit applies (see [`guard`]).
+    pub guard: Option<crate::config::memory_guard::Guard>,
+    /// `plan --measure`: measure the pool once it is whole, then shut down.
+    pub measure: Option<measure::Spec>,
 }
 
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
@@ -196,6 +206,10 @@ struct Master<'a> {
     ctl: Option<ctl::CtlServer>,
     /// `--reload`: the file watcher and the change waiting for its turn.
     dev: Option<dev_reload::DevReload>,
+    /// The memory guard: waiting for a worker to measure, and its last decision.
+    guard: guard::GuardState,
+    /// `plan --measure`: the pool's measurement, once taken.
+    measured: Option<crate::config::footprint::PoolFootprint>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -207,7 +221,10 @@ pub(crate) fn run(args: MasterArgs<'_>) -> Result<Outcome, StartError> {
     if master.predecessor.is_none() {
         master.open_ctl(false)?;
     }
-    let outcome = master.run_loop();
+    let mut outcome = master.run_loop();
+    if let (Outcome::Stopped, Some(m)) = (&outcome, master.measured.take()) {
+        outcome = Outcome::Measured(Box::new(m));
+    }
     if master.owns_files {
         crate::shared::listener::remove_unix_files(&master.args.listeners);
         crate::shared::listener::remove_unix_files(&master.retired_listeners);
@@ -237,7 +254,8 @@ impl<'a> Master<'a> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let mut notifier = crate::master::systemd::Notifier::from_env();
-        notifier.set_muted(predecessor.is_some());
+        // A pool booted only to be measured is not the service systemd started.
+        notifier.set_muted(predecessor.is_some() || args.measure.is_some());
         let packed = args.accept == crate::config::values::Accept::Packed;
         let balance = match args.accept {
             crate::config::values::Accept::Balanced | crate::config::values::Accept::Packed => {
@@ -276,8 +294,11 @@ impl<'a> Master<'a> {
                 })?),
                 None => None,
             };
+        let guard = guard::GuardState::new(args.guard.take());
         Ok(Master {
-            pool: Pool::new(args.workers, now),
+            pool: Pool::new(guard.first_pool(args.workers), now),
+            guard,
+            measured: None,
             pid: nix::unistd::getpid(),
             signals,
             control,
@@ -543,7 +564,9 @@ impl Master<'_> {
         self.pool.ready(slot);
         tracing::debug!("worker {slot} (pid {pid}) is ready");
         self.replacement_ready(slot, pid);
+        self.apply_guard(pid);
         self.announce_if_complete();
+        self.measure_if_asked();
     }
 
     /// Logs "all N workers ready" once per pool size, and declares the service ready the first time.

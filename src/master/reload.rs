@@ -204,7 +204,7 @@ impl Master<'_> {
             return;
         }
         self.notifier.reloading();
-        let new = match (self.args.reload)() {
+        let mut new = match (self.args.reload)() {
             Ok(n) => n,
             Err(e) => return self.reject_reload(&e),
         };
@@ -217,7 +217,8 @@ impl Master<'_> {
             Err(e) => return self.reject_reload(&e),
         };
         changes.extend(self.rewatch(watch));
-        let workers = new.plan.workers;
+        let workers = self.guarded_size(new.plan.workers, new.guard.clone());
+        new.plan.workers = workers;
         changes.extend(self.apply_settings(new));
         self.generation += 1;
         tracing::info!(

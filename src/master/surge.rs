@@ -37,7 +37,9 @@ impl Master<'_> {
     /// The pool size a worker forked now is for: the size a replacement in progress leads to, else
     /// the pool's.
     pub(super) fn spawn_size(&self) -> usize {
-        self.replacement().map_or(self.pool.size(), |r| r.size)
+        // While the memory guard waits, workers are forked for the size it may grant.
+        let size = self.guard.wanted().unwrap_or(self.pool.size());
+        self.replacement().map_or(size, |r| r.size)
     }
 
     /// Whether the surge bound allows forking one more worker now.
