@@ -41,6 +41,8 @@ fn the_example_file_is_valid_with_every_key_uncommented() {
     let body: String = example
         .lines()
         .filter_map(|l| l.strip_prefix("# "))
+        // `db_budget` is the alternative to `db_pool_per_worker`: the two together are an error.
+        .filter(|l| !l.starts_with("db_budget = "))
         .filter(|l| {
             l.starts_with("[[jobs]]")
                 || l.split_once(" = ").is_some_and(|(k, _)| {
@@ -492,4 +494,25 @@ fn log_file_dash_is_stderr_and_access_logfile_dash_turns_the_access_log_on() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("/var/log/a.log") && e.contains("`-`"), "{e}");
+}
+
+#[test]
+fn connections_per_worker_and_a_budget_are_one_or_the_other() {
+    let e = Settings::resolve(
+        &cli(&["--db-pool-per-worker", "10"]),
+        &env(&[("HYPERFORK_DB_BUDGET", "50")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--db-pool-per-worker 10 and env HYPERFORK_DB_BUDGET 50: give one"),
+        "{e}"
+    );
+    let s = Settings::resolve(&cli(&["--db-budget", "50"]), &env(&[])).unwrap();
+    assert_eq!(s.db_budget.map(|b| b.value), Some(50));
+    assert_eq!(s.memory_reserve, 64 * 1024 * 1024, "the default reserve");
+    let e = Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_MEMORY_RESERVE", "lots")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("HYPERFORK_MEMORY_RESERVE"), "{e}");
 }
