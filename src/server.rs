@@ -473,7 +473,9 @@ impl<S: Send + Sync + 'static> Server<S> {
         };
         let watch = crate::master::watch::Spec::of(&settings, exe.as_ref().ok().map(|p| p.exe()))
             .map_err(|e| Failure::usage(ConfigError::Invalid(e)))?;
-        start_logging(&settings, &plan, threads, account.clone())?;
+        // The log file is handed to the workers' account, but never /dev/null (`plan --measure`).
+        let log_owner = account.clone().filter(|_| measure.is_none());
+        start_logging(&settings, &plan, threads, log_owner)?;
         warn_reload_options_unused(&settings);
         check_account(&settings, &target)?;
         // Before any socket or fork: a bad certificate or key is a usage error naming its file.
@@ -610,8 +612,10 @@ fn print_plan(plan: &Plan, json: bool) {
 
 /// `plan --measure` boots the pool as `serve` would, but out of the way of a server already
 /// running: on an ephemeral loopback port, with balanced accept (which spreads the warm-up's
-/// connections over the workers), without a pid file, metrics address, control socket, access log
-/// or file watcher, logging only warnings, to stderr.
+/// connections over the workers), without a pid file, metrics address, control socket or file
+/// watcher. The log keeps its level and access lines, since writing them weighs on a worker too, but
+/// goes to `/dev/null`: what matters is in the plan (a pool that cannot boot ends the command with
+/// its last boot error).
 fn for_measuring(settings: &mut Settings) {
     settings.binds = vec![Sourced {
         value: BindSpec::Tcp {
@@ -624,15 +628,8 @@ fn for_measuring(settings: &mut Settings) {
     settings.accept = Accept::Balanced;
     settings.pid_file = None;
     settings.metrics_bind = None;
-    settings.access_log = false;
-    settings.log_file = None;
+    settings.log_file = Some(PathBuf::from("/dev/null"));
     settings.reload.value = false;
-    if matches!(
-        settings.log_level,
-        LogLevel::Info | LogLevel::Debug | LogLevel::Trace
-    ) {
-        settings.log_level = LogLevel::Warning;
-    }
 }
 
 /// Logs the pool's database connections against `--db-max-connections`, reload surge included: a

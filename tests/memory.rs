@@ -1,0 +1,363 @@
+//! Sizing by memory, seen from outside: the memory guard of a pool started inside a memory-limited
+//! cgroup this test creates, `plan --measure`'s prediction of it, and `plan --measure`'s figures
+//! against what `/proc` shows for a pool started by hand.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A memory cgroup made for one test (v2 if the unified hierarchy offers the memory controller, else
+/// v1), removed on drop once the processes in it are killed.
+struct MemCgroup {
+    dir: PathBuf,
+    /// `cgroup v2 memory.max` or `cgroup v1 memory.limit_in_bytes`.
+    kind: &'static str,
+}
+
+impl MemCgroup {
+    /// A child of this process's own memory cgroup, limited to `bytes`. Panics, saying why, when
+    /// the machine has no writable memory cgroup: the guard's test must not pass without one.
+    fn create(name: &str, bytes: u64) -> MemCgroup {
+        let unique = format!("hyperfork-test-{name}-{}", std::process::id());
+        let mut tried = Vec::new();
+        for (kind, parent, file) in candidates() {
+            let dir = parent.join(&unique);
+            let made = std::fs::create_dir(&dir).and_then(|_| {
+                if kind.contains("v2") && !dir.join(file).exists() {
+                    // The parent must hand the memory controller down first.
+                    std::fs::write(parent.join("cgroup.subtree_control"), "+memory")?;
+                }
+                std::fs::write(dir.join(file), bytes.to_string())
+            });
+            match made {
+                Ok(()) => return MemCgroup { dir, kind },
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    tried.push(format!("{kind} under {}: {e}", parent.display()));
+                }
+            }
+        }
+        panic!(
+            "no writable memory cgroup on this machine, so the memory guard cannot be tested \
+             (this test needs root and a cgroup v2 or v1 memory hierarchy); tried: {tried:?}"
+        );
+    }
+
+    /// `cmd` run inside the cgroup: `sh` moves itself in, then execs the program.
+    fn wrap(&self, program: &Path, args: &[&str]) -> Command {
+        let mut c = command(&PathBuf::from("/bin/sh"));
+        c.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(program)
+            .args(args);
+        c
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // Whatever is left in it (the test's guards kill their processes first).
+        if let Ok(procs) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a process this test started in its own cgroup.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        wait_until(Duration::from_secs(10), || {
+            std::fs::remove_dir(&self.dir).is_ok()
+        });
+    }
+}
+
+/// Where a memory cgroup can be made: (kind, parent directory, limit file), v2 first.
+fn candidates() -> Vec<(&'static str, PathBuf, &'static str)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in mounts.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let rfields: Vec<&str> = right.split_whitespace().collect();
+        let (Some(root), Some(point), Some(fstype)) =
+            (fields.get(3), fields.get(4), rfields.first())
+        else {
+            continue;
+        };
+        let opts = rfields.get(2).copied().unwrap_or("");
+        let (kind, file, wanted) = match *fstype {
+            "cgroup2" => ("cgroup v2 memory.max", "memory.max", None),
+            "cgroup" if opts.split(',').any(|o| o == "memory") => (
+                "cgroup v1 memory.limit_in_bytes",
+                "memory.limit_in_bytes",
+                Some("memory"),
+            ),
+            _ => continue,
+        };
+        let path = own.lines().find_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let (_, controllers, path) = (it.next()?, it.next()?, it.next()?);
+            let matches = match wanted {
+                None => controllers.is_empty(),
+                Some(c) => controllers.split(',').any(|x| x == c),
+            };
+            matches.then(|| path.to_string())
+        });
+        let Some(path) = path else { continue };
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .trim_start_matches('/');
+        let parent = Path::new(point).join(rel);
+        if kind.contains("v2") {
+            let offered = std::fs::read_to_string(parent.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"));
+            if !offered {
+                continue;
+            }
+            out.insert(0, (kind, parent, file));
+        } else {
+            out.push((kind, parent, file));
+        }
+    }
+    out
+}
+
+/// Runs `plan --measure --json` (with `args`) and returns its JSON, failing on a non-zero exit.
+fn measure(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().expect("run plan --measure");
+    assert!(
+        out.status.success(),
+        "plan --measure failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "plan --measure --json printed no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
+    // Workers of 50 MiB each in a 200 MiB cgroup with the default 64 MiB reserve: 136 MiB for the
+    // pool, so 2 workers fit (about 12 MiB for the master and shared pages, plus 2 × 51) and 3 do
+    // not; the formula asks for at least 3 on any machine.
+    let cg = MemCgroup::create("guard", 200 * MIB);
+    let faults = example_bin("faults");
+    let alloc = [("HYPERFORK_BOOT_ALLOC_MIB", "50")];
+
+    let mut cmd = cg.wrap(&faults, &["plan", "--measure", "--json"]);
+    cmd.envs(alloc);
+    let predicted = measure(cmd);
+    let wanted = predicted["memory_guard"]["decision"]["wanted"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no guard decision in the plan: {predicted}"));
+    assert!(wanted >= 3, "{predicted}");
+    assert_eq!(predicted["workers"], 2, "{predicted}");
+    assert_eq!(predicted["decided_by"], "memory guard", "{predicted}");
+    assert_eq!(predicted["memory"]["limit"]["kind"], cg.kind, "{predicted}");
+    assert_eq!(
+        predicted["measured"]["workers"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let port = free_port();
+    let mut cmd = cg.wrap(&faults, &["--port", &port.to_string()]);
+    cmd.envs(alloc);
+    let mut p = Proc::start(cmd, port);
+    p.wait_serving();
+    assert!(
+        p.wait_log("all 2 workers ready", Duration::from_secs(30)),
+        "{}",
+        p.stderr()
+    );
+    let line = format!("starting 2 of {wanted} workers: {wanted} would need ");
+    let log = p.stderr();
+    let logged = log
+        .lines()
+        .find(|l| l.contains(&line))
+        .unwrap_or_else(|| panic!("no `{line}` line:\n{log}"));
+    assert!(
+        logged.contains("MiB, the cgroup allows 200 MiB minus 64 MiB reserve"),
+        "{logged}"
+    );
+    assert_eq!(p.worker_pids().len(), 2, "{log}");
+    // The guard stopped growing; it did not fork and kill.
+    assert!(!log.contains("worker 2 "), "{log}");
+    assert_eq!(get(port, "/").map(|r| r.status).ok(), Some(200));
+}
+
+#[test]
+fn an_explicit_count_in_a_small_cgroup_is_kept_and_warned_about() {
+    let cg = MemCgroup::create("explicit", 200 * MIB);
+    let port = free_port();
+    let mut cmd = cg.wrap(
+        &example_bin("faults"),
+        &["--port", &port.to_string(), "--workers", "3"],
+    );
+    cmd.env("HYPERFORK_BOOT_ALLOC_MIB", "50");
+    let mut p = Proc::start(cmd, port);
+    p.wait_serving();
+    assert!(
+        p.wait_log("all 3 workers ready", Duration::from_secs(30)),
+        "{}",
+        p.stderr()
+    );
+    let log = p.stderr();
+    assert!(
+        log.contains("the explicit count is kept, but 3 would need ")
+            && log.contains("2 workers would fit"),
+        "{log}"
+    );
+    assert_eq!(p.worker_pids().len(), 3, "{log}");
+}
+
+/// `Private_Clean + Private_Dirty` of `pid` from `/proc/PID/smaps_rollup`, in bytes.
+fn private_bytes(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * 1024
+}
+
+/// `n` GETs of `/`, each on its own connection closed by the server (`Connection: close`, read to
+/// the end), 8 at a time: the load `plan --measure` sends.
+fn warm(port: u16, n: usize) {
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..n.div_ceil(8) {
+                    let Ok(mut conn) = Conn::open(port) else {
+                        continue;
+                    };
+                    let s = conn.reader_mut();
+                    let _ = s.write_all(
+                        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                    );
+                    let _ = s.read_to_end(&mut Vec::new());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// `plan --measure`'s private memory per worker, against `/proc` for a pool of 2 started by hand
+/// with the same settings and warmed with as many requests: within 20 %.
+fn measure_matches_proc(bin: &Path, env: &[(&str, &str)]) {
+    let args = ["--workers", "2", "--accept", "balanced"];
+    let mut cmd = command(&bin.to_path_buf());
+    cmd.args(["plan", "--measure", "--json"])
+        .args(args)
+        .envs(env.iter().copied());
+    let plan = measure(cmd);
+    let measured: Vec<u64> = plan["measured"]["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no measured workers: {plan}"))
+        .iter()
+        .map(|w| w["memory"]["uss"].as_u64().expect("uss"))
+        .collect();
+    assert_eq!(measured.len(), 2, "{plan}");
+    let requests = plan["measured"]["warmup"]["statuses"]["200"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no 200s in the warm-up: {plan}"));
+    let per_worker = plan["measured"]["cost"]["per_worker"].as_u64().unwrap();
+    assert_eq!(per_worker, *measured.iter().max().unwrap());
+
+    let p = Proc::serve(&bin.to_path_buf(), &args, env);
+    assert!(p.wait_log("all 2 workers ready", Duration::from_secs(30)));
+    warm(p.port, requests as usize);
+    let by_hand: Vec<u64> = p.worker_pids().into_iter().map(private_bytes).collect();
+    assert_eq!(by_hand.len(), 2);
+    let mean = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+    let (m, h) = (mean(&measured), mean(&by_hand));
+    let off = (m - h).abs() / h;
+    assert!(
+        off <= 0.20,
+        "{}: plan --measure says {m:.0} bytes private per worker, /proc shows {h:.0} for a pool \
+         started by hand ({:.0} % off); measured {measured:?}, by hand {by_hand:?}",
+        bin.display(),
+        off * 100.0
+    );
+}
+
+#[test]
+fn plan_measure_matches_proc_for_the_built_in_app() {
+    measure_matches_proc(&hyperfork_bin(), &[]);
+}
+
+#[test]
+fn plan_measure_matches_proc_for_a_worker_that_allocates_50_mib_at_boot() {
+    measure_matches_proc(
+        &example_bin("faults"),
+        &[("HYPERFORK_BOOT_ALLOC_MIB", "50")],
+    );
+}
+
+#[test]
+fn plan_without_measure_shows_the_guard_and_the_levels() {
+    let mut cmd = command(&hyperfork_bin());
+    cmd.args([
+        "plan",
+        "--json",
+        "--db-pool-per-worker",
+        "10",
+        "--db-max-connections",
+        "20",
+    ]);
+    let out = cmd.output().expect("run plan");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let levels = plan["levels"].as_array().expect("levels");
+    let names: Vec<&str> = levels.iter().filter_map(|l| l["name"].as_str()).collect();
+    assert_eq!(
+        &names[..3],
+        ["conservative", "moderate", "aggressive"],
+        "{plan}"
+    );
+    assert_eq!(
+        levels.iter().filter(|l| l["chosen"] == true).count(),
+        1,
+        "{plan}"
+    );
+    // The default pool (at least 3 workers) opens 30+ connections, 40+ during a reload: more than
+    // max_connections 20 admits.
+    let chosen = levels.iter().find(|l| l["chosen"] == true).unwrap();
+    let n = chosen["workers"].as_u64().unwrap();
+    assert_eq!(
+        chosen["db"]["at_reload"].as_u64(),
+        Some((n + 1) * 10),
+        "{plan}"
+    );
+    assert_eq!(chosen["db"]["allowed"].as_u64(), Some(17), "{plan}");
+    let warning = chosen["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("but max_connections 20 admits 17"),
+        "{plan}"
+    );
+}
