@@ -205,6 +205,39 @@ fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
 }
 
 #[test]
+fn a_reload_decides_again_with_fresh_measurements() {
+    // 2 workers of 50 MiB fit in 200 MiB minus 64 MiB; after the reserve drops to 8 MiB, 3 do.
+    let cg = MemCgroup::create("reload", 200 * MIB);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hyperfork.toml");
+    std::fs::write(&config, "memory_reserve = \"64MiB\"\n").unwrap();
+    let port = free_port();
+    let mut cmd = cg.wrap(
+        &example_bin("faults"),
+        &["--port", &port.to_string(), "--config", config.to_str().unwrap()],
+    );
+    cmd.env("HYPERFORK_BOOT_ALLOC_MIB", "50");
+    let mut p = Proc::start(cmd, port);
+    p.wait_serving();
+    assert!(
+        p.wait_log("all 2 workers ready", Duration::from_secs(30)),
+        "{}",
+        p.stderr()
+    );
+    std::fs::write(&config, "memory_reserve = \"8MiB\"\n").unwrap();
+    p.reload(1);
+    let log = p.stderr();
+    assert!(
+        log.contains("reload: starting 3 of ")
+            && log.contains("the cgroup allows 200 MiB minus 8 MiB reserve"),
+        "{log}"
+    );
+    assert!(log.contains("workers 2 -> 3"), "{log}");
+    assert!(log.contains("reload complete: generation 2, 3 workers"), "{log}");
+    assert_eq!(p.worker_pids().len(), 3, "{log}");
+}
+
+#[test]
 fn an_explicit_count_in_a_small_cgroup_is_kept_and_warned_about() {
     let cg = MemCgroup::create("explicit", 200 * MIB);
     let port = free_port();
