@@ -214,7 +214,12 @@ fn a_reload_decides_again_with_fresh_measurements() {
     let port = free_port();
     let mut cmd = cg.wrap(
         &example_bin("faults"),
-        &["--port", &port.to_string(), "--config", config.to_str().unwrap()],
+        &[
+            "--port",
+            &port.to_string(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
     );
     cmd.env("HYPERFORK_BOOT_ALLOC_MIB", "50");
     let mut p = Proc::start(cmd, port);
@@ -233,7 +238,10 @@ fn a_reload_decides_again_with_fresh_measurements() {
         "{log}"
     );
     assert!(log.contains("workers 2 -> 3"), "{log}");
-    assert!(log.contains("reload complete: generation 2, 3 workers"), "{log}");
+    assert!(
+        log.contains("reload complete: generation 2, 3 workers"),
+        "{log}"
+    );
     assert_eq!(p.worker_pids().len(), 3, "{log}");
 }
 
@@ -392,5 +400,55 @@ fn plan_without_measure_shows_the_guard_and_the_levels() {
     assert!(
         warning.contains("but max_connections 20 admits 17"),
         "{plan}"
+    );
+}
+
+#[test]
+fn ctl_status_answers_from_the_live_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ctl.sock");
+    let socket = socket.to_str().unwrap();
+    let faults = example_bin("faults");
+    let p = Proc::serve(
+        &faults,
+        &["--workers", "2", "--control-socket", socket],
+        &[("HYPERFORK_BOOT_ALLOC_MIB", "50")],
+    );
+    assert!(p.wait_log("all 2 workers ready", Duration::from_secs(30)));
+    let out = command(&faults)
+        .args(["ctl", "status", "--json", "--control-socket", socket])
+        .output()
+        .expect("run ctl status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &status["memory"];
+    let per_worker = m["per_worker"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{status}"));
+    let by_hand = p
+        .worker_pids()
+        .into_iter()
+        .map(private_bytes)
+        .max()
+        .unwrap();
+    let off = (per_worker as f64 - by_hand as f64).abs() / by_hand as f64;
+    assert!(
+        off <= 0.20,
+        "ctl says {per_worker}, /proc {by_hand}: {status}"
+    );
+    assert!(m["total"].as_u64().unwrap() >= 100 * MIB, "{status}");
+    assert_eq!(m["processes"], 2, "{status}");
+    let text = command(&faults)
+        .args(["ctl", "status", "--control-socket", socket])
+        .output()
+        .expect("run ctl status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("memory:   one more worker costs 5") && text.contains("in all"),
+        "{text}"
     );
 }

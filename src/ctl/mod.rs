@@ -441,6 +441,7 @@ mod tests {
                 heartbeat_age_seconds: None,
                 scheduler: true,
             }],
+            memory: None,
         }
     }
 

@@ -42,6 +42,22 @@ pub(crate) fn render(status: &Status, client_version: &str) -> String {
         };
         header.push(("listener", format!("{}{queue}", l.address)));
     }
+    if let Some(m) = &status.memory {
+        header.push((
+            "memory",
+            format!(
+                "one more worker costs {}; the pool ({} worker process{} and the master) uses {} in \
+                 all",
+                bytes(m.per_worker),
+                m.processes,
+                if m.processes == 1 { "" } else { "es" },
+                bytes(m.total)
+            ),
+        ));
+        if let Some(g) = &m.guard {
+            header.push(("guard", g.clone()));
+        }
+    }
     let mut out = String::new();
     for (name, value) in header {
         out.push_str(&format!("{:<10}{value}\n", format!("{name}:")));
@@ -215,6 +231,7 @@ mod tests {
                 },
             ],
             workers: vec![w0, w1, worker(1, 4251, "booting")],
+            memory: None,
         }
     }
 
@@ -233,6 +250,25 @@ slot   pid  state       age  requests  in-flight  conns       RSS  CPU %  gen  s
    1  4251  booting   1h02m      1024          3     12  23.4 MiB    1.2    2
 ";
         assert_eq!(text, want, "\n{text}");
+    }
+
+    #[test]
+    fn the_pools_memory_and_the_guard_are_said() {
+        let mut s = status();
+        s.memory = Some(crate::shared::ctl_wire::MemoryStatus {
+            per_worker: 52 * 1024 * 1024,
+            total: 168 * 1024 * 1024,
+            processes: 3,
+            guard: Some("starting 3 of 5 workers: 5 would need 272 MiB".into()),
+        });
+        let text = render(&s, "0.4.0");
+        assert!(
+            text.contains(
+                "memory:   one more worker costs 52.0 MiB; the pool (3 worker processes and the \
+                 master) uses 168.0 MiB in all\nguard:    starting 3 of 5 workers"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ use super::endpoint::{Conn, Input};
 use super::reload::Replacement;
 use super::{Master, Phase};
 use crate::error::StartError;
-use crate::shared::ctl_wire::{ListenerStatus, MAX_REQUEST, Reply, Request, Status, WorkerStatus};
+use crate::shared::ctl_wire::{
+    ListenerStatus, MAX_REQUEST, MemoryStatus, Reply, Request, Status, WorkerStatus,
+};
 use crate::shared::listener::{FileId, Listener};
 
 /// Connections served at once; more wait in the socket's backlog.
@@ -448,9 +450,31 @@ impl Master<'_> {
         }
     }
 
+    /// The pool's memory now: what one more worker costs and what the whole pool holds.
+    fn memory_status(&self, rows: &[super::census::Row]) -> Option<MemoryStatus> {
+        use crate::config::footprint::Footprint;
+        let master = Footprint::of(self.pid.as_raw())?;
+        let all: Vec<(bool, Footprint)> = rows
+            .iter()
+            .filter_map(|r| Footprint::of(r.pid.as_raw()).map(|f| (r.state == "ready", f)))
+            .collect();
+        let per_worker = all
+            .iter()
+            .filter(|(ready, _)| *ready)
+            .map(|(_, f)| f.uss)
+            .max()?;
+        Some(MemoryStatus {
+            per_worker,
+            total: master.pss + all.iter().map(|(_, f)| f.pss).sum::<u64>(),
+            processes: all.len(),
+            guard: self.guard.decision.as_ref().and_then(|d| d.message.clone()),
+        })
+    }
+
     /// `ctl status`.
     fn ctl_status(&mut self) -> Status {
         let Census { rows, sockets } = self.census();
+        let memory = self.memory_status(&rows);
         let phase = match &self.phase {
             Phase::Stopping { .. } => "stopping",
             Phase::Replacing(_) => "reloading",
@@ -492,6 +516,7 @@ impl Master<'_> {
                     scheduler: r.scheduler,
                 })
                 .collect(),
+            memory,
         }
     }
 }

@@ -111,6 +111,22 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     /// Every live worker process, by slot then pid: old and new ones of a slot during a reload.
     pub workers: Vec<WorkerStatus>,
+    /// The pool's memory, measured now (absent from a master that does not report it).
+    #[serde(default)]
+    pub memory: Option<MemoryStatus>,
+}
+
+/// The pool's memory, from `/proc/PID/smaps_rollup` of the master and every worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// What one more worker costs: the largest private memory (USS) among the ready workers, bytes.
+    pub per_worker: u64,
+    /// What the master and all its workers hold, shared pages counted once (their PSS), bytes.
+    pub total: u64,
+    /// The worker processes counted in `total`.
+    pub processes: usize,
+    /// The memory guard's last decision, when it reduced or warned about the count.
+    pub guard: Option<String>,
 }
 
 /// One listening socket.
