@@ -487,7 +487,7 @@ impl<S: Send + Sync + 'static> Server<S> {
         let opened = open_listeners(&settings, account.as_ref())?;
         announce(&settings, &opened.listeners, &plan, &jobs, tls.as_ref());
         check_db_connections(&settings, plan.workers);
-        let guard = plan.guard(&memory, settings.memory_reserve);
+        let guard = plan.guard(&memory, settings.memory_reserve, settings.max_surge);
         let fixed = FixedAtStart::of(&settings);
         let reload = || reload(&cli, &lib_jobs, &fixed);
         let control_socket = if measure.is_some() {
@@ -972,7 +972,11 @@ fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded,
     fixed.warn_about_changes(&settings);
     let jobs = with_library_jobs(&settings, lib_jobs)?;
     check_db_connections(&settings, plan.workers);
-    let guard = plan.guard(&crate::config::memory::detect(), settings.memory_reserve);
+    let guard = plan.guard(
+        &crate::config::memory::detect(),
+        settings.memory_reserve,
+        settings.max_surge,
+    );
     Ok(Reloaded {
         settings,
         tls,

@@ -156,10 +156,11 @@ fn measure(mut cmd: Command) -> serde_json::Value {
 
 #[test]
 fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
-    // Workers of 50 MiB each in a 200 MiB cgroup with the default 64 MiB reserve: 136 MiB for the
-    // pool, so 2 workers fit (about 12 MiB for the master and shared pages, plus 2 × 51) and 3 do
-    // not; the formula asks for at least 3 on any machine.
-    let cg = MemCgroup::create("guard", 200 * MIB);
+    // Workers of 50 MiB each in a 256 MiB cgroup with the default 64 MiB reserve: 192 MiB for the
+    // pool during a reload, which forks one more worker (--max-surge 1). 2 workers fit (about 12 MiB
+    // for the master and shared pages, plus 3 × 51 while reloading) and 3 do not (4 × 51); the
+    // formula asks for at least 3 on any machine.
+    let cg = MemCgroup::create("guard", 256 * MIB);
     let faults = example_bin("faults");
     let alloc = [("HYPERFORK_BOOT_ALLOC_MIB", "50")];
 
@@ -195,7 +196,7 @@ fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
         .find(|l| l.contains(&line))
         .unwrap_or_else(|| panic!("no `{line}` line:\n{log}"));
     assert!(
-        logged.contains("MiB, the cgroup allows 200 MiB minus 64 MiB reserve"),
+        logged.contains("MiB with a reload's 1 extra (--max-surge), the cgroup allows 256 MiB minus 64 MiB reserve"),
         "{logged}"
     );
     assert_eq!(p.worker_pids().len(), 2, "{log}");
@@ -206,8 +207,9 @@ fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
 
 #[test]
 fn a_reload_decides_again_with_fresh_measurements() {
-    // 2 workers of 50 MiB fit in 200 MiB minus 64 MiB; after the reserve drops to 8 MiB, 3 do.
-    let cg = MemCgroup::create("reload", 200 * MIB);
+    // 2 workers of 50 MiB (and a reload's third) fit in 256 MiB minus 64 MiB; after the reserve
+    // drops to 8 MiB, 3 do.
+    let cg = MemCgroup::create("reload", 256 * MIB);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hyperfork.toml");
     std::fs::write(&config, "memory_reserve = \"64MiB\"\n").unwrap();
@@ -234,7 +236,7 @@ fn a_reload_decides_again_with_fresh_measurements() {
     let log = p.stderr();
     assert!(
         log.contains("reload: starting 3 of ")
-            && log.contains("the cgroup allows 200 MiB minus 8 MiB reserve"),
+            && log.contains("the cgroup allows 256 MiB minus 8 MiB reserve"),
         "{log}"
     );
     assert!(log.contains("workers 2 -> 3"), "{log}");
@@ -247,7 +249,7 @@ fn a_reload_decides_again_with_fresh_measurements() {
 
 #[test]
 fn an_explicit_count_in_a_small_cgroup_is_kept_and_warned_about() {
-    let cg = MemCgroup::create("explicit", 200 * MIB);
+    let cg = MemCgroup::create("explicit", 256 * MIB);
     let port = free_port();
     let mut cmd = cg.wrap(
         &example_bin("faults"),

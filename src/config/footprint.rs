@@ -89,12 +89,13 @@ impl Cost {
             .saturating_add(self.per_worker.saturating_mul(workers as u64))
     }
 
-    /// The largest count from 1 to `wanted` whose pool fits in `budget` bytes; at least 1 (a pool of
-    /// no worker serves nothing, so one is started even when it does not fit).
-    pub fn largest_fitting(&self, wanted: usize, budget: u64) -> usize {
+    /// The largest count from 1 to `wanted` whose pool, with `surge` more workers alive during a
+    /// reload, fits in `budget` bytes; at least 1 (a pool of no worker serves nothing, so one is
+    /// started even when it does not fit).
+    pub fn largest_fitting(&self, wanted: usize, surge: usize, budget: u64) -> usize {
         (1..=wanted.max(1))
             .rev()
-            .find(|n| self.pool(*n) <= budget)
+            .find(|n| self.pool(n + surge) <= budget)
             .unwrap_or(1)
     }
 }
@@ -231,15 +232,20 @@ Swap:                  0 kB
             per_worker: 100,
             measured: 1,
         };
-        assert_eq!(cost.largest_fitting(5, 1000), 5);
-        assert_eq!(cost.largest_fitting(5, 310), 3);
-        assert_eq!(cost.largest_fitting(5, 309), 2);
+        assert_eq!(cost.largest_fitting(5, 0, 1000), 5);
+        assert_eq!(cost.largest_fitting(5, 0, 310), 3);
+        assert_eq!(cost.largest_fitting(5, 0, 309), 2);
         assert_eq!(
-            cost.largest_fitting(5, 50),
+            cost.largest_fitting(5, 1, 310),
+            2,
+            "a reload's extra worker counts"
+        );
+        assert_eq!(
+            cost.largest_fitting(5, 0, 50),
             1,
             "one worker even when none fits"
         );
-        assert_eq!(cost.largest_fitting(0, 1000), 1);
+        assert_eq!(cost.largest_fitting(0, 0, 1000), 1);
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub struct Level {
     pub chosen: bool,
     /// The memory its pool holds, in bytes (measured: `plan --measure`).
     pub memory: Option<u64>,
-    /// What is left of the budget, in bytes; negative when the pool does not fit.
+    /// The memory it holds during a reload, with `--max-surge` extra workers, in bytes.
+    pub memory_at_reload: Option<u64>,
+    /// What is left of the budget during a reload, in bytes; negative when the pool does not fit.
     pub left: Option<i64>,
     /// Its database connections.
     pub db: Option<Connections>,
@@ -128,15 +130,19 @@ pub fn levels(inputs: &Inputs<'_>) -> Vec<Level> {
 fn level(inputs: &Inputs<'_>, name: &str, workers: usize, rule: String, chosen: bool) -> Level {
     let mut warnings = Vec::new();
     let memory = inputs.cost.map(|c| c.pool(workers));
-    let left = match (memory, inputs.budget) {
+    let memory_at_reload = inputs.cost.map(|c| c.pool(workers + inputs.max_surge));
+    let left = match (memory_at_reload, inputs.budget) {
         (Some(m), Some(b)) => Some(b.bytes() as i64 - m as i64),
         _ => None,
     };
-    if let (Some(m), Some(l), Some(b)) = (memory, left, inputs.budget) {
+    if let (Some(m), Some(r), Some(l), Some(b)) = (memory, memory_at_reload, left, inputs.budget) {
         if l < 0 {
             warnings.push(format!(
-                "{name} ({workers} workers) needs {} MiB, {} MiB more than {}",
+                "{name} ({workers} workers) needs {} MiB, {} MiB during a reload (--max-surge {}), \
+                 {} MiB more than {}",
                 mib(m),
+                mib(r),
+                inputs.max_surge,
                 mib(l.unsigned_abs()),
                 b.describe()
             ));
@@ -170,6 +176,7 @@ fn level(inputs: &Inputs<'_>, name: &str, workers: usize, rule: String, chosen: 
         rule,
         chosen,
         memory,
+        memory_at_reload,
         left,
         db,
         warnings,
@@ -203,11 +210,14 @@ pub fn to_text(levels: &[Level]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "  {:<14} {:>7}  {:>9}  {:>9}  {:<17}  rule",
+        "  {:<14} {:>7}  {:<19}  {:>9}  {:<17}  rule",
         "level", "workers", "memory", "left", "db connections"
     );
     for l in levels {
-        let memory = l.memory.map_or("-".to_string(), mib_text);
+        let memory = match (l.memory, l.memory_at_reload) {
+            (Some(m), Some(r)) => format!("{} ({} reload)", mib_text(m), mib(r)),
+            _ => "-".to_string(),
+        };
         let left = l.left.map_or("-".to_string(), |v| {
             let sign = if v < 0 { "-" } else { "" };
             format!("{sign}{}", mib_text(v.unsigned_abs()))
@@ -217,7 +227,7 @@ pub fn to_text(levels: &[Level]) -> String {
         });
         let _ = writeln!(
             s,
-            "{} {:<14} {:>7}  {:>9}  {:>9}  {:<17}  {}{}",
+            "{} {:<14} {:>7}  {:<19}  {:>9}  {:<17}  {}{}",
             if l.chosen { "*" } else { " " },
             l.name,
             l.workers,
@@ -314,19 +324,21 @@ mod tests {
         };
         let rows = levels(&i);
         assert_eq!(rows[1].memory, Some(250 * MIB));
-        assert_eq!(rows[1].left, Some(198 * MIB as i64));
+        assert_eq!(rows[1].memory_at_reload, Some(370 * MIB));
+        assert_eq!(rows[1].left, Some(78 * MIB as i64));
         assert!(rows[1].warnings.is_empty());
-        assert_eq!(rows[2].left, Some(-162 * MIB as i64));
+        assert_eq!(rows[2].left, Some(-282 * MIB as i64));
         assert_eq!(
             rows[2].warnings,
             [
-                "aggressive (5 workers) needs 610 MiB, 162 MiB more than the cgroup allows 512 MiB minus \
-              64 MiB reserve"
+                "aggressive (5 workers) needs 610 MiB, 730 MiB during a reload (--max-surge 1), 282 MiB \
+              more than the cgroup allows 512 MiB minus 64 MiB reserve"
             ]
         );
         let text = to_text(&rows);
         assert!(text.contains("* aggressive"), "{text}");
-        assert!(text.contains("-162 MiB"), "{text}");
+        assert!(text.contains("610 MiB (730 reload)"), "{text}");
+        assert!(text.contains("-282 MiB"), "{text}");
         assert!(text.contains("does not fit"), "{text}");
     }
 

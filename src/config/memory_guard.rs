@@ -1,6 +1,10 @@
 //! The memory guard: a computed worker count stops where the pool would pass the cgroup memory limit
 //! minus `--memory-reserve`; an explicit count is never reduced, only warned about.
 //!
+//! The pool must fit during a reload too, when `--max-surge` extra workers are alive beside it: past a
+//! hard limit the kernel kills a process, and a deploy is the worst moment for that. (The database
+//! budget counts the surge the same way, see `Worker::share_of`.)
+//!
 //! The master decides once its first worker is ready, from the measured footprint of itself and that
 //! worker ([`Cost`]), and again at each reload from the workers then alive. `plan --measure` boots a
 //! pool the same way, so it predicts the same count. Without a cgroup memory limit the guard does
@@ -70,6 +74,8 @@ pub struct Guard {
     pub wanted: usize,
     /// Whether that count was given (explicit, never reduced) rather than computed.
     pub explicit: bool,
+    /// The extra workers alive during a reload (`--max-surge`).
+    pub surge: usize,
 }
 
 /// The guard's decision for one measured cost.
@@ -79,7 +85,7 @@ pub struct Decision {
     pub workers: usize,
     /// The count the settings decided.
     pub wanted: usize,
-    /// What the wanted pool would hold, in bytes.
+    /// What the wanted pool would hold during a reload (with the surge), in bytes.
     pub wanted_needs: u64,
     /// The largest count that fits (the decision, for a computed count).
     pub fitting: usize,
@@ -91,25 +97,34 @@ pub struct Decision {
 }
 
 impl Guard {
-    /// The guard for a pool of `wanted` workers, if `memory` has a cgroup limit.
-    pub fn new(memory: &Memory, reserve: u64, wanted: usize, explicit: bool) -> Option<Guard> {
+    /// The guard for a pool of `wanted` workers and `surge` more during a reload, if `memory` has a
+    /// cgroup limit.
+    pub fn new(
+        memory: &Memory,
+        reserve: u64,
+        wanted: usize,
+        explicit: bool,
+        surge: usize,
+    ) -> Option<Guard> {
         Budget::of_limit(memory, reserve).map(|budget| Guard {
             budget,
             wanted,
             explicit,
+            surge,
         })
     }
 
     /// How many workers to run, given what a pool costs.
     pub fn decide(&self, cost: &Cost) -> Decision {
         let budget = self.budget.bytes();
-        let wanted_needs = cost.pool(self.wanted);
-        let fitting = cost.largest_fitting(self.wanted, budget);
+        let wanted_needs = cost.pool(self.wanted + self.surge);
+        let fitting = cost.largest_fitting(self.wanted, self.surge, budget);
         let fits = wanted_needs <= budget;
         let need = format!(
-            "{} would need {} MiB, {}",
+            "{} would need {} MiB with a reload's {} extra (--max-surge), {}",
             self.wanted,
             mib(wanted_needs),
+            self.surge,
             self.budget.describe()
         );
         let (workers, message) = match (fits, self.explicit) {
@@ -173,21 +188,22 @@ mod tests {
 
     #[test]
     fn a_computed_count_stops_at_what_fits_and_says_why() {
-        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, false).unwrap();
+        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, false, 1).unwrap();
         let d = g.decide(&cost(10, 120));
-        assert_eq!((d.workers, d.fitting, d.wanted), (3, 3, 5));
+        // 3 workers hold 370 MiB, but 490 MiB while a reload forks a 4th: 2 fit.
+        assert_eq!((d.workers, d.fitting, d.wanted), (2, 2, 5));
         assert_eq!(
             d.message.as_deref(),
             Some(
-                "starting 3 of 5 workers: 5 would need 610 MiB, the cgroup allows 512 MiB minus 64 MiB \
-                 reserve"
+                "starting 2 of 5 workers: 5 would need 730 MiB with a reload's 1 extra (--max-surge), \
+                 the cgroup allows 512 MiB minus 64 MiB reserve"
             )
         );
     }
 
     #[test]
     fn a_pool_that_fits_is_left_alone() {
-        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, false).unwrap();
+        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, false, 1).unwrap();
         let d = g.decide(&cost(10, 50));
         assert_eq!(d.workers, 5);
         assert!(d.message.is_none());
@@ -195,15 +211,15 @@ mod tests {
 
     #[test]
     fn an_explicit_count_is_kept_and_warned_about() {
-        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, true).unwrap();
+        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, true, 1).unwrap();
         let d = g.decide(&cost(10, 120));
-        assert_eq!((d.workers, d.fitting), (5, 3));
+        assert_eq!((d.workers, d.fitting), (5, 2));
         let m = d.message.unwrap();
         assert!(
-            m.starts_with("the explicit count is kept, but 5 would need 610 MiB"),
+            m.starts_with("the explicit count is kept, but 5 would need 730 MiB"),
             "{m}"
         );
-        assert!(m.contains("3 workers would fit (120 MiB each"), "{m}");
+        assert!(m.contains("2 workers would fit (120 MiB each"), "{m}");
     }
 
     #[test]
@@ -212,7 +228,7 @@ mod tests {
             limit: None,
             ..limited(0)
         };
-        assert!(Guard::new(&m, 64 * MIB, 5, false).is_none());
+        assert!(Guard::new(&m, 64 * MIB, 5, false, 1).is_none());
         let b = Budget::of(&m, 64 * MIB).unwrap();
         assert_eq!(b.bytes(), 1984 * MIB);
         assert_eq!(
@@ -223,7 +239,7 @@ mod tests {
 
     #[test]
     fn a_reserve_above_the_limit_leaves_one_worker() {
-        let g = Guard::new(&limited(32 * MIB), 64 * MIB, 5, false).unwrap();
+        let g = Guard::new(&limited(32 * MIB), 64 * MIB, 5, false, 1).unwrap();
         let d = g.decide(&cost(10, 50));
         assert_eq!(d.workers, 1);
         assert_eq!(d.budget, 0);
