@@ -386,14 +386,14 @@ impl Plan {
             (None, false) => {
                 let _ = writeln!(
                     s,
-                    "guard:     {}: the pool starts with worker 0, measures it, and grows only as far as                      that allows (plan --measure predicts the count)",
+                    "guard:     {}: the pool starts with worker 0, measures it, and grows only as far as that allows (plan --measure predicts the count)",
                     g.budget.describe()
                 );
             }
             (None, true) => {
                 let _ = writeln!(
                     s,
-                    "guard:     {}: an explicit count is never reduced, only warned about once worker 0                      is measured",
+                    "guard:     {}: an explicit count is never reduced, only warned about once worker 0 is measured",
                     g.budget.describe()
                 );
             }
