@@ -199,7 +199,11 @@ fn metrics_count_every_response_exactly_per_worker() {
 
 #[test]
 fn a_killed_worker_is_an_exit_by_signal_and_its_slot_keeps_its_counts() {
-    let (p, m) = start(&hyperfork_bin(), &["--workers", "2"]);
+    // Balanced accept: packed (the default) keeps one client's requests on worker 0 when it keeps up.
+    let (p, m) = start(
+        &hyperfork_bin(),
+        &["--workers", "2", "--accept", "balanced"],
+    );
     // Find slot 1's pid.
     let mut pid1 = None;
     for _ in 0..50 {
