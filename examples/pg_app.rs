@@ -2,26 +2,27 @@
 //! Read it as the model for porting an app; `tests/pg_app.rs` runs it against a real PostgreSQL.
 //!
 //! - **State.** Each worker builds its own connection pool in the start hook (after `fork`: a pool
-//!   holds sockets and tasks, which must not cross a fork), sized to its share of a total budget of
-//!   connections (`--db-budget`), so the whole pool, reload surge included, stays under PostgreSQL's
-//!   `max_connections`.
+//!   holds sockets and tasks, which must not cross a fork), sized by `Worker::db_pool_size`: its share
+//!   of hyperfork's `--db-budget` (30 when not given), so the whole pool, reload surge included, stays
+//!   under PostgreSQL's `max_connections`; `hyperfork plan` checks the same numbers against
+//!   `--db-max-connections`.
 //! - **Routes.** `GET /users?offset=N`, 20 users from the `N`th (by id) as JSON, `POST /users` (the
 //!   body is the name), `GET /health`, which asks the database too, and `GET /`, which names the
 //!   worker.
 //! - **Job.** `record-usage` runs every second in worker 0 only and inserts `(job, tick, slot, pid)`
 //!   into `usage_ticks`, whose `UNIQUE (job, tick)` would reject a tick run twice.
 //! - **Stop hook.** Closes the pool once the worker has drained, so its connections end before it exits.
-//! - **Command line.** The app's own flags (`--database-url`, `--db-budget`) and a `migrate`
-//!   subcommand that creates the tables and exits without starting a server; hyperfork's flags work
+//! - **Command line.** The app's own flag (`--database-url`) and a `migrate` subcommand that creates
+//!   the tables and exits without starting a server; hyperfork's flags (`--db-budget` among them) work
 //!   beside them.
-//! - **Without hyperfork.** `single --listen ADDR` serves the same router from one process on a
-//!   tokio multi-thread runtime (one thread per core) with one pool of the whole budget, and no
-//!   master, no fork and no job: the reference `benches/workload` compares the pool with.
+//! - **Without hyperfork.** `single --listen ADDR --pool-size N` serves the same router from one
+//!   process on a tokio multi-thread runtime (one thread per core) with one pool of `N` connections,
+//!   and no master, no fork and no job: the reference `benches/workload` compares the pool with.
 //!
 //! ```text
 //! pg_app --database-url postgres://app:app@127.0.0.1/app migrate
 //! pg_app --database-url postgres://app:app@127.0.0.1/app --db-budget 30 --workers 4
-//! pg_app --database-url postgres://app:app@127.0.0.1/app --db-budget 30 single --listen 127.0.0.1:8000
+//! pg_app --database-url postgres://app:app@127.0.0.1/app single --listen 127.0.0.1:8000 --pool-size 30
 //! ```
 //!
 //! deadpool-postgres (over tokio-postgres) is the client: it builds a pool without connecting and
@@ -51,9 +52,6 @@ struct AppCli {
     /// PostgreSQL connection URL
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    /// Most database connections the whole pool of workers may hold, reloads included
-    #[arg(long, env = "DB_BUDGET", default_value_t = 30)]
-    db_budget: usize,
     #[command(subcommand)]
     command: Option<AppCommand>,
 }
@@ -69,6 +67,9 @@ enum AppCommand {
         /// Address to listen on
         #[arg(long, default_value = "127.0.0.1:8000")]
         listen: SocketAddr,
+        /// Database connections of the one pool
+        #[arg(long, default_value_t = DEFAULT_BUDGET)]
+        pool_size: usize,
     },
 }
 
@@ -89,6 +90,10 @@ const SCHEMA: &str = "
         UNIQUE (job, tick)
     );";
 
+/// The database connections the pool of workers shares without `--db-budget` or
+/// `--db-pool-per-worker`.
+const DEFAULT_BUDGET: usize = 30;
+
 /// A pool of at most `size` connections; it connects on first use.
 fn pool(url: &str, size: usize) -> Result<Pool, BoxError> {
     let config: Config = url.parse()?;
@@ -97,14 +102,18 @@ fn pool(url: &str, size: usize) -> Result<Pool, BoxError> {
         .build()?)
 }
 
-/// The start hook: this worker's pool, sized to its share of the budget, checked once.
-async fn start(worker: &Worker, url: &str, budget: usize) -> Result<AppState, BoxError> {
-    // The whole pool, reload surge included, stays within the budget; too small a budget is a boot
-    // error naming the smallest that works.
-    let share = worker.share_of(budget)?;
-    let pool = pool(url, share)?;
+/// The start hook: this worker's pool, sized by the settings (`--db-budget`, `--db-pool-per-worker`),
+/// checked once.
+async fn start(worker: &Worker, url: &str) -> Result<AppState, BoxError> {
+    // With a budget, the whole pool, reload surge included, stays within it; too small a budget is
+    // a boot error naming the smallest that works.
+    let size = match worker.db_pool_size()? {
+        Some(n) => n,
+        None => worker.share_of(DEFAULT_BUDGET)?,
+    };
+    let pool = pool(url, size)?;
     pool.get().await?.execute("SELECT 1", &[]).await?;
-    tracing::info!("database pool of {share} connection(s) (budget {budget})");
+    tracing::info!("database pool of {size} connection(s)");
     Ok(AppState {
         pool,
         slot: worker.slot(),
@@ -289,16 +298,16 @@ fn main() -> ExitCode {
     let (server, cli) = Server::from_env_and_args_with::<AppCli>();
     match cli.command {
         Some(AppCommand::Migrate) => return migrate(&cli.database_url),
-        Some(AppCommand::Single { listen }) => {
-            return single(&cli.database_url, cli.db_budget, listen);
+        Some(AppCommand::Single { listen, pool_size }) => {
+            return single(&cli.database_url, pool_size, listen);
         }
         None => {}
     }
-    let (url, budget) = (cli.database_url, cli.db_budget);
+    let url = cli.database_url;
     server
         .state(move |worker: &Worker| {
             let (worker, url) = (worker.clone(), url.clone());
-            async move { start(&worker, &url, budget).await }
+            async move { start(&worker, &url).await }
         })
         .app(|worker: &Worker<AppState>| {
             let who = format!("pg_app worker {} pid {}\n", worker.slot(), worker.pid());

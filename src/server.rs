@@ -536,6 +536,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             account,
             watch,
             chdir: settings.chdir.clone(),
+            db: settings.db_use(),
             guard,
             measure: measure.as_ref().map(|(spec, _)| spec.clone()),
         });
@@ -635,14 +636,11 @@ fn for_measuring(settings: &mut Settings) {
 /// Logs the pool's database connections against `--db-max-connections`, reload surge included: a
 /// warning when they do not fit, an error when a `--db-budget` cannot give each worker one.
 fn check_db_connections(settings: &Settings, workers: usize) {
-    use crate::config::guide::{DbUse, connections};
-    let db = match (&settings.db_pool_per_worker, &settings.db_budget) {
-        (Some(p), _) => DbUse::PerWorker(p.value),
-        (None, Some(b)) => DbUse::Budget(b.value),
-        (None, None) => return,
+    let Some(db) = settings.db_use() else {
+        return;
     };
     let max = settings.db_max_connections.as_ref().map(|m| m.value);
-    match connections(db, workers, settings.max_surge, max) {
+    match crate::config::guide::connections(db, workers, settings.max_surge, max) {
         Ok(c) => match c.allowed {
             Some(allowed) if c.at_reload > allowed => tracing::warn!(
                 "database: {workers} workers open up to {} connections, {} during a reload \

@@ -167,7 +167,7 @@ fn the_single_process_mode_serves_pages_of_users_as_json_without_a_master() {
     );
     let port = free_port();
     let mut cmd = command(&example_bin("pg_app"));
-    cmd.args(["--database-url", &url, "--db-budget", "4", "single"])
+    cmd.args(["--database-url", &url, "single", "--pool-size", "4"])
         .args(["--listen", &format!("127.0.0.1:{port}")]);
     let mut p = Proc::start(cmd, port);
     p.wait_serving();

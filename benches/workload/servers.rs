@@ -178,8 +178,13 @@ pub fn start(kind: &Kind, env: &Env) -> Result<Server, String> {
         }
         Kind::Single { .. } => {
             let mut c = command(&env.pg_app);
-            c.args(["--database-url", &env.database_url, "--db-budget", &budget])
-                .args(["single", "--listen", &addr.to_string()]);
+            c.args(["--database-url", &env.database_url]).args([
+                "single",
+                "--listen",
+                &addr.to_string(),
+                "--pool-size",
+                &budget,
+            ]);
             c
         }
         Kind::Uvicorn { python, workers } => {

@@ -33,6 +33,30 @@ impl fmt::Display for ShareError {
 
 impl std::error::Error for ShareError {}
 
+/// How the app's workers open database connections: `--db-pool-per-worker N` or `--db-budget N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DbUse {
+    /// Each worker's pool opens at most this many.
+    PerWorker(usize),
+    /// The pool shares this many, each worker taking its share (see `Worker::share_of`).
+    Budget(usize),
+}
+
+impl DbUse {
+    /// The connections one worker of a pool of `pool_size` with a surge of `max_surge` may open.
+    pub(crate) fn per_worker(
+        self,
+        pool_size: usize,
+        max_surge: usize,
+    ) -> Result<usize, ShareError> {
+        match self {
+            DbUse::PerWorker(n) => Ok(n),
+            DbUse::Budget(total) => share(total, pool_size, max_surge),
+        }
+    }
+}
+
 /// `floor(total / (pool_size + max_surge))`, or an error when that is 0.
 pub(crate) fn share(total: usize, pool_size: usize, max_surge: usize) -> Result<usize, ShareError> {
     let parts = pool_size.saturating_add(max_surge).max(1);

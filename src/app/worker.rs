@@ -27,6 +27,7 @@ struct Identity {
     scheduler: Arc<SchedulerStatus>,
     generation: u64,
     max_surge: usize,
+    db: Option<crate::app::share::DbUse>,
 }
 
 impl<S> Clone for Worker<S> {
@@ -60,6 +61,7 @@ impl Worker {
                 scheduler: Arc::default(),
                 generation: 1,
                 max_surge: 1,
+                db: None,
             }),
             state: Arc::new(()),
         }
@@ -81,6 +83,28 @@ impl Worker {
     pub fn with_max_surge(self, max_surge: usize) -> Worker {
         let mut id = (*self.id).clone();
         id.max_surge = max_surge;
+        Worker {
+            id: Arc::new(id),
+            state: self.state,
+        }
+    }
+
+    /// The same identity with `--db-budget total`: the pool shares `total` database connections
+    /// (see [`Worker::db_pool_size`]). For tests of app factories; the master sets it for every fork.
+    pub fn with_db_budget(self, total: usize) -> Worker {
+        self.with_db(crate::app::share::DbUse::Budget(total))
+    }
+
+    /// The same identity with `--db-pool-per-worker n` (see [`Worker::db_pool_size`]). For tests of
+    /// app factories; the master sets it for every fork.
+    pub fn with_db_pool_per_worker(self, n: usize) -> Worker {
+        self.with_db(crate::app::share::DbUse::PerWorker(n))
+    }
+
+    /// The same identity with the database connections the settings give, if any.
+    pub(crate) fn with_db(self, db: impl Into<Option<crate::app::share::DbUse>>) -> Worker {
+        let mut id = (*self.id).clone();
+        id.db = db.into();
         Worker {
             id: Arc::new(id),
             state: self.state,
@@ -166,6 +190,25 @@ impl<S> Worker<S> {
     /// ```
     pub fn share_of(&self, total: usize) -> Result<usize, crate::app::ShareError> {
         crate::app::share::share(total, self.id.pool_size, self.id.max_surge)
+    }
+
+    /// How many database connections this worker's pool may open, from the settings:
+    /// `--db-pool-per-worker N` gives `N`; `--db-budget N` gives [`Worker::share_of`]`(N)`, so that
+    /// the whole pool, reload surge included, stays within `N`; neither gives `None` (the app decides).
+    /// `hyperfork plan` and the start-up log check the same numbers against `--db-max-connections`.
+    ///
+    /// ```
+    /// let worker = hyperfork::Worker::new(0, 1234, 3).with_db_budget(30);
+    /// assert_eq!(worker.db_pool_size().unwrap(), Some(7)); // 30 / (3 workers + surge 1)
+    /// let worker = hyperfork::Worker::new(0, 1234, 3).with_db_pool_per_worker(10);
+    /// assert_eq!(worker.db_pool_size().unwrap(), Some(10));
+    /// assert_eq!(hyperfork::Worker::new(0, 1234, 3).db_pool_size().unwrap(), None);
+    /// ```
+    pub fn db_pool_size(&self) -> Result<Option<usize>, crate::app::ShareError> {
+        self.id
+            .db
+            .map(|db| db.per_worker(self.id.pool_size, self.id.max_surge))
+            .transpose()
     }
 
     /// Whether this is slot 0, the primary worker (the one that runs scheduled jobs).

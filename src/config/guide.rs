@@ -13,20 +13,11 @@ use serde::Serialize;
 use super::footprint::{Cost, mib, mib_text};
 use super::memory_guard::Budget;
 use super::sizing::formula;
+pub(crate) use crate::app::share::DbUse;
 
 /// Connections PostgreSQL keeps for superusers out of `max_connections` by default
 /// (`superuser_reserved_connections`).
 pub const SUPERUSER_RESERVED: usize = 3;
-
-/// How the app's workers use database connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DbUse {
-    /// Each worker's pool opens at most this many (`--db-pool-per-worker`).
-    PerWorker(usize),
-    /// The pool shares this many, each worker taking `Worker::share_of` (`--db-budget`).
-    Budget(usize),
-}
 
 /// The database connections of one pool size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -191,12 +182,7 @@ pub fn connections(
     db_max: Option<usize>,
 ) -> Result<Connections, String> {
     let alive = workers + surge;
-    let per_worker = match db {
-        DbUse::PerWorker(n) => n,
-        DbUse::Budget(total) => {
-            crate::app::share::share(total, workers, surge).map_err(|e| e.to_string())?
-        }
-    };
+    let per_worker = db.per_worker(workers, surge).map_err(|e| e.to_string())?;
     Ok(Connections {
         per_worker,
         steady: per_worker * workers,

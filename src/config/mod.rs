@@ -76,6 +76,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// How the app's workers open database connections (`--db-pool-per-worker`, `--db-budget`; the
+    /// rules let only one be given).
+    pub fn db_use(&self) -> Option<crate::app::share::DbUse> {
+        use crate::app::share::DbUse;
+        match (&self.db_pool_per_worker, &self.db_budget) {
+            (Some(p), _) => Some(DbUse::PerWorker(p.value)),
+            (None, Some(b)) => Some(DbUse::Budget(b.value)),
+            (None, None) => None,
+        }
+    }
+
     /// The limits each worker enforces on connections and requests.
     pub fn limits(&self) -> crate::config::health::Limits {
         crate::config::health::Limits {

@@ -177,11 +177,7 @@ impl Plan {
                 self.decided_by = "memory guard";
             }
         }
-        self.db = match (&settings.db_pool_per_worker, &settings.db_budget) {
-            (Some(p), _) => Some(DbUse::PerWorker(p.value)),
-            (None, Some(b)) => Some(DbUse::Budget(b.value)),
-            (None, None) => None,
-        };
+        self.db = settings.db_use();
         self.db_max_connections = settings.db_max_connections.as_ref().map(|m| m.value);
         self.levels = guide::levels(&guide::Inputs {
             cores: self.cores.count,

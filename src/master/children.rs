@@ -165,6 +165,7 @@ impl Master<'_> {
                 stats: self.stats,
                 generation: self.generation,
                 max_surge,
+                db: self.args.db,
                 account: self.args.account.as_ref(),
                 chdir: self.args.chdir.as_deref(),
             }),

@@ -134,6 +134,8 @@ pub(crate) struct MasterArgs<'a> {
     pub watch: Option<watch::Spec>,
     /// The directory workers change to before the app starts (`--chdir`).
     pub chdir: Option<std::path::PathBuf>,
+    /// How the workers forked from now on open database connections (`Worker::db_pool_size`).
+    pub db: Option<crate::app::share::DbUse>,
     /// The memory guard, if a cgroup memory limit applies (see [`guard`]).
     pub guard: Option<crate::config::memory_guard::Guard>,
     /// `plan --measure`: measure the pool once it is whole, then shut down.

@@ -387,6 +387,11 @@ impl Master<'_> {
             changes.push(format!("chdir {:?} -> {:?}", args.chdir, settings.chdir));
             args.chdir = settings.chdir.clone();
         }
+        let db = settings.db_use();
+        if db != args.db {
+            changes.push(format!("database connections {:?} -> {db:?}", args.db));
+            args.db = db;
+        }
         args.jobs = new.jobs;
         args.tls = new.tls;
         changes

@@ -73,6 +73,8 @@ pub(crate) struct ChildArgs<'a> {
     pub generation: u64,
     /// The surge bound at the fork (`--max-surge`), for `Worker::share_of`.
     pub max_surge: usize,
+    /// The database connections the settings give (`Worker::db_pool_size`).
+    pub db: Option<crate::app::share::DbUse>,
     /// The account to switch to (`--user`, `--group`), if any.
     pub account: Option<&'a Account>,
     /// The directory to change to before the app starts (`--chdir`).
@@ -132,7 +134,8 @@ fn child_main(args: ChildArgs<'_>) -> i32 {
     }
     let worker = Worker::new(args.slot, pid, args.pool_size)
         .with_generation(args.generation)
-        .with_max_surge(args.max_surge);
+        .with_max_surge(args.max_surge)
+        .with_db(args.db);
     let booted = match boot(&args, &worker) {
         Ok(b) => b,
         Err(text) => {
