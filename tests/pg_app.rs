@@ -85,6 +85,12 @@ fn the_postgres_app_keeps_its_budget_and_runs_each_tick_once_through_reloads_and
         ],
         &[],
     );
+    // hyperfork's --db-budget reaches the app through Worker::db_pool_size: 12 / (3 + 1).
+    assert!(
+        p.wait_log("database pool of 3 connection(s)", Duration::from_secs(20)),
+        "{}",
+        p.stderr()
+    );
     let sampler = Sampler::start(cluster.clone());
     let load = Load::start(p.port, 8);
     std::thread::sleep(Duration::from_millis(1500));
