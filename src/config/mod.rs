@@ -99,6 +99,7 @@ impl Settings {
                 server: self.server_header,
                 date: self.date_header,
             },
+            readiness_path: self.readiness_path.clone(),
         }
     }
 

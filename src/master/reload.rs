@@ -383,6 +383,14 @@ impl Master<'_> {
         args.threads = settings.threads;
         args.max_surge = settings.max_surge;
         args.graceful_timeout = settings.graceful_timeout;
+        if settings.shutdown_delay != args.shutdown_delay {
+            changes.push(format!(
+                "shutdown delay {} -> {}",
+                humantime::format_duration(args.shutdown_delay),
+                humantime::format_duration(settings.shutdown_delay)
+            ));
+            args.shutdown_delay = settings.shutdown_delay;
+        }
         if settings.chdir != args.chdir {
             changes.push(format!("chdir {:?} -> {:?}", args.chdir, settings.chdir));
             args.chdir = settings.chdir.clone();
