@@ -84,11 +84,11 @@ impl Master<'_> {
             return;
         };
         if now >= d.drain_at {
-            tracing::info!(
+            let why = format!(
                 "shutdown delay ({}) over",
                 humantime::format_duration(self.args.shutdown_delay)
             );
-            self.drain(true);
+            self.drain(true, &why);
             return;
         }
         if d.extended.is_none_or(|t| now >= t + Duration::from_secs(1)) {

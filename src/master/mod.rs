@@ -721,18 +721,20 @@ impl Master<'_> {
     /// shutdown delay for a graceful stop (see [`delay`]). A graceful stop during the delay skips
     /// the rest of it; a fast one stops at once.
     fn stop(&mut self, graceful: bool) {
+        let mut why = "SIGTERM";
         if graceful && !self.is_stopping() {
             if self.delayed.is_some() {
-                tracing::info!("SIGTERM again: skipping the rest of the shutdown delay");
+                why = "SIGTERM again: skipping the rest of the shutdown delay";
             } else if self.begin_delay() {
                 return;
             }
         }
-        self.drain(graceful);
+        self.drain(graceful, why);
     }
 
-    /// Tells every worker to stop: gracefully (drain, within the graceful timeout) or fast.
-    fn drain(&mut self, graceful: bool) {
+    /// Tells every worker to stop: gracefully (drain, within the graceful timeout) or fast. `why`
+    /// starts the graceful shutdown's log line.
+    fn drain(&mut self, graceful: bool, why: &str) {
         // A shutdown delay already marked the pool draining and told systemd.
         let delayed = self.delayed.take().is_some();
         let (killed, extended) = match self.phase {
@@ -750,8 +752,7 @@ impl Master<'_> {
         };
         let (grace, sig) = if graceful {
             tracing::info!(
-                "{}: graceful shutdown, waiting up to {} for in-flight requests",
-                if delayed { "shutdown" } else { "SIGTERM" },
+                "{why}: graceful shutdown, waiting up to {} for in-flight requests",
                 humantime::format_duration(self.args.graceful_timeout)
             );
             (self.args.graceful_timeout, Signal::SIGTERM)
