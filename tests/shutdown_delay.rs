@@ -32,7 +32,11 @@ fn h2_status(port: u16, path: &str) -> Option<String> {
 /// The master's process title.
 fn title(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).trim_end_matches('\0').to_string())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .trim_end_matches('\0')
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -125,7 +129,11 @@ fn the_delay_keeps_serving_while_readiness_answers_503_then_drains_and_exits_zer
         .wait_exit(Duration::from_secs(5 + 5 + 30))
         .expect("the master exits after the delay and the drain");
     assert_eq!(status.code(), Some(0), "{}", p.stderr());
-    assert!(signalled.elapsed() >= Duration::from_secs(4), "{}", p.stderr());
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(4),
+        "{}",
+        p.stderr()
+    );
     let log = p.stderr();
     assert!(
         log.contains("shutdown delay (5s) over: graceful shutdown, waiting up to 5s"),
@@ -214,9 +222,8 @@ fn a_second_sigterm_during_the_delay_starts_the_drain_at_once() {
         .expect("the second SIGTERM drains without waiting out the delay");
     assert_eq!(status.code(), Some(0), "{}", p.stderr());
     assert!(
-        p.stderr().contains(
-            "SIGTERM again: skipping the rest of the shutdown delay: graceful shutdown"
-        ),
+        p.stderr()
+            .contains("SIGTERM again: skipping the rest of the shutdown delay: graceful shutdown"),
         "{}",
         p.stderr()
     );

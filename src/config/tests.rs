@@ -539,7 +539,12 @@ fn shutdown_delay_and_readiness_path_layer_and_bad_values_are_named() {
     assert_eq!(s.shutdown_delay, Duration::from_millis(500));
     assert_eq!(s.readiness_path.as_deref(), Some("/ready"));
     let s = Settings::resolve(
-        &cli(&["--shutdown-delay", "2m", "--readiness-path", "/healthz/ready"]),
+        &cli(&[
+            "--shutdown-delay",
+            "2m",
+            "--readiness-path",
+            "/healthz/ready",
+        ]),
         &env(&[("HYPERFORK_SHUTDOWN_DELAY", "500ms")]),
     )
     .unwrap();

@@ -248,9 +248,19 @@ mod tests {
         for ok in ["/", "/ready", "/-/ready", "/health/ready"] {
             assert_eq!(readiness_path(&ok.to_string()), Ok(()), "{ok}");
         }
-        for bad in ["", "ready", "/ready?full=1", "/re ady", "/ready#x", "http://h/ready"] {
+        for bad in [
+            "",
+            "ready",
+            "/ready?full=1",
+            "/re ady",
+            "/ready#x",
+            "http://h/ready",
+        ] {
             let e = readiness_path(&bad.to_string()).unwrap_err();
-            assert!(e.contains("starting with /") && e.contains(&format!("{bad:?}")), "{e}");
+            assert!(
+                e.contains("starting with /") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
         }
     }
 }

@@ -480,7 +480,11 @@ fn empty<B: Body>(status: StatusCode) -> Response<Inner<B>> {
 /// The readiness path's answer: empty, never cached. A `503` closes an HTTP/1 connection (the server
 /// is going away; the checker's next request opens a new one), and so does any answer of a draining
 /// worker, like every other response.
-fn readiness<B: Body>(status: StatusCode, http1: bool, draining: &AtomicBool) -> Response<Inner<B>> {
+fn readiness<B: Body>(
+    status: StatusCode,
+    http1: bool,
+    draining: &AtomicBool,
+) -> Response<Inner<B>> {
     let mut resp = empty(status);
     let h = resp.headers_mut();
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

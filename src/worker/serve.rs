@@ -32,8 +32,8 @@ use crate::worker::access::Peer;
 use crate::worker::connection::{self, Idle, Open, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
-use crate::worker::readiness::Readiness;
 pub(crate) use crate::worker::guard::OnMaxRequests;
+use crate::worker::readiness::Readiness;
 use crate::worker::response_headers;
 use crate::worker::tls::Acceptor;
 
