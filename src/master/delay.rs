@@ -2,7 +2,7 @@
 //! pool keeps accepting and serving while telling load balancers it is going away.
 //!
 //! At `SIGTERM` with a delay, the master marks the pool draining in the shared table (every worker's
-//! `--readiness-path` answers 503 from then on, see [`crate::worker::readiness`]), sends systemd
+//! `--readiness-path` answers 503 from then on, see `worker::readiness`), sends systemd
 //! `STOPPING=1`, and keeps the pool as it was: dead workers are still replaced, the scheduler keeps
 //! running. Live changes (reload, upgrade, resize) are refused as during a shutdown. When the delay
 //! is over, the graceful shutdown starts as it would have at `SIGTERM`. A second `SIGTERM` (or `ctl

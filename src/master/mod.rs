@@ -19,7 +19,8 @@
 //! timeout. `SIGUSR2` starts a new master from the executable on disk and hands everything over to it
 //! once its workers are ready (see [`crate::master::upgrade`]). With `--reload`, the master also
 //! watches its executable and files on an inotify descriptor in the same poll, and turns a new build
-//! into an upgrade and another change into a reload (see [`watch`] and [`dev_reload`]).
+//! into an upgrade and another change into a reload (see [`watch`] and [`dev_reload`]). `SIGTERM`
+//! with `--shutdown-delay` keeps the pool serving, marked draining, before the drain (see [`delay`]).
 
 mod census;
 mod checks;

@@ -3,10 +3,10 @@
 //! Only the master talks to systemd (`NotifyAccess=main`); workers drop `NOTIFY_SOCKET`. The master
 //! sends `READY=1` once every worker of the first generation is ready; `RELOADING=1` with
 //! `MONOTONIC_USEC=` when a `SIGHUP` reload starts and `READY=1` when it ends (so `systemctl reload`
-//! waits for the new workers, and `Type=notify-reload` works); `STOPPING=1` on shutdown, with
-//! `EXTEND_TIMEOUT_USEC=` while the drain runs so that a short `TimeoutStopSec` does not cut it; a
-//! `STATUS=` line on every change; and `WATCHDOG=1` at half of `WATCHDOG_USEC` while at least one
-//! worker is ready. A binary upgrade (`SIGUSR2`) moves the main pid with `MAINPID=`: see
+//! waits for the new workers, and `Type=notify-reload` works); `STOPPING=1` on shutdown (at the start
+//! of a `--shutdown-delay`), with `EXTEND_TIMEOUT_USEC=` while the delay and the drain run so that a
+//! short `TimeoutStopSec` cuts neither; a `STATUS=` line on every change; and `WATCHDOG=1` at half of
+//! `WATCHDOG_USEC` while at least one worker is ready. A binary upgrade (`SIGUSR2`) moves the main pid with `MAINPID=`: see
 //! [`crate::master::upgrade`].
 
 use std::os::fd::RawFd;
