@@ -198,6 +198,11 @@ impl Master<'_> {
 
     /// `SIGHUP`: re-read the configuration and start replacing workers.
     pub(super) fn begin_reload(&mut self) {
+        // A reload queued behind one that ends during a shutdown delay.
+        if self.shutting_down() {
+            tracing::info!("reload dropped: shutting down");
+            return;
+        }
         if let Phase::Replacing(r) = &mut self.phase {
             tracing::info!("SIGHUP: a reload is in progress; another one follows it");
             r.reload_after = true;

@@ -27,6 +27,9 @@ pub struct Notifier {
     watchdog: Option<Duration>,
     next_watchdog: Option<Instant>,
     last_status: String,
+    /// `STOPPING=1` was sent: no `READY=1` after it (a pool or a reload completing during a
+    /// shutdown delay only updates the status).
+    stopping: bool,
 }
 
 impl Notifier {
@@ -44,6 +47,7 @@ impl Notifier {
             watchdog,
             next_watchdog: watchdog.map(|_| Instant::now()),
             last_status: String::new(),
+            stopping: false,
         }
     }
 
@@ -63,6 +67,9 @@ impl Notifier {
 
     /// `READY=1` with a status line.
     pub fn ready(&mut self, status: &str) {
+        if self.stopping {
+            return self.status(status);
+        }
         self.last_status = status.to_string();
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
@@ -89,6 +96,7 @@ impl Notifier {
 
     /// `STOPPING=1`.
     pub fn stopping(&mut self) {
+        self.stopping = true;
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
