@@ -509,6 +509,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             workers: plan.workers,
             threads: settings.threads,
             graceful_timeout: settings.graceful_timeout,
+            shutdown_delay: settings.shutdown_delay,
             limits: settings.limits(),
             tls,
             health: settings.health(),

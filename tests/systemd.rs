@@ -132,6 +132,70 @@ fn notify_socket_gets_ready_reloading_and_stopping() {
 }
 
 #[test]
+fn a_shutdown_delay_says_stopping_at_once_and_extends_the_stop_timeout_over_the_delay() {
+    let notify = NotifySocket::new();
+    let mut p = Proc::serve(
+        &hyperfork_bin(),
+        &[
+            "--workers",
+            "1",
+            "--shutdown-delay",
+            "40s",
+            "--graceful-timeout",
+            "3s",
+        ],
+        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap())],
+    );
+    assert!(wait_until(Duration::from_secs(20), || !notify
+        .lifecycle()
+        .is_empty()));
+    p.signal(libc::SIGTERM);
+    // STOPPING=1 goes out when the delay starts, while the pool still serves.
+    assert!(
+        wait_until(Duration::from_secs(10), || notify.lifecycle().len() >= 2),
+        "{:?}",
+        notify.lifecycle()
+    );
+    assert_eq!(notify.lifecycle()[1], "STOPPING=1\nSTATUS=stopping\n");
+    assert_eq!(get(p.port, "/").unwrap().status, 200);
+    // systemd is asked to wait for the delay and the drain after it: more than the 40 s delay,
+    // where the drain alone would ask for 3 s + a margin.
+    let extended =
+        |m: &str| -> Option<u64> { m.strip_prefix("EXTEND_TIMEOUT_USEC=")?.trim().parse().ok() };
+    assert!(
+        wait_until(Duration::from_secs(10), || notify
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| extended(m).is_some())),
+        "no EXTEND_TIMEOUT_USEC during the delay"
+    );
+    let first = notify
+        .messages
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|(_, m)| extended(m))
+        .unwrap();
+    assert!(
+        (40_000_000..=60_000_000).contains(&first),
+        "EXTEND_TIMEOUT_USEC={first} does not cover the delay and the drain"
+    );
+    assert!(p.child.try_wait().unwrap().is_none(), "{}", p.stderr());
+    // A second SIGTERM drains at once; STOPPING=1 is not sent again.
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(Duration::from_secs(20)).expect("master exits");
+    assert!(status.success(), "{}", p.stderr());
+    let stopping = notify
+        .lifecycle()
+        .iter()
+        .filter(|m| m.starts_with("STOPPING=1"))
+        .count();
+    assert_eq!(stopping, 1, "{:?}", notify.lifecycle());
+}
+
+#[test]
 fn usr2_moves_the_main_pid_with_messages_systemd_accepts() {
     let notify = NotifySocket::new();
     let dir = tempfile::tempdir().unwrap();

@@ -96,6 +96,8 @@ pub struct Limits {
     pub access: crate::config::access::AccessSettings,
     /// The headers every response gets (`--header`, `--server-header`, `--date-header`).
     pub response: crate::config::response::ResponseHeaders,
+    /// The path the worker answers itself with the pool's readiness (`--readiness-path`).
+    pub readiness_path: Option<String>,
 }
 
 #[cfg(test)]

@@ -110,6 +110,7 @@ impl Settings {
                 server: self.server_header,
                 date: self.date_header,
             },
+            readiness_path: self.readiness_path.clone(),
         }
     }
 

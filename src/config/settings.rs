@@ -27,7 +27,7 @@ use super::layers::Sourced;
 use super::response::Headers;
 use super::rules::{Resolved, binds, fds, no_effect, resolved};
 use super::tls::{CertReqs, ClientAuth, Password, Secret};
-use super::values::{Accept, LogLevel, header_size_at_least_8kib};
+use super::values::{Accept, LogLevel, header_size_at_least_8kib, readiness_path};
 use crate::jobs::Job;
 use crate::shared::listener::BindSpec;
 use hyper::header::{HeaderName, HeaderValue};
@@ -239,6 +239,29 @@ settings! {
             toml: "graceful_timeout",
             default: "30s",
             value_name: "DURATION",
+        }
+
+        /// On SIGTERM, keep serving this long before the graceful shutdown starts, with the pool
+        /// marked draining (--readiness-path answers 503), so that load balancers stop sending new
+        /// connections first, e.g. 10s; a second SIGTERM starts the drain at once; 0: drain at once
+        pub shutdown_delay: Duration = SHUTDOWN_DELAY: Seconds {
+            flag: "--shutdown-delay",
+            env: ["HYPERFORK_SHUTDOWN_DELAY"],
+            toml: "shutdown_delay",
+            default: "0s",
+            value_name: "DURATION",
+        }
+
+        /// A path every worker answers itself, before the app: 200 while serving, 503 once the server
+        /// is shutting down (during --shutdown-delay and the drain), for load balancers' readiness
+        /// checks, e.g. /ready
+        pub readiness_path: Option<String> = READINESS_PATH: Text {
+            flag: "--readiness-path",
+            env: ["HYPERFORK_READINESS_PATH"],
+            toml: "readiness_path",
+            unset: "off",
+            value_name: "PATH",
+            check: readiness_path,
         }
 
         /// Most extra workers a reload, recycle or SIGTTIN keeps alive beside the pool, draining ones

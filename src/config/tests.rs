@@ -516,3 +516,62 @@ fn connections_per_worker_and_a_budget_are_one_or_the_other() {
         .to_string();
     assert!(e.contains("HYPERFORK_MEMORY_RESERVE"), "{e}");
 }
+
+#[test]
+fn shutdown_delay_and_readiness_path_layer_and_bad_values_are_named() {
+    let s = Settings::resolve(&cli(&[]), &env(&[])).unwrap();
+    assert_eq!(s.shutdown_delay, Duration::ZERO, "no delay by default");
+    assert_eq!(s.readiness_path, None, "no readiness path by default");
+
+    let f = toml_file("shutdown_delay = 15\nreadiness_path = \"/-/ready\"\n");
+    let path = f.path().to_str().unwrap();
+    let s = Settings::resolve(&cli(&["--config", path]), &env(&[])).unwrap();
+    assert_eq!(s.shutdown_delay, Duration::from_secs(15));
+    assert_eq!(s.readiness_path.as_deref(), Some("/-/ready"));
+    let s = Settings::resolve(
+        &cli(&["--config", path]),
+        &env(&[
+            ("HYPERFORK_SHUTDOWN_DELAY", "500ms"),
+            ("HYPERFORK_READINESS_PATH", "/ready"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.shutdown_delay, Duration::from_millis(500));
+    assert_eq!(s.readiness_path.as_deref(), Some("/ready"));
+    let s = Settings::resolve(
+        &cli(&[
+            "--shutdown-delay",
+            "2m",
+            "--readiness-path",
+            "/healthz/ready",
+        ]),
+        &env(&[("HYPERFORK_SHUTDOWN_DELAY", "500ms")]),
+    )
+    .unwrap();
+    assert_eq!(s.shutdown_delay, Duration::from_secs(120));
+    assert_eq!(s.readiness_path.as_deref(), Some("/healthz/ready"));
+
+    let e = Settings::resolve(&cli(&["--readiness-path", "ready"]), &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("--readiness-path: expected a request path starting with /"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+    let e = Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_READINESS_PATH", "/r?x=1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("HYPERFORK_READINESS_PATH: expected"), "{e}");
+    let e = Settings::resolve(&cli(&[]), &env(&[("HYPERFORK_SHUTDOWN_DELAY", "soon")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("HYPERFORK_SHUTDOWN_DELAY") && e.contains("duration"),
+        "{e}"
+    );
+    let e = file_error_of("workers = 1\nshutdown_delay = \"later\"\n");
+    assert!(e.contains(":2:") && e.contains("shutdown_delay"), "{e}");
+    let e = file_error_of("readiness_path = \"ready\"\n");
+    assert!(e.contains(":1:") && e.contains("starting with /"), "{e}");
+}

@@ -183,6 +183,21 @@ pub fn header_size_at_least_8kib(n: &u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a `--readiness-path`: an absolute request path, matched as it is (no query, no spaces).
+pub fn readiness_path(path: &String) -> Result<(), String> {
+    let ok = path.starts_with('/')
+        && !path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#');
+    if !ok {
+        return Err(format!(
+            "expected a request path starting with / (no query, no spaces), such as /ready, got \
+             {path:?}"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +241,26 @@ mod tests {
         assert!(header_size_at_least_8kib(&8192).is_ok());
         let e = header_size_at_least_8kib(&1024).unwrap_err();
         assert!(e.contains("at least 8.0 KiB"), "{e}");
+    }
+
+    #[test]
+    fn readiness_paths_are_absolute_paths_without_a_query() {
+        for ok in ["/", "/ready", "/-/ready", "/health/ready"] {
+            assert_eq!(readiness_path(&ok.to_string()), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "ready",
+            "/ready?full=1",
+            "/re ady",
+            "/ready#x",
+            "http://h/ready",
+        ] {
+            let e = readiness_path(&bad.to_string()).unwrap_err();
+            assert!(
+                e.contains("starting with /") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
     }
 }

@@ -266,18 +266,25 @@ impl Master<'_> {
                 Ok(m) => Reply::ok(m),
                 Err(m) => Reply::failed(m),
             },
+            // During a shutdown delay, a stop skips the rest of it, as a second SIGTERM does.
             Request::Stop { fast } => {
-                if let Some(r) = self.busy_stopping() {
-                    r
+                if self.is_stopping() {
+                    Reply::failed("the server is shutting down")
                 } else {
-                    self.ctl_reply(
-                        id,
-                        Reply::ok(if fast {
-                            "fast shutdown started"
-                        } else {
-                            "graceful shutdown started"
-                        }),
-                    );
+                    let delay = self.args.shutdown_delay;
+                    let message = if fast {
+                        "fast shutdown started".to_string()
+                    } else if self.delayed.is_some() {
+                        "shutdown delay skipped; graceful shutdown started".to_string()
+                    } else if !delay.is_zero() && !self.upgrading() {
+                        format!(
+                            "graceful shutdown started: draining in {}, still serving meanwhile",
+                            humantime::format_duration(delay)
+                        )
+                    } else {
+                        "graceful shutdown started".to_string()
+                    };
+                    self.ctl_reply(id, Reply::ok(message));
                     self.stop(!fast);
                     return;
                 }
@@ -317,7 +324,7 @@ impl Master<'_> {
 
     /// A refusal while shutting down.
     fn busy_stopping(&self) -> Option<Reply> {
-        self.is_stopping()
+        self.shutting_down()
             .then(|| Reply::failed("the server is shutting down"))
     }
 
@@ -475,18 +482,19 @@ impl Master<'_> {
     fn ctl_status(&mut self) -> Status {
         let Census { rows, sockets } = self.census();
         let memory = self.memory_status(&rows);
-        let phase = match &self.phase {
-            Phase::Stopping { .. } => "stopping",
-            Phase::Replacing(_) => "reloading",
-            _ if self.upgrading() => "upgrading",
-            Phase::Starting => "starting",
-            Phase::Running => "running",
+        let phase = match (&self.phase, self.delayed) {
+            (Phase::Stopping { .. }, _) => "stopping".to_string(),
+            (_, Some(d)) => format!("stopping in {}s", d.seconds_left(Instant::now())),
+            (Phase::Replacing(_), _) => "reloading".to_string(),
+            _ if self.upgrading() => "upgrading".to_string(),
+            (Phase::Starting, _) => "starting".to_string(),
+            (Phase::Running, _) => "running".to_string(),
         };
         Status {
             master_pid: self.pid.as_raw(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             generation: self.generation,
-            phase: phase.to_string(),
+            phase,
             pool_size: self.pool.size(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             scheduler_holder: self.lease.holder().map(|p| p.as_raw()),

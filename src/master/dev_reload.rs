@@ -77,7 +77,7 @@ impl DevReload {
 impl Master<'_> {
     /// Reads the watcher and acts on a settled change when nothing it must wait for is under way.
     pub(super) fn drive_watch(&mut self, now: Instant) {
-        if self.is_stopping() {
+        if self.shutting_down() {
             if self.dev.take().is_some() {
                 tracing::debug!("--reload: shutting down; no longer watching files");
             }

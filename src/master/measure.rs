@@ -96,7 +96,8 @@ impl Master<'_> {
             cost,
             guard: self.guard.decision.clone(),
         });
-        self.stop(true);
+        // No --shutdown-delay: the pool served no one but the warm-up.
+        self.drain(true, "plan --measure: measured");
     }
 }
 

@@ -19,12 +19,14 @@
 //! timeout. `SIGUSR2` starts a new master from the executable on disk and hands everything over to it
 //! once its workers are ready (see [`crate::master::upgrade`]). With `--reload`, the master also
 //! watches its executable and files on an inotify descriptor in the same poll, and turns a new build
-//! into an upgrade and another change into a reload (see [`watch`] and [`dev_reload`]).
+//! into an upgrade and another change into a reload (see [`watch`] and [`dev_reload`]). `SIGTERM`
+//! with `--shutdown-delay` keeps the pool serving, marked draining, before the drain (see [`delay`]).
 
 mod census;
 mod checks;
 mod children;
 mod ctl;
+mod delay;
 mod dev_reload;
 mod endpoint;
 mod exposition;
@@ -98,6 +100,8 @@ pub(crate) struct MasterArgs<'a> {
     pub workers: usize,
     pub threads: usize,
     pub graceful_timeout: Duration,
+    /// How long `SIGTERM` keeps the pool serving, marked draining, before the drain (`--shutdown-delay`).
+    pub shutdown_delay: Duration,
     pub limits: crate::config::health::Limits,
     /// The TLS configuration the workers forked from now on serve with (`--ssl-certfile`).
     pub tls: Option<crate::config::tls::Tls>,
@@ -145,7 +149,8 @@ pub(crate) struct MasterArgs<'a> {
 /// Where the master is in its life. What may overlap a phase stays outside it: the binary upgrade
 /// in either role (`successor`, `predecessor`: it starts while serving and outlives the hand-over
 /// into the shutdown), `owns_files` (who removes the socket and pid files follows the hand-over, not
-/// the phase) and `pool_announced` (a resize re-arms it in any phase).
+/// the phase), `pool_announced` (a resize re-arms it in any phase) and `delayed` (a shutdown delay
+/// keeps the phase it interrupts: a pool starting or a reload go on while it runs).
 #[derive(Debug)]
 enum Phase {
     /// Forking the first pool. The service is declared ready (`READY=1`, or `ready` to the previous
@@ -212,6 +217,8 @@ struct Master<'a> {
     guard: guard::GuardState,
     /// `plan --measure`: the pool's measurement, once taken.
     measured: Option<crate::config::footprint::PoolFootprint>,
+    /// A graceful shutdown waiting out `--shutdown-delay` (see [`delay`]).
+    delayed: Option<delay::Delayed>,
 }
 
 /// Runs the master until shutdown. Must be called from a single-threaded process that has not used
@@ -329,6 +336,7 @@ impl<'a> Master<'a> {
             metrics,
             ctl: None,
             dev,
+            delayed: None,
         })
     }
 }
@@ -344,6 +352,7 @@ impl Master<'_> {
             let now = Instant::now();
             self.drive_upgrade(now);
             self.drive_watch(now);
+            self.drive_delay(now);
             self.kill_overdue_drains(now);
             self.report(now);
             self.serve_metrics(now);
@@ -441,6 +450,7 @@ impl Master<'_> {
         };
         let upgrade = self.successor.as_ref().and_then(|s| s.deadline());
         [
+            self.delayed.map(|d| d.drain_at),
             phase,
             drains,
             upgrade,
@@ -460,7 +470,7 @@ impl Master<'_> {
         for sig in self.signals.drain() {
             match signals::intent(sig) {
                 None => tracing::info!("{sig} received; not supported yet, ignoring"),
-                Some(i) if self.is_stopping() && !i.applies_while_stopping() => {
+                Some(i) if self.shutting_down() && !i.applies_while_stopping() => {
                     tracing::info!("{sig} ignored: shutting down");
                 }
                 Some(i) => self.dispatch(i),
@@ -606,8 +616,14 @@ impl Master<'_> {
         self.notifier.watchdog(now, healthy);
         let status = self.status_line();
         self.notifier.status(&status);
-        let title =
-            crate::shared::proctitle::master(self.generation, self.pool.size(), self.is_stopping());
+        let state = if self.is_stopping() {
+            crate::shared::proctitle::MasterState::Stopping
+        } else if let Some(d) = self.delayed {
+            crate::shared::proctitle::MasterState::StoppingIn(d.seconds_left(now))
+        } else {
+            crate::shared::proctitle::MasterState::Serving(self.pool.size())
+        };
+        let title = crate::shared::proctitle::master(self.generation, state);
         if title != self.title {
             crate::shared::proctitle::set(&title);
             self.title = title;
@@ -618,6 +634,14 @@ impl Master<'_> {
     fn status_line(&self) -> String {
         if self.is_stopping() {
             return format!("stopping, {} workers left", self.live().len());
+        }
+        if let Some(d) = self.delayed {
+            return format!(
+                "stopping in {}s, still serving: {}/{} workers ready",
+                d.seconds_left(Instant::now()),
+                self.ready_count(),
+                self.pool.size()
+            );
         }
         format!(
             "{}/{} workers ready, generation {}{}",
@@ -696,22 +720,42 @@ impl Master<'_> {
         }
     }
 
-    /// `SIGTERM` (graceful) or `SIGINT` / `SIGQUIT` (fast): tell every worker to stop.
+    /// `SIGTERM` (graceful) or `SIGINT` / `SIGQUIT` (fast): tell every worker to stop, after the
+    /// shutdown delay for a graceful stop (see [`delay`]). A graceful stop during the delay skips
+    /// the rest of it; a fast one stops at once.
     fn stop(&mut self, graceful: bool) {
+        let mut why = "SIGTERM";
+        if graceful && !self.is_stopping() {
+            if self.delayed.is_some() {
+                why = "SIGTERM again: skipping the rest of the shutdown delay";
+            } else if self.begin_delay() {
+                return;
+            }
+        }
+        self.drain(graceful, why);
+    }
+
+    /// Tells every worker to stop: gracefully (drain, within the graceful timeout) or fast. `why`
+    /// starts the graceful shutdown's log line.
+    fn drain(&mut self, graceful: bool, why: &str) {
+        // A shutdown delay already marked the pool draining and told systemd.
+        let delayed = self.delayed.take().is_some();
         let (killed, extended) = match self.phase {
             Phase::Stopping { .. } if graceful => {
                 tracing::info!("SIGTERM again: already shutting down");
                 return;
             }
             Phase::Stopping { kill_at, extended } => (kill_at.is_none(), extended),
+            _ if delayed => (false, None),
             _ => {
                 self.notifier.stopping();
+                self.stats.set_draining();
                 (false, None)
             }
         };
         let (grace, sig) = if graceful {
             tracing::info!(
-                "SIGTERM: graceful shutdown, waiting up to {} for in-flight requests",
+                "{why}: graceful shutdown, waiting up to {} for in-flight requests",
                 humantime::format_duration(self.args.graceful_timeout)
             );
             (self.args.graceful_timeout, Signal::SIGTERM)
@@ -737,7 +781,7 @@ impl Master<'_> {
         if extended.is_none_or(|t| now >= t + Duration::from_secs(1)) {
             // Ask systemd to wait for the drain (plus a margin), however short TimeoutStopSec is.
             let left = kill_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
-            self.notifier.extend_timeout(left + Duration::from_secs(5));
+            self.notifier.extend_timeout(left + delay::EXTEND_MARGIN);
             extended = Some(now);
         }
         let live = self.live();

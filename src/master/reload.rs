@@ -198,6 +198,11 @@ impl Master<'_> {
 
     /// `SIGHUP`: re-read the configuration and start replacing workers.
     pub(super) fn begin_reload(&mut self) {
+        // A reload queued behind one that ends during a shutdown delay.
+        if self.shutting_down() {
+            tracing::info!("reload dropped: shutting down");
+            return;
+        }
         if let Phase::Replacing(r) = &mut self.phase {
             tracing::info!("SIGHUP: a reload is in progress; another one follows it");
             r.reload_after = true;
@@ -383,6 +388,14 @@ impl Master<'_> {
         args.threads = settings.threads;
         args.max_surge = settings.max_surge;
         args.graceful_timeout = settings.graceful_timeout;
+        if settings.shutdown_delay != args.shutdown_delay {
+            changes.push(format!(
+                "shutdown delay {} -> {}",
+                humantime::format_duration(args.shutdown_delay),
+                humantime::format_duration(settings.shutdown_delay)
+            ));
+            args.shutdown_delay = settings.shutdown_delay;
+        }
         if settings.chdir != args.chdir {
             changes.push(format!("chdir {:?} -> {:?}", args.chdir, settings.chdir));
             args.chdir = settings.chdir.clone();

@@ -6,7 +6,7 @@
 //!
 //! | signal | master |
 //! |---|---|
-//! | `SIGTERM` | graceful shutdown: workers stop accepting, finish in-flight requests, exit |
+//! | `SIGTERM` | graceful shutdown: after `--shutdown-delay` (a second one ends it), workers stop accepting, finish in-flight requests, exit |
 //! | `SIGINT`, `SIGQUIT` | fast shutdown |
 //! | `SIGCHLD` | reap and replace dead workers |
 //! | `SIGHUP` | reload the configuration, replace workers slot by slot |

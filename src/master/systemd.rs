@@ -3,10 +3,10 @@
 //! Only the master talks to systemd (`NotifyAccess=main`); workers drop `NOTIFY_SOCKET`. The master
 //! sends `READY=1` once every worker of the first generation is ready; `RELOADING=1` with
 //! `MONOTONIC_USEC=` when a `SIGHUP` reload starts and `READY=1` when it ends (so `systemctl reload`
-//! waits for the new workers, and `Type=notify-reload` works); `STOPPING=1` on shutdown, with
-//! `EXTEND_TIMEOUT_USEC=` while the drain runs so that a short `TimeoutStopSec` does not cut it; a
-//! `STATUS=` line on every change; and `WATCHDOG=1` at half of `WATCHDOG_USEC` while at least one
-//! worker is ready. A binary upgrade (`SIGUSR2`) moves the main pid with `MAINPID=`: see
+//! waits for the new workers, and `Type=notify-reload` works); `STOPPING=1` on shutdown (at the start
+//! of a `--shutdown-delay`), with `EXTEND_TIMEOUT_USEC=` while the delay and the drain run so that a
+//! short `TimeoutStopSec` cuts neither; a `STATUS=` line on every change; and `WATCHDOG=1` at half of
+//! `WATCHDOG_USEC` while at least one worker is ready. A binary upgrade (`SIGUSR2`) moves the main pid with `MAINPID=`: see
 //! [`crate::master::upgrade`].
 
 use std::os::fd::RawFd;
@@ -27,6 +27,9 @@ pub struct Notifier {
     watchdog: Option<Duration>,
     next_watchdog: Option<Instant>,
     last_status: String,
+    /// `STOPPING=1` was sent: no `READY=1` after it (a pool or a reload completing during a
+    /// shutdown delay only updates the status).
+    stopping: bool,
 }
 
 impl Notifier {
@@ -44,6 +47,7 @@ impl Notifier {
             watchdog,
             next_watchdog: watchdog.map(|_| Instant::now()),
             last_status: String::new(),
+            stopping: false,
         }
     }
 
@@ -63,6 +67,9 @@ impl Notifier {
 
     /// `READY=1` with a status line.
     pub fn ready(&mut self, status: &str) {
+        if self.stopping {
+            return self.status(status);
+        }
         self.last_status = status.to_string();
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
@@ -89,6 +96,7 @@ impl Notifier {
 
     /// `STOPPING=1`.
     pub fn stopping(&mut self) {
+        self.stopping = true;
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 

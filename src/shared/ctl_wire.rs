@@ -99,7 +99,8 @@ pub struct Status {
     pub version: String,
     /// The configuration generation (1 at start, +1 per reload).
     pub generation: u64,
-    /// `starting`, `running`, `reloading`, `upgrading` or `stopping`.
+    /// `starting`, `running`, `reloading`, `upgrading`, `stopping in Ns` (a shutdown delay: still
+    /// serving, draining in N seconds) or `stopping`.
     pub phase: String,
     /// The pool's size: slots the master keeps filled.
     pub pool_size: usize,

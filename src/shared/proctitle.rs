@@ -127,13 +127,29 @@ fn program_name() -> &'static str {
     })
 }
 
-/// The master's title: `NAME: master (gen G, N workers)`, or `NAME: master (gen G, stopping)`.
-pub fn master(generation: u64, workers: usize, stopping: bool) -> String {
+/// What the master's title says of the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MasterState {
+    /// Serving with this many workers.
+    Serving(usize),
+    /// Still serving, draining in this many seconds (`--shutdown-delay`).
+    StoppingIn(u64),
+    /// Draining.
+    Stopping,
+}
+
+/// The master's title: `NAME: master (gen G, N workers)`, `NAME: master (gen G, stopping in Ns)`,
+/// or `NAME: master (gen G, stopping)`.
+pub fn master(generation: u64, state: MasterState) -> String {
     let name = program_name();
-    if stopping {
-        format!("{name}: master (gen {generation}, stopping)")
-    } else {
-        format!("{name}: master (gen {generation}, {workers} workers)")
+    match state {
+        MasterState::Serving(workers) => {
+            format!("{name}: master (gen {generation}, {workers} workers)")
+        }
+        MasterState::StoppingIn(secs) => {
+            format!("{name}: master (gen {generation}, stopping in {secs}s)")
+        }
+        MasterState::Stopping => format!("{name}: master (gen {generation}, stopping)"),
     }
 }
 

@@ -9,6 +9,11 @@
 //!
 //! Only the owning process writes an entry, so each counter's cache line stays in one core's cache
 //! under load; a scrape costs the workers nothing.
+//!
+//! The other way, the master publishes one pool-wide flag in the same mapping: *draining*, set when a
+//! shutdown starts (at `SIGTERM`, before any `--shutdown-delay`), never cleared. Each worker reads it
+//! through its [`PoolState`] when asked for the `--readiness-path`, so every worker, a worker forked
+//! during the delay included, answers 503 from that moment without being told one by one.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -128,6 +133,8 @@ impl Counts {
 struct Shared {
     /// One past the highest entry ever claimed: readers scan no further.
     used: AtomicU32,
+    /// 1 once the master started shutting the pool down (written by the master only).
+    draining: AtomicU32,
     entries: [Entry; CAPACITY],
 }
 
@@ -165,6 +172,19 @@ impl Table {
                     Counters { entry: e }
                 })
         })
+    }
+
+    /// Marks the pool as draining: from now on every worker's readiness answers 503 (the master
+    /// calls this when a shutdown starts).
+    pub fn set_draining(&self) {
+        self.shared.draining.store(1, Ordering::Release);
+    }
+
+    /// The pool-wide state the master publishes, as a worker reads it.
+    pub fn pool(&self) -> PoolState {
+        PoolState {
+            draining: &self.shared.draining,
+        }
     }
 
     /// The counters of `pid` now, if it has an entry.
@@ -324,6 +344,33 @@ impl Counters {
     }
 }
 
+/// What the master tells every worker about the pool (see [`Table::set_draining`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolState {
+    draining: &'static AtomicU32,
+}
+
+impl PoolState {
+    /// A state no master writes: for tests.
+    #[cfg(test)]
+    pub fn private() -> PoolState {
+        PoolState {
+            draining: Box::leak(Box::new(AtomicU32::new(0))),
+        }
+    }
+
+    /// Whether the pool is shutting down (a shutdown delay or the drain itself).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire) != 0
+    }
+
+    /// Marks it draining, as the master does: for tests.
+    #[cfg(test)]
+    pub fn set_draining(&self) {
+        self.draining.store(1, Ordering::Release);
+    }
+}
+
 /// A request in flight, counted until dropped.
 #[derive(Debug)]
 pub struct InFlight(&'static Entry);
@@ -392,6 +439,15 @@ mod tests {
         let again = t.join(77, 3).unwrap();
         assert_eq!(again.counts(), Counts::default());
         assert_eq!(t.read(0), None, "pid 0 marks free entries");
+    }
+
+    #[test]
+    fn a_worker_sees_the_pool_draining_once_the_master_says_so() {
+        let t = Table::new().unwrap();
+        let pool = t.pool();
+        assert!(!pool.draining());
+        t.set_draining();
+        assert!(pool.draining() && t.pool().draining());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The service wrapper every request passes through before the app: request checks that answer on
-//! the app's behalf (400 for a bad `Host`, 413, 503 beyond the concurrency limit), a panicking handler
+//! The service wrapper every request passes through before the app: the readiness path (see
+//! [`crate::worker::readiness`]), request checks that answer on the app's behalf (400 for a bad
+//! `Host`, 413, 503 beyond the concurrency limit), a panicking handler
 //! turned into a 500, `Connection: close` once the worker drains, and the request's life reported to
 //! the connection's deadlines (from the header's arrival until the response body is sent).
 
@@ -13,7 +14,9 @@ use std::time::Instant;
 
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Buf, Frame, Incoming, SizeHint};
-use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER};
+use hyper::header::{
+    ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, RETRY_AFTER,
+};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::app::BoxError;
@@ -22,6 +25,7 @@ use crate::shared::balance::Member;
 use crate::shared::stats::{Counters, InFlight};
 use crate::worker::access::{self, Peer, Record};
 use crate::worker::deadlines::{ConnRequests, RequestGuard};
+use crate::worker::readiness::Readiness;
 use crate::worker::response_headers::Extra;
 
 /// Called with the request count when a worker reaches its request limit.
@@ -54,6 +58,8 @@ pub(crate) struct Guarded<S> {
     pub(crate) shed: Option<(crate::shared::balance::Member, Arc<AtomicU64>)>,
     /// Headers added to every response (`--header`, `--server-header`); `None`: none.
     pub(crate) headers: Option<&'static Extra>,
+    /// The readiness path, answered before the app (`--readiness-path`); `None`: off.
+    pub(crate) readiness: Option<Readiness>,
 }
 
 impl<S: Clone> Guarded<S> {
@@ -245,6 +251,13 @@ where
         let draining = self.draining.clone();
         // The header is complete: the connection's header deadline no longer applies.
         let request = self.conn.as_ref().map(|c| c.start());
+        // Before the Host check: a health checker speaking HTTP/1.0 without one gets its answer.
+        if let Some(status) = self
+            .readiness
+            .and_then(|r| r.status(req.method(), req.uri().path()))
+        {
+            return ready(readiness(status, http1, &draining), counters, finish);
+        }
         if http1 {
             if let Some(why) = bad_host(&req) {
                 tracing::debug!("{} {}: {why}; answered 400", req.method(), req.uri().path());
@@ -461,6 +474,26 @@ fn tracked<B: Body>(
 fn empty<B: Body>(status: StatusCode) -> Response<Inner<B>> {
     let mut resp = Response::new(Either::Right(Empty::new()));
     *resp.status_mut() = status;
+    resp
+}
+
+/// The readiness path's answer: empty, never cached. A `503` closes an HTTP/1 connection (the server
+/// is going away; the checker's next request opens a new one), and so does any answer of a draining
+/// worker, like every other response.
+fn readiness<B: Body>(
+    status: StatusCode,
+    http1: bool,
+    draining: &AtomicBool,
+) -> Response<Inner<B>> {
+    let mut resp = empty(status);
+    let h = resp.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    if http1 && (status == StatusCode::SERVICE_UNAVAILABLE || draining.load(Ordering::Relaxed)) {
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }
 

@@ -25,6 +25,7 @@ mod access_sink;
 mod connection;
 pub(crate) mod deadlines;
 mod guard;
+mod readiness;
 mod response_headers;
 pub(crate) mod runner;
 pub(crate) mod serve;
@@ -337,6 +338,7 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
         .then(|| Scheduler::new(args.jobs, worker.clone(), state.clone(), control));
     let balance = join_balance(args.balance, pid, args.slot);
     let counters = join_stats(args.stats, pid, args.slot);
+    let pool = args.stats.pool();
     let (orders, mut limits, app, tls) = (args.orders, args.limits, args.app, args.tls);
     runtime.block_on(async move {
         if !access_sink::open() {
@@ -372,6 +374,7 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
             max_requests,
             balance,
             counters,
+            pool,
             tls,
         };
         let served = runner(listeners, serving).await;

@@ -26,13 +26,14 @@ use crate::app::BoxError;
 use crate::config::health::Limits;
 use crate::shared::balance::{Balancer, Member};
 use crate::shared::listener::Listener;
-use crate::shared::stats::{Counters, OpenConnection};
+use crate::shared::stats::{Counters, OpenConnection, PoolState};
 use crate::worker::accept::{AcceptErrors, AsyncListener, Stream, is_connection_error};
 use crate::worker::access::Peer;
 use crate::worker::connection::{self, Idle, Open, Registry, Served};
 use crate::worker::deadlines::{ConnRequests, Deadlines};
 use crate::worker::guard::Guarded;
 pub(crate) use crate::worker::guard::OnMaxRequests;
+use crate::worker::readiness::Readiness;
 use crate::worker::response_headers;
 use crate::worker::tls::Acceptor;
 
@@ -61,6 +62,8 @@ pub struct ServeControl {
     pub balance: Option<Member>,
     /// This worker's counters in shared memory, read by the master for metrics and `ctl status`.
     pub counters: Counters,
+    /// The pool's state as the master publishes it (draining), for the readiness path.
+    pub pool: PoolState,
     /// The TLS configuration, with `--ssl-certfile`: every listener serves HTTPS.
     pub tls: Option<crate::config::tls::Tls>,
 }
@@ -154,6 +157,7 @@ where
         max_requests,
         balance,
         counters,
+        pool,
         tls,
     } = control;
     let draining = Arc::new(AtomicBool::new(false));
@@ -173,6 +177,7 @@ where
             .filter(|m| m.packed())
             .map(|m| (m, Arc::new(AtomicU64::new(0)))),
         headers: response_headers::Extra::for_worker(&limits.response),
+        readiness: Readiness::for_worker(limits.readiness_path.as_deref(), pool),
     };
     let timing = Timing {
         keep_alive: limits.timeout_keep_alive,
