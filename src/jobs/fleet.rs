@@ -9,7 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::time::Instant;
 
-use crate::jobs::scheduler::LoopCtx;
+use tokio::sync::watch;
+
 use crate::jobs::store::claim::{Ask, Claimed, Decision};
 use crate::jobs::store::{Store, StoreError};
 use crate::jobs::{Delivery, Fence, Job};
@@ -41,12 +42,14 @@ pub(crate) async fn latest(store: &Store, job: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Claims `tick` of `job`; its fencing token if this worker runs it. Anything else is logged and
-/// counted: run elsewhere, the previous run still going on another host, or not confirmed.
+/// passed to `not_run`: run elsewhere, the previous run still going on another host, or not
+/// confirmed. Gives up (without a word) when `stop` changes: the scheduler is stopping.
 pub(crate) async fn claim(
     job: &Job,
     tick: DateTime<Utc>,
     store: &Arc<Store>,
-    ctx: &LoopCtx,
+    mut stop: watch::Receiver<bool>,
+    not_run: impl Fn(Skip),
 ) -> Option<i64> {
     let ask = Ask {
         job: &job.name,
@@ -58,7 +61,6 @@ pub(crate) async fn claim(
     let left = (tick - Utc::now()).to_std().unwrap_or(Duration::ZERO);
     let left = left + job.grace();
     let deadline = Instant::now() + left.max(LEAST_CLAIM_TIME);
-    let mut stop = ctx.stopping();
     let outcome = tokio::select! {
         o = store.claim(ask, deadline) => o,
         _ = stop.changed() => return None,
@@ -79,14 +81,14 @@ pub(crate) async fn claim(
             match why {
                 Decision::Elsewhere(owner) => {
                     tracing::debug!("job {name:?}: tick {at} run elsewhere ({owner})");
-                    ctx.not_run(name, 1, Skip::Elsewhere);
+                    not_run(Skip::Elsewhere);
                 }
                 Decision::Superseded(later) => {
                     tracing::debug!(
                         "job {name:?}: tick {at} not run: a later tick ({}) was claimed already",
                         rfc3339(later)
                     );
-                    ctx.not_run(name, 1, Skip::Elsewhere);
+                    not_run(Skip::Elsewhere);
                 }
                 Decision::Busy(owner, other) => {
                     tracing::warn!(
@@ -94,7 +96,7 @@ pub(crate) async fn claim(
                          {owner}",
                         rfc3339(other)
                     );
-                    ctx.not_run(name, 1, Skip::Overlap);
+                    not_run(Skip::Overlap);
                 }
                 Decision::Insert | Decision::TakeOver => {}
             }
@@ -104,7 +106,7 @@ pub(crate) async fn claim(
             tracing::warn!(
                 "job {name:?}: tick {at} skipped: the job store could not confirm the claim ({e})"
             );
-            ctx.not_run(name, 1, Skip::Store);
+            not_run(Skip::Store);
             None
         }
     }
@@ -194,8 +196,7 @@ async fn finish(store: &Store, fence: &Fence, outcome: &Result<(), String>) {
 
 /// The latest tick of an at-least-once `job` if its run was lost (its claim expired unfinished) and
 /// it is still within the misfire grace.
-pub(crate) async fn lost_run(job: &Job, ctx: &LoopCtx) -> Option<DateTime<Utc>> {
-    let store = ctx.store.as_ref()?;
+pub(crate) async fn lost_run(job: &Job, store: &Store) -> Option<DateTime<Utc>> {
     let wait = store.config().lease / 2;
     let tick = match store.orphan(&job.name, Instant::now() + wait).await {
         Ok(t) => t?,

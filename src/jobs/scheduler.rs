@@ -60,7 +60,7 @@ struct Active {
 
 /// What every job loop shares.
 #[derive(Clone)]
-pub(crate) struct LoopCtx {
+struct LoopCtx {
     /// The origin of interval grids: the master's start, or the Unix epoch with a job store.
     anchor: DateTime<Utc>,
     /// Where the catch-up starts for a job this host has no record of: the master's start.
@@ -68,15 +68,15 @@ pub(crate) struct LoopCtx {
     worker: Worker,
     state: AnyState,
     control: ControlWriter,
-    pub(crate) status: Arc<SchedulerStatus>,
+    status: Arc<SchedulerStatus>,
     runs: Arc<RunSet>,
-    pub(crate) store: Option<Arc<Store>>,
+    store: Option<Arc<Store>>,
     stop: watch::Receiver<bool>,
 }
 
 impl LoopCtx {
     /// Counts and reports ticks of `job` not run here.
-    pub(crate) fn not_run(&self, job: &str, count: u64, why: Skip) {
+    fn not_run(&self, job: &str, count: u64, why: Skip) {
         self.status.update(job, |s| match why {
             Skip::Elsewhere => s.run_elsewhere += count,
             Skip::Store => {
@@ -91,11 +91,6 @@ impl LoopCtx {
             why,
             job: job.to_string(),
         });
-    }
-
-    /// Whether the scheduler is stopping.
-    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
-        self.stop.clone()
     }
 }
 
@@ -237,7 +232,11 @@ async fn job_loop(
             }
             if let (Some(at), Some(every)) = (next_rescue, rescue_every) {
                 if Instant::now() >= at {
-                    if let Some(tick) = fleet::lost_run(&job, &ctx).await {
+                    let lost = match &ctx.store {
+                        Some(store) => fleet::lost_run(&job, store).await,
+                        None => None,
+                    };
+                    if let Some(tick) = lost {
                         fire(&job, tick, &ctx).await;
                     }
                     next_rescue = Some(Instant::now() + every);
@@ -300,7 +299,11 @@ async fn fire(job: &Arc<Job>, tick: DateTime<Utc>, ctx: &LoopCtx) {
     // With a store, the fleet decides first: a tick another host has, or that cannot be confirmed,
     // does not run here.
     let fence = match &ctx.store {
-        Some(store) => match fleet::claim(job, tick, store, ctx).await {
+        Some(store) => match fleet::claim(job, tick, store, ctx.stop.clone(), |why| {
+            ctx.not_run(&job.name, 1, why)
+        })
+        .await
+        {
             Some(token) => Some(Fence::new(Arc::from(job.name.as_str()), tick, token)),
             None => return,
         },
