@@ -171,10 +171,19 @@ async fn finish(store: &Store, fence: &Fence, outcome: &Result<(), String>) {
             .finish(name, fence.tick(), fence.token(), &text, deadline)
             .await
         {
-            Ok(true) => return,
-            Ok(false) => {
+            Ok(Some(true)) => return,
+            Ok(Some(false)) => {
                 tracing::warn!(
-                    "job {name:?}: tick {at}: the run ended after losing its claim (token {})",
+                    "job {name:?}: tick {at}: the run lost its claim (its lease expired) before it \
+                     ended; writes guarded by its token {} are refused once a newer claim exists",
+                    fence.token()
+                );
+                return;
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    "job {name:?}: tick {at}: the run lost its claim (taken over) before it ended; \
+                     writes guarded by its token {} are refused",
                     fence.token()
                 );
                 return;

@@ -135,7 +135,8 @@ const RENEW: &str = "UPDATE hyperfork_job_claims \
     WHERE job = $1 AND tick = $2 AND token = $3 AND finished_at IS NULL \
       AND lease_until > clock_timestamp()";
 const FINISH: &str = "UPDATE hyperfork_job_claims SET finished_at = clock_timestamp(), outcome = $4 \
-    WHERE job = $1 AND tick = $2 AND token = $3 AND finished_at IS NULL";
+    WHERE job = $1 AND tick = $2 AND token = $3 AND finished_at IS NULL \
+    RETURNING lease_until > finished_at";
 const LATEST: &str = "SELECT max(tick) FROM hyperfork_job_claims WHERE job = $1";
 const ORPHAN: &str = "SELECT tick FROM hyperfork_job_claims \
     WHERE job = $1 AND finished_at IS NULL AND lease_until <= clock_timestamp() \
@@ -224,7 +225,9 @@ impl Store {
             .map(|n| n == 1)
     }
 
-    /// Records the end of a run; `false` if its claim was taken over meanwhile.
+    /// Records the end of a run: `Some(true)` if it still held its lease, `Some(false)` if the lease
+    /// had expired (nobody took the tick over, but later ticks may have run meanwhile), `None` if its
+    /// claim was taken over.
     pub(crate) async fn finish(
         &self,
         job: &str,
@@ -232,10 +235,11 @@ impl Store {
         token: i64,
         outcome: &str,
         deadline: Instant,
-    ) -> Result<bool, StoreError> {
-        self.execute(FINISH, &[&job, &tick, &token, &outcome], deadline)
-            .await
-            .map(|n| n == 1)
+    ) -> Result<Option<bool>, StoreError> {
+        let row = self
+            .query_opt(FINISH, &[&job, &tick, &token, &outcome], deadline)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// The latest tick of `job` anyone claimed.

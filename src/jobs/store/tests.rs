@@ -92,12 +92,8 @@ fn each_tick_has_one_winner_and_tokens_follow_the_order_of_wins() {
                 "the loser names the winner"
             );
             tokens.push(token);
-            assert!(
-                winner
-                    .finish("usage", tick, token, "ok", soon())
-                    .await
-                    .unwrap()
-            );
+            let finished = winner.finish("usage", tick, token, "ok", soon()).await;
+            assert_eq!(finished.unwrap(), Some(true));
             // A late claim of a finished tick loses too, and does not use up a token.
             let late = a.claim(ask("usage", tick), soon()).await.unwrap();
             assert!(
@@ -194,8 +190,11 @@ fn a_live_run_holds_the_job_until_its_lease_expires_and_a_lost_run_is_taken_over
         };
         assert!(token > first);
         // The old run's end is not recorded over the new claim; the new one's is.
-        assert!(!a.finish("j", t1, first, "ok", soon()).await.unwrap());
-        assert!(b.finish("j", t1, token, "ok", soon()).await.unwrap());
+        assert_eq!(a.finish("j", t1, first, "ok", soon()).await.unwrap(), None);
+        assert_eq!(
+            b.finish("j", t1, token, "ok", soon()).await.unwrap(),
+            Some(true)
+        );
         // A finished tick is never taken over, and the next tick is free.
         let done = a.claim(rerun, soon()).await.unwrap();
         assert_eq!(done, Claimed::Lost(Decision::Elsewhere("host-b".into())));
@@ -221,7 +220,10 @@ fn the_fence_refuses_a_stale_token_and_retention_keeps_the_latest_claim() {
     let (t1, t2) = (t("2020-01-01T00:00:00Z"), t("2020-01-01T00:01:00Z"));
     block_on(async {
         let old = won(&a.claim(ask("fenced", t1), soon()).await.unwrap()).unwrap();
-        assert!(a.finish("fenced", t1, old, "ok", soon()).await.unwrap());
+        assert_eq!(
+            a.finish("fenced", t1, old, "ok", soon()).await.unwrap(),
+            Some(true)
+        );
         let new = won(&a.claim(ask("fenced", t2), soon()).await.unwrap()).unwrap();
         assert!(new > old);
     });
