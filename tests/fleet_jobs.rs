@@ -452,3 +452,85 @@ fn a_run_paused_past_its_lease_cannot_commit_with_its_stale_token() {
         a.stderr()
     );
 }
+
+#[test]
+fn jobs_migrate_creates_the_schema_and_bad_store_settings_are_usage_errors() {
+    let pg = PgCluster::start();
+    let url = pg.url();
+    let run = |args: &[&str]| {
+        let out = command(&hyperfork_bin())
+            .args(args)
+            .output()
+            .expect("run hyperfork");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Twice: the second finds everything in place. The password is never printed.
+    for _ in 0..2 {
+        let (code, stdout, stderr) = run(&["jobs", "migrate", "--jobs-store", &url]);
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "job store postgres://app@127.0.0.1:{}/app: hyperfork_job_tokens, \
+                 hyperfork_job_claims and hyperfork_fence() are in place",
+                pg.port()
+            )),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("app:app@"), "{stdout}");
+    }
+    assert_eq!(
+        pg.query(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN \
+             ('hyperfork_job_tokens', 'hyperfork_job_claims')"
+        ),
+        vec![vec!["2".to_string()]]
+    );
+    // Nothing to migrate without a store; a store that refuses is a runtime failure.
+    let (code, _, stderr) = run(&["jobs", "migrate"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("jobs migrate: no job store"), "{stderr}");
+    let refused = format!("postgres://app:app@127.0.0.1:{}/app", free_port());
+    let (code, _, stderr) = run(&["jobs", "migrate", "--jobs-store", &refused]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    // Bad settings: one line each, exit status 2, before anything starts.
+    let dir = tempfile::tempdir().unwrap();
+    let bad_delivery = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_delivery,
+        "[[jobs]]\nname = \"a\"\nevery = \"1s\"\ncommand = [\"true\"]\ndelivery = \"twice\"\n",
+    )
+    .unwrap();
+    let bad_delivery = bad_delivery.to_str().unwrap();
+    for (args, expected) in [
+        (
+            vec!["--check-config", "--jobs-store", "nonsense"],
+            "expected a PostgreSQL URL",
+        ),
+        (
+            vec![
+                "--check-config",
+                "--jobs-store",
+                "postgres://a@h/db?sslmode=require",
+            ],
+            "TLS to the job store is not supported",
+        ),
+        (
+            vec!["--check-config", "--jobs-lease", "500ms"],
+            "expected a lease of at least 1s",
+        ),
+        (
+            vec!["--check-config", "--config", bad_delivery],
+            "key `delivery`: expected \"at-most-once\" or \"at-least-once\", got \"twice\"",
+        ),
+    ] {
+        let (code, _, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
