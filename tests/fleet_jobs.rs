@@ -2,8 +2,9 @@
 //! processes) on one real PostgreSQL started by the test. Every tick of a 1 s job runs exactly once
 //! between them while one host's master is SIGKILLed and restarted, the other's slot 0 is SIGKILLed,
 //! and the database is stopped for 3 s (those ticks are logged as skipped, and HTTP keeps answering);
-//! the fencing tokens strictly increase. And a run paused past its lease (SIGSTOP) cannot commit with
-//! its stale token once another host holds a newer one.
+//! the fencing tokens strictly increase. A run paused past its lease (SIGSTOP) cannot commit with its
+//! stale token once another host holds a newer one. An at-least-once tick lost with its host runs
+//! again on the other, with a higher token. `hyperfork jobs migrate` and the settings' errors.
 
 mod common;
 
@@ -533,4 +534,75 @@ fn jobs_migrate_creates_the_schema_and_bad_store_settings_are_usage_errors() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn an_at_least_once_tick_lost_with_its_host_runs_again_elsewhere_with_a_higher_token() {
+    let pg = PgCluster::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("starts.txt");
+    let config = dir.path().join("jobs.toml");
+    // A 5 s job whose runs take 4 s; a tick stays runnable for 20 s, longer than the 2 s lease.
+    std::fs::write(
+        &config,
+        format!(
+            "[[jobs]]\nname = \"rollup\"\nevery = \"5s\"\nmisfire_grace = \"20s\"\n\
+             delivery = \"at-least-once\"\ncommand = [\"sh\", \"-c\", \
+             \"echo \\\"$HYPERFORK_SCHEDULED_AT $HOST_NAME $HYPERFORK_FENCE_TOKEN\\\" >> {}; sleep 4\"]\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut hosts: BTreeMap<String, Proc> = BTreeMap::new();
+    for name in ["a", "b"] {
+        hosts.insert(
+            name.to_string(),
+            start_host(name, free_port(), free_port(), &config, &url),
+        );
+    }
+    // The first run starts on one host; that host dies with its run (its master SIGKILLed).
+    assert!(
+        wait_until(Duration::from_secs(30), || !read_rows(&out).is_empty()),
+        "no run started"
+    );
+    let lost = read_rows(&out)[0].clone();
+    let dying = hosts.remove(&lost.host).unwrap();
+    let workers = children_of(dying.pid());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(dying.pid(), libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(20), || workers
+        .iter()
+        .all(|&p| !alive(p))));
+    // Once its lease expired, the other host runs the same tick again, with a higher token.
+    let (other, survivor) = hosts.iter().next().unwrap();
+    let rerun = || {
+        read_rows(&out)
+            .into_iter()
+            .find(|r| r.tick == lost.tick && r.host == *other)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || rerun().is_some()),
+        "tick {} was not run again; rows {:?}:\n{}",
+        rfc3339(lost.tick),
+        read_rows(&out),
+        survivor.stderr()
+    );
+    let again = rerun().unwrap();
+    assert!(again.token > lost.token, "{again:?} after {lost:?}");
+    assert!(
+        survivor.stderr().contains(&format!(
+            "job \"rollup\": tick {} taken over with token {}",
+            rfc3339(lost.tick),
+            again.token
+        )),
+        "{}",
+        survivor.stderr()
+    );
+    let attempts = pg.query(&format!(
+        "SELECT attempts FROM hyperfork_job_claims WHERE job = 'rollup' AND tick = '{}'",
+        rfc3339(lost.tick)
+    ));
+    assert_eq!(attempts, vec![vec!["2".to_string()]]);
+    drop(dying);
 }
