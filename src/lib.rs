@@ -34,5 +34,5 @@ pub use app::{
 };
 pub use error::{EXIT_BOOT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 pub use jobs::schedule::{Cron, Every, Schedule, ScheduleError};
-pub use jobs::{Job, JobContext, JobResult};
+pub use jobs::{Delivery, Fence, Job, JobContext, JobResult};
 pub use server::Server;

@@ -26,7 +26,8 @@ use crate::config::{ProcessEnv, Settings, Sourced};
 use crate::error::{ConfigError, PrivilegeError};
 use crate::error::{EXIT_BOOT, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 use crate::jobs::schedule::Schedule;
-use crate::jobs::{Job, JobContext, JobResult};
+use crate::jobs::store::{StoreConfig, StoreUrl};
+use crate::jobs::{Delivery, Job, JobContext, JobResult};
 use crate::logging;
 use crate::master::{self, MasterArgs, Outcome, Reloaded};
 use crate::shared::listener::{self, BindSpec, Listener};
@@ -64,6 +65,8 @@ pub struct Server<S = ()> {
     app: Option<AppFactory>,
     stop: Option<StopHook>,
     jobs: Vec<Job>,
+    /// The app's job store URL ([`Server::jobs_store`]), checked by [`Server::run`].
+    jobs_store: Option<String>,
     state: PhantomData<fn() -> S>,
 }
 
@@ -76,6 +79,7 @@ impl<S> std::fmt::Debug for Server<S> {
             .field("app", &self.app.is_some())
             .field("stop", &self.stop.is_some())
             .field("jobs", &self.jobs)
+            .field("jobs_store", &self.jobs_store.is_some())
             .finish()
     }
 }
@@ -107,6 +111,7 @@ impl Server {
             app: None,
             stop: None,
             jobs: Vec::new(),
+            jobs_store: None,
             state: PhantomData,
         }
     }
@@ -184,6 +189,7 @@ impl Server {
             app: None,
             stop: None,
             jobs: Vec::new(),
+            jobs_store: None,
             state: PhantomData,
         };
         Ok((server, app))
@@ -238,6 +244,7 @@ impl Server {
             app: self.app,
             stop: self.stop,
             jobs: self.jobs,
+            jobs_store: self.jobs_store,
             state: PhantomData,
         }
     }
@@ -369,6 +376,29 @@ impl<S: Send + Sync + 'static> Server<S> {
         self
     }
 
+    /// Claims every scheduled tick in this PostgreSQL database (`postgres://user:password@host/db`),
+    /// so that the hosts running this service behind a load balancer run each tick once between
+    /// them; each run gets a fencing token in [`JobContext::fence`]. `--jobs-store` (or
+    /// `HYPERFORK_JOBS_STORE`, or the `jobs_store` TOML key) overrides it. [`Server::run`] checks the
+    /// URL: a bad one is a usage error. See "Jobs across several hosts" in the README.
+    ///
+    /// ```no_run
+    /// # use hyperfork::{Every, Server, Worker};
+    /// # fn router(_: &Worker) -> axum::Router { axum::Router::new() }
+    /// let url = std::env::var("DATABASE_URL").unwrap_or_default();
+    /// Server::from_env_and_args()
+    ///     .app(router)
+    ///     .jobs_store(url)
+    ///     .job("record-usage", Every::seconds(30), |ctx| async move {
+    ///         tracing::info!("tick {} with token {:?}", ctx.scheduled_at, ctx.fence.map(|f| f.token()));
+    ///     })
+    ///     .run();
+    /// ```
+    pub fn jobs_store(mut self, url: impl Into<String>) -> Server<S> {
+        self.jobs_store = Some(url.into());
+        self
+    }
+
     /// Runs the subcommand (by default: the server) and returns the process's exit status.
     ///
     /// Errors are printed as one line on stderr: status 2 for usage errors, 1 for runtime failures,
@@ -403,6 +433,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             app,
             stop,
             jobs: lib_jobs,
+            jobs_store: lib_store,
             ..
         } = self;
         let cli = cli.map_err(Failure::Clap)?;
@@ -410,6 +441,21 @@ impl<S: Send + Sync + 'static> Server<S> {
             return Err(Failure::usage(e));
         }
         let mut settings = Settings::resolve(&cli, &ProcessEnv).map_err(Failure::usage)?;
+        let lib_store = lib_store
+            .map(|url| {
+                StoreUrl::parse(&url).map_err(|e| {
+                    Failure::usage(ConfigError::Invalid(format!("Server::jobs_store: {e}")))
+                })
+            })
+            .transpose()?;
+        let jobs_store = settings.jobs_store_config(lib_store.as_ref());
+        if let Some(Command::JobsMigrate) = &cli.command {
+            // A one-off client, before logging, sockets or the master.
+            return Ok(crate::jobs::store::migrate_command(
+                jobs_store.as_ref(),
+                &program,
+            ));
+        }
         if let Some(Command::Ctl(args)) = &cli.command {
             // The client: before logging, sockets or the master; it only connects.
             return Ok(crate::ctl::run(&settings, args, &program));
@@ -438,7 +484,8 @@ impl<S: Send + Sync + 'static> Server<S> {
                     "{name} is the app's own subcommand: handle it before calling Server::run"
                 ))));
             }
-            Some(Command::Serve | Command::Check | Command::Ctl(_)) | None => {}
+            Some(Command::Serve | Command::Check | Command::Ctl(_) | Command::JobsMigrate)
+            | None => {}
         }
         let mut jobs = with_library_jobs(&settings, &lib_jobs).map_err(Failure::usage)?;
         if measure.is_some() {
@@ -486,10 +533,11 @@ impl<S: Send + Sync + 'static> Server<S> {
         };
         let opened = open_listeners(&settings, account.as_ref())?;
         announce(&settings, &opened.listeners, &plan, &jobs, tls.as_ref());
+        announce_store(jobs_store.as_ref(), &jobs);
         check_db_connections(&settings, plan.workers);
         let guard = plan.guard(&memory, settings.memory_reserve, settings.max_surge);
         let fixed = FixedAtStart::of(&settings);
-        let reload = || reload(&cli, &lib_jobs, &fixed);
+        let reload = || reload(&cli, &lib_jobs, lib_store.as_ref(), &fixed);
         let control_socket = if measure.is_some() {
             None
         } else {
@@ -519,6 +567,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             listeners: opened.listeners,
             app: &app,
             jobs,
+            jobs_store: jobs_store.filter(|_| measure.is_none()),
             reload: &reload,
             activated: opened.activated,
             program: exe
@@ -906,6 +955,44 @@ fn announce(
     }
 }
 
+/// Logs where ticks are claimed, and warns about delivery settings that cannot take effect.
+fn announce_store(store: Option<&StoreConfig>, jobs: &[Job]) {
+    let at_least_once = jobs.iter().filter(|j| j.delivery == Delivery::AtLeastOnce);
+    let Some(store) = store else {
+        for j in at_least_once {
+            tracing::warn!(
+                "job {:?}: delivery at-least-once has no effect without --jobs-store: a run lost \
+                 with its worker is not run again",
+                j.name
+            );
+        }
+        return;
+    };
+    if jobs.is_empty() {
+        tracing::warn!("--jobs-store {} is set, but there is no job", store.url);
+        return;
+    }
+    tracing::info!(
+        "job store {}: every tick is claimed there before it runs (lease {}, claims kept {}); \
+         `every` ticks count from the Unix epoch",
+        store.url,
+        humantime::format_duration(store.lease),
+        humantime::format_duration(store.retention)
+    );
+    for j in at_least_once {
+        if j.grace() <= store.lease {
+            tracing::warn!(
+                "job {:?}: delivery at-least-once has no effect: its misfire grace ({}) is not \
+                 longer than --jobs-lease ({}), so a lost run's tick is past its grace by the time \
+                 its lease expires",
+                j.name,
+                humantime::format_duration(j.grace()),
+                humantime::format_duration(store.lease)
+            );
+        }
+    }
+}
+
 /// The settings a reload cannot change, as the master started with them.
 struct FixedAtStart {
     log_level: LogLevel,
@@ -959,7 +1046,12 @@ fn value_of<T: Clone>(s: &Option<Sourced<T>>) -> Option<T> {
 
 /// `SIGHUP`: the settings, plan and jobs read again from the same command line, environment and
 /// file; an error rejects the reload.
-fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded, String> {
+fn reload(
+    cli: &Cli,
+    lib_jobs: &[Job],
+    lib_store: Option<&StoreUrl>,
+    fixed: &FixedAtStart,
+) -> Result<Reloaded, String> {
     // The env file again, as it is now: the workers forked from now on see its variables.
     env_file::apply(cli).map_err(|e| e.to_string())?;
     let settings = Settings::resolve(cli, &ProcessEnv).map_err(|e| e.to_string())?;
@@ -976,12 +1068,15 @@ fn reload(cli: &Cli, lib_jobs: &[Job], fixed: &FixedAtStart) -> Result<Reloaded,
         settings.memory_reserve,
         settings.max_surge,
     );
+    let jobs_store = settings.jobs_store_config(lib_store);
+    announce_store(jobs_store.as_ref(), &jobs);
     Ok(Reloaded {
         settings,
         tls,
         plan,
         guard,
         jobs,
+        jobs_store,
     })
 }
 

@@ -23,8 +23,15 @@ pub struct JobStatus {
     pub runs: u64,
     /// Runs that failed.
     pub failures: u64,
-    /// Ticks skipped (previous run still going, or missed beyond the grace).
+    /// Ticks skipped (previous run still going, missed beyond the grace, or not confirmed by the job
+    /// store).
     pub skipped: u64,
+    /// Ticks skipped because the job store could not confirm the claim (also in `skipped`).
+    pub store_skipped: u64,
+    /// Ticks another host claimed in the job store (`--jobs-store`).
+    pub run_elsewhere: u64,
+    /// The fencing token of the last run started here (job store only).
+    pub last_token: Option<i64>,
     /// Runs going on now.
     pub running: u64,
     /// The tick of the last run started (RFC 3339).

@@ -50,6 +50,8 @@ pub enum Command {
     },
     /// Send a command to the running master over its control socket (`hyperfork ctl …`).
     Ctl(CtlArgs),
+    /// `hyperfork jobs migrate`: create the job store's tables in `--jobs-store`, then exit.
+    JobsMigrate,
     /// A subcommand of the app's own command line (see `Server::from_env_and_args_with`).
     App(String),
 }
@@ -139,6 +141,15 @@ impl Cli {
         cmd.subcommand(clap::Command::new("serve").about("Run the server (the default)"))
             .subcommand(plan)
             .subcommand(ctl_command())
+            .subcommand(
+                clap::Command::new("jobs")
+                    .about("The job store (--jobs-store) shared by the hosts running this service")
+                    .subcommand_required(true)
+                    .subcommand(clap::Command::new("migrate").about(
+                        "Create the job store's tables and fence function in --jobs-store (what \
+                         the first claim does otherwise), then exit",
+                    )),
+            )
             .args(ALL.iter().filter_map(|d| arg(*d)))
             .args(ALL.iter().filter_map(|d| negation(*d)))
             .args(ALL.iter().flat_map(|d| aliases(*d)))
@@ -177,6 +188,7 @@ impl Cli {
             }),
             Some(("serve", _)) => Some(Command::Serve),
             Some(("ctl", sub)) => Some(Command::Ctl(ctl_args(sub))),
+            Some(("jobs", _)) => Some(Command::JobsMigrate),
             Some((name, _)) => Some(Command::App(name.to_string())),
             None if flag(matches, "check-config") => Some(Command::Check),
             None => None,

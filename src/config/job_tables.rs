@@ -10,8 +10,8 @@ use super::file::{File, syntax_error};
 use super::kinds::{Kind, Seconds};
 use super::layers::Layers;
 use crate::error::ConfigError;
-use crate::jobs::Job;
 use crate::jobs::schedule::{Cron, Every, Schedule};
+use crate::jobs::{Delivery, Job};
 
 /// The part of the file read here; other keys are checked by [`File`].
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +33,7 @@ struct JobTable {
     misfire_grace: Option<Spanned<toml::Value>>,
     #[serde(default)]
     overlap: bool,
+    delivery: Option<Spanned<String>>,
 }
 
 /// The command jobs of the file's `[[jobs]]` tables; none without a file.
@@ -93,6 +94,20 @@ fn job(file: &File, table: &Spanned<JobTable>) -> Result<Job, ConfigError> {
     }
     if let Some(g) = &j.misfire_grace {
         job = job.misfire_grace(duration(file, name, "misfire_grace", g)?);
+    }
+    if let Some(d) = &j.delivery {
+        job = job.delivery(match d.get_ref().as_str() {
+            "at-most-once" => Delivery::AtMostOnce,
+            "at-least-once" => Delivery::AtLeastOnce,
+            other => {
+                return Err(file.error(
+                    d.span(),
+                    format!(
+                        "job {name:?}: key `delivery`: expected \"at-most-once\" or \"at-least-once\", got {other:?}"
+                    ),
+                ));
+            }
+        });
     }
     Ok(job)
 }

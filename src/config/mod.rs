@@ -9,7 +9,7 @@
 //! settings together. An empty environment variable counts as unset.
 //!
 //! The other modules: [`values`] (domain enums and text parsers), [`kinds`] (how each type of value
-//! is read in each layer), [`job_tables`] (`[[jobs]]`), [`sizing`], [`cores`], [`health`], [`control`]
+//! is read in each layer), [`job_tables`] (`[[jobs]]`), [`jobs_store`] (`--jobs-store`), [`sizing`], [`cores`], [`health`], [`control`]
 //! (where the control socket of `hyperfork ctl` is), [`tls`] (the `--ssl-*` files loaded into the
 //! rustls configuration), [`foreign`] (uvicorn's and gunicorn's options without a setting: rejected
 //! with a reason, or already so), [`env_file`] (`--env-file` and `-e`, loaded before anything is
@@ -28,6 +28,7 @@ pub(crate) mod foreign;
 pub(crate) mod guide;
 pub(crate) mod health;
 pub(crate) mod job_tables;
+pub(crate) mod jobs_store;
 pub(crate) mod kinds;
 pub(crate) mod layers;
 pub(crate) mod memory;

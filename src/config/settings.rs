@@ -19,6 +19,7 @@ use std::time::Duration;
 use super::access::{AccessFormat, LogFormat, Trusted, TrustedIps};
 use super::declare::settings;
 use super::job_tables::jobs;
+use super::jobs_store::{JobsStore, lease_at_least_a_second};
 use super::kinds::{
     Addresses, Assignments, Backlog, Bytes, Choice, Delay, Globs, Mode, NameOrId, NonNegative,
     Path, Paths, Port, Positive, Seconds, Switch, Tables, TcpAddress, Text,
@@ -29,6 +30,7 @@ use super::rules::{Resolved, binds, fds, no_effect, resolved};
 use super::tls::{CertReqs, ClientAuth, Password, Secret};
 use super::values::{Accept, LogLevel, header_size_at_least_8kib, readiness_path};
 use crate::jobs::Job;
+use crate::jobs::store::StoreUrl;
 use crate::shared::listener::BindSpec;
 use hyper::header::{HeaderName, HeaderValue};
 
@@ -600,6 +602,37 @@ settings! {
             env: ["HYPERFORK_USE_COLORS", "UVICORN_USE_COLORS"],
             toml: "use_colors",
             unset: "when stderr is a terminal",
+        }
+
+        /// Claim every scheduled tick in this PostgreSQL database, postgres://USER:PASSWORD@HOST/DB,
+        /// so that the hosts running this service run each tick once between them (see
+        /// docs/jobs.md)
+        pub jobs_store: Option<StoreUrl> = JOBS_STORE: JobsStore {
+            flag: "--jobs-store",
+            env: ["HYPERFORK_JOBS_STORE"],
+            toml: "jobs_store",
+            unset: "none: every host runs every tick",
+            value_name: "URL",
+        }
+
+        /// With --jobs-store: how long a tick's claim stays its host's without a renewal (renewed at
+        /// half of it while the run goes on); a run lost with its host holds the job this long
+        pub jobs_lease: Duration = JOBS_LEASE: Seconds {
+            flag: "--jobs-lease",
+            env: ["HYPERFORK_JOBS_LEASE"],
+            toml: "jobs_lease",
+            default: "30s",
+            value_name: "DURATION",
+            check: lease_at_least_a_second,
+        }
+
+        /// With --jobs-store: how long claims are kept in the database; each job's latest stays
+        pub jobs_retention: Duration = JOBS_RETENTION: Seconds {
+            flag: "--jobs-retention",
+            env: ["HYPERFORK_JOBS_RETENTION"],
+            toml: "jobs_retention",
+            default: "7days",
+            value_name: "DURATION",
         }
 
         /// The base of the process titles (`NAME: master`, `NAME: worker 3`), gunicorn's proc_name

@@ -1,6 +1,7 @@
 //! Running a command job: a child process of the scheduling worker, its output logged line by line.
 //!
-//! The child gets `HYPERFORK_JOB`, `HYPERFORK_WORKER_ID` and `HYPERFORK_SCHEDULED_AT` (RFC 3339), runs
+//! The child gets `HYPERFORK_JOB`, `HYPERFORK_WORKER_ID`, `HYPERFORK_SCHEDULED_AT` (RFC 3339) and, with a
+//! job store, `HYPERFORK_FENCE_TOKEN` (the run's fencing token, see [`crate::jobs::Fence`]), runs
 //! in its own process group (so a timeout kills the whole group, e.g. `sh -c` and what it starts), and
 //! asks for `SIGKILL` when the worker dies, so no run outlives the lease holder.
 
@@ -19,6 +20,7 @@ pub(crate) async fn run(
     tick: DateTime<Utc>,
     worker: &Worker,
     timeout: Option<Duration>,
+    token: Option<i64>,
 ) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
         return Err("empty command".into());
@@ -32,6 +34,7 @@ pub(crate) async fn run(
             tick.to_rfc3339_opts(SecondsFormat::Millis, true),
         )
         .stdin(Stdio::null())
+        .env_remove("HYPERFORK_FENCE_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -45,6 +48,9 @@ pub(crate) async fn run(
             }
             Ok(())
         });
+    }
+    if let Some(token) = token {
+        cmd.env("HYPERFORK_FENCE_TOKEN", token.to_string());
     }
     let mut child = cmd
         .spawn()

@@ -2,12 +2,18 @@
 //!
 //! A job is either an async Rust function (added with [`crate::Server::job`]) or a command (a `[[jobs]]`
 //! table in the TOML file). Only the worker holding the scheduler lease runs jobs; see
-//! [`crate::jobs::scheduler`].
+//! [`crate::jobs::scheduler`]. With a job store ([`store`]), hosts running the same service also claim
+//! each tick in PostgreSQL, and a run gets a fencing token ([`Fence`]).
 
 pub(crate) mod command;
+pub(crate) mod fence;
+pub(crate) mod fleet;
 pub(crate) mod run_set;
 pub(crate) mod schedule;
 pub(crate) mod scheduler;
+pub(crate) mod store;
+
+pub use fence::Fence;
 
 use std::fmt;
 use std::future::Future;
@@ -30,6 +36,9 @@ pub struct JobContext<S = ()> {
     pub scheduled_at: DateTime<Utc>,
     /// The worker running it (always slot 0), with the app state its start hook built.
     pub worker: Worker<S>,
+    /// The run's claim in the job store (`--jobs-store`): guard the job's writes with its token;
+    /// `None` without a store.
+    pub fence: Option<Fence>,
 }
 
 impl<S> JobContext<S> {
@@ -45,6 +54,7 @@ impl<S> Clone for JobContext<S> {
             name: self.name.clone(),
             scheduled_at: self.scheduled_at,
             worker: self.worker.clone(),
+            fence: self.fence.clone(),
         }
     }
 }
@@ -55,6 +65,7 @@ impl<S> fmt::Debug for JobContext<S> {
             .field("name", &self.name)
             .field("scheduled_at", &self.scheduled_at)
             .field("worker", &self.worker)
+            .field("fence", &self.fence)
             .finish()
     }
 }
@@ -100,6 +111,20 @@ impl fmt::Debug for Action {
     }
 }
 
+/// What becomes of a tick whose run was lost with its host, when a job store is used
+/// (`--jobs-store`); without one, a run lost with its worker is never run again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Delivery {
+    /// Each tick runs at most once: a run lost with its host (or its database connection) is not
+    /// run again.
+    #[default]
+    AtMostOnce,
+    /// A run lost with its host is run again elsewhere, with a higher fencing token, once its lease
+    /// has expired, if the tick is still within its misfire grace and no later tick was claimed:
+    /// a tick may then run twice (at least once), so the job guards its writes with the token.
+    AtLeastOnce,
+}
+
 /// A scheduled job, for an app whose state is `S` (`()` for jobs that need none, commands included).
 pub struct Job<S = ()> {
     /// Unique name, used in logs, `/health` and `HYPERFORK_JOB`.
@@ -115,6 +140,8 @@ pub struct Job<S = ()> {
     pub misfire_grace: Option<Duration>,
     /// Whether a tick may start while the previous run is still going.
     pub overlap: bool,
+    /// Whether a run lost with its host is run again elsewhere (job store only).
+    pub delivery: Delivery,
     /// The state type its function expects.
     state: PhantomData<fn() -> S>,
 }
@@ -128,6 +155,7 @@ impl<S> Clone for Job<S> {
             timeout: self.timeout,
             misfire_grace: self.misfire_grace,
             overlap: self.overlap,
+            delivery: self.delivery,
             state: PhantomData,
         }
     }
@@ -142,6 +170,7 @@ impl<S> fmt::Debug for Job<S> {
             .field("timeout", &self.timeout)
             .field("misfire_grace", &self.misfire_grace)
             .field("overlap", &self.overlap)
+            .field("delivery", &self.delivery)
             .finish()
     }
 }
@@ -167,11 +196,13 @@ impl<S: Send + Sync + 'static> Job<S> {
                 name,
                 scheduled_at,
                 worker,
+                fence,
             } = ctx;
             let fut = f(JobContext {
                 name,
                 scheduled_at,
                 worker: worker.with_state(state),
+                fence,
             });
             Box::pin(async move { fut.await.into_outcome() })
         });
@@ -182,6 +213,7 @@ impl<S: Send + Sync + 'static> Job<S> {
             timeout: None,
             misfire_grace: None,
             overlap: false,
+            delivery: Delivery::AtMostOnce,
             state: PhantomData,
         }
     }
@@ -195,6 +227,7 @@ impl<S: Send + Sync + 'static> Job<S> {
             timeout: self.timeout,
             misfire_grace: self.misfire_grace,
             overlap: self.overlap,
+            delivery: self.delivery,
             state: PhantomData,
         }
     }
@@ -216,6 +249,12 @@ impl<S: Send + Sync + 'static> Job<S> {
         self.overlap = yes;
         self
     }
+
+    /// Sets what becomes of a run lost with its host, with a job store (the default: at most once).
+    pub fn delivery(mut self, d: Delivery) -> Job<S> {
+        self.delivery = d;
+        self
+    }
 }
 
 impl Job {
@@ -232,6 +271,7 @@ impl Job {
             timeout: None,
             misfire_grace: None,
             overlap: false,
+            delivery: Delivery::AtMostOnce,
             state: PhantomData,
         }
     }

@@ -10,6 +10,11 @@
 //!
 //! On a revoke, or when the worker starts draining, the loops stop at once (no new run starts), the
 //! running ones may finish within the graceful timeout, and the worker reports the release.
+//!
+//! With a job store (`--jobs-store`), interval ticks are counted from the Unix epoch instead of the
+//! master's start, every tick is claimed in the store before it starts ([`crate::jobs::fleet`]), and
+//! the catch-up after a new holder starts counts from the fleet's latest claimed tick when that is
+//! later than this host's record.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +30,11 @@ use crate::jobs::run_set::RunSet;
 
 use crate::app::Worker;
 use crate::app::state::AnyState;
+use crate::jobs::fleet;
 use crate::jobs::schedule::catch_up;
-use crate::jobs::{Action, Job, JobContext};
-use crate::shared::control::{ControlWriter, Message};
+use crate::jobs::store::{FLEET_ANCHOR, Store, StoreConfig};
+use crate::jobs::{Action, Delivery, Fence, Job, JobContext};
+use crate::shared::control::{ControlWriter, Message, Skip};
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -40,6 +47,7 @@ pub(crate) struct Scheduler {
     state: AnyState,
     control: ControlWriter,
     status: Arc<SchedulerStatus>,
+    store: Option<Arc<Store>>,
     active: Option<Active>,
     retired: bool,
 }
@@ -53,12 +61,37 @@ struct Active {
 /// What every job loop shares.
 #[derive(Clone)]
 struct LoopCtx {
+    /// The origin of interval grids: the master's start, or the Unix epoch with a job store.
     anchor: DateTime<Utc>,
+    /// Where the catch-up starts for a job this host has no record of: the master's start.
+    since: DateTime<Utc>,
     worker: Worker,
     state: AnyState,
     control: ControlWriter,
     status: Arc<SchedulerStatus>,
     runs: Arc<RunSet>,
+    store: Option<Arc<Store>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl LoopCtx {
+    /// Counts and reports ticks of `job` not run here.
+    fn not_run(&self, job: &str, count: u64, why: Skip) {
+        self.status.update(job, |s| match why {
+            Skip::Elsewhere => s.run_elsewhere += count,
+            Skip::Store => {
+                s.skipped += count;
+                s.store_skipped += count;
+            }
+            Skip::Late | Skip::Overlap => s.skipped += count,
+        });
+        self.control.send(&Message::JobSkip {
+            pid: self.worker.pid() as i32,
+            count,
+            why,
+            job: job.to_string(),
+        });
+    }
 }
 
 impl Scheduler {
@@ -67,17 +100,20 @@ impl Scheduler {
         worker: Worker,
         state: AnyState,
         control: ControlWriter,
+        store: Option<&StoreConfig>,
     ) -> Scheduler {
         let status = worker.scheduler_status();
         for j in jobs {
             status.update(&j.name, |s| s.schedule = j.schedule.to_string());
         }
+        let store = store.map(|c| Arc::new(Store::new(c.clone(), worker.pid())));
         Scheduler {
             jobs: jobs.iter().cloned().map(Arc::new).collect(),
             worker,
             state,
             control,
             status,
+            store,
             active: None,
             retired: false,
         }
@@ -89,18 +125,30 @@ impl Scheduler {
             tracing::warn!("scheduler lease granted twice or after retirement; ignoring");
             return;
         }
-        let anchor = DateTime::from_timestamp_millis(anchor_ms).unwrap_or_else(Utc::now);
-        tracing::info!("holding the scheduler lease: {} job(s)", self.jobs.len());
+        let since = DateTime::from_timestamp_millis(anchor_ms).unwrap_or_else(Utc::now);
+        let anchor = grid_anchor(self.store.is_some(), since);
+        match &self.store {
+            Some(store) => tracing::info!(
+                "holding the scheduler lease: {} job(s), claimed in the job store {} as \"{}\"",
+                self.jobs.len(),
+                store.config().url,
+                store.owner()
+            ),
+            None => tracing::info!("holding the scheduler lease: {} job(s)", self.jobs.len()),
+        }
         self.status.holder.store(true, Ordering::Relaxed);
         let (stop, stop_rx) = watch::channel(false);
         let runs = Arc::new(RunSet::default());
         let ctx = LoopCtx {
             anchor,
+            since,
             worker: self.worker.clone(),
             state: self.state.clone(),
             control: self.control,
             status: self.status.clone(),
             runs: runs.clone(),
+            store: self.store.clone(),
+            stop: stop_rx.clone(),
         };
         let mut loops = JoinSet::new();
         for job in &self.jobs {
@@ -136,16 +184,34 @@ impl Scheduler {
     }
 }
 
+/// The origin of interval grids: the master's start on one host; with a job store, the Unix epoch,
+/// the same for every host whenever it started, so that every host computes the same tick keys.
+pub(crate) fn grid_anchor(store: bool, master_start: DateTime<Utc>) -> DateTime<Utc> {
+    if store { FLEET_ANCHOR } else { master_start }
+}
+
 async fn job_loop(
     job: Arc<Job>,
     last: Option<DateTime<Utc>>,
     mut stop: watch::Receiver<bool>,
     ctx: LoopCtx,
 ) {
+    let mut last = last.unwrap_or(ctx.since);
+    if let Some(store) = &ctx.store {
+        // Ticks another host ran meanwhile are not missed: count from the fleet's latest claim.
+        if let Some(fleet) = fleet::latest(store, &job.name).await {
+            last = last.max(fleet);
+        }
+    }
     let now = Utc::now();
-    let last = last.unwrap_or(ctx.anchor);
     let mut cursor = last.max(now);
     apply_catch_up(&job, last, now, &ctx).await;
+    // At-least-once jobs look for a lost run of their latest tick at half the lease.
+    let rescue_every = match (&ctx.store, job.delivery) {
+        (Some(store), Delivery::AtLeastOnce) => Some(store.config().lease / 2),
+        _ => None,
+    };
+    let mut next_rescue = rescue_every.map(|p| Instant::now() + p);
     loop {
         let Some(next) = job.schedule.next_after(cursor, ctx.anchor) else {
             tracing::warn!("job {:?}: {} has no future tick", job.name, job.schedule);
@@ -156,10 +222,28 @@ async fn job_loop(
             if now >= next {
                 break;
             }
-            let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+            let mut wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+            if let Some(at) = next_rescue {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
+            }
+            if let (Some(at), Some(every)) = (next_rescue, rescue_every) {
+                if Instant::now() >= at {
+                    let lost = match &ctx.store {
+                        Some(store) => fleet::lost_run(&job, store).await,
+                        None => None,
+                    };
+                    if let Some(tick) = lost {
+                        fire(&job, tick, &ctx).await;
+                    }
+                    next_rescue = Some(Instant::now() + every);
+                }
+            }
+            if *stop.borrow() {
+                return;
             }
         }
         if *stop.borrow() {
@@ -181,13 +265,7 @@ async fn apply_catch_up(job: &Arc<Job>, after: DateTime<Utc>, now: DateTime<Utc>
             c.skipped,
             humantime::format_duration(job.grace())
         );
-        ctx.status
-            .update(&job.name, |s| s.skipped += c.skipped as u64);
-        ctx.control.send(&Message::JobSkip {
-            pid: ctx.worker.pid() as i32,
-            count: c.skipped as u64,
-            job: job.name.clone(),
-        });
+        ctx.not_run(&job.name, c.skipped as u64, Skip::Late);
     }
     if c.coalesced > 0 {
         tracing::info!(
@@ -215,14 +293,22 @@ async fn fire(job: &Arc<Job>, tick: DateTime<Utc>, ctx: &LoopCtx) {
             job.name,
             rfc3339(tick)
         );
-        ctx.status.update(&job.name, |s| s.skipped += 1);
-        ctx.control.send(&Message::JobSkip {
-            pid: ctx.worker.pid() as i32,
-            count: 1,
-            job: job.name.clone(),
-        });
+        ctx.not_run(&job.name, 1, Skip::Overlap);
         return;
     }
+    // With a store, the fleet decides first: a tick another host has, or that cannot be confirmed,
+    // does not run here.
+    let fence = match &ctx.store {
+        Some(store) => match fleet::claim(job, tick, store, ctx.stop.clone(), |why| {
+            ctx.not_run(&job.name, 1, why)
+        })
+        .await
+        {
+            Some(token) => Some(Fence::new(Arc::from(job.name.as_str()), tick, token)),
+            None => return,
+        },
+        None => None,
+    };
     // Report first: the master records the tick before the run can have any effect.
     ctx.control.send(&Message::JobStart {
         pid: ctx.worker.pid() as i32,
@@ -233,13 +319,20 @@ async fn fire(job: &Arc<Job>, tick: DateTime<Utc>, ctx: &LoopCtx) {
         s.runs += 1;
         s.running += 1;
         s.last_tick = Some(rfc3339(tick));
+        if let Some(f) = &fence {
+            s.last_token = Some(f.token());
+        }
     });
     let (job, status, worker) = (job.clone(), ctx.status.clone(), ctx.worker.clone());
-    let (state, control) = (ctx.state.clone(), ctx.control);
+    let (state, control, store) = (ctx.state.clone(), ctx.control, ctx.store.clone());
     ctx.runs.spawn(async move {
         let started = Instant::now();
         let worker_pid = worker.pid() as i32;
-        let outcome = run_once(&job, tick, worker, &state).await;
+        let run = run_once(&job, tick, worker, &state, fence.clone());
+        let outcome = match (&store, &fence) {
+            (Some(store), Some(fence)) => fleet::hold(store, fence, run).await,
+            _ => run.await,
+        };
         let took = started.elapsed();
         let ms = took.as_millis() as u64;
         match &outcome {
@@ -282,6 +375,7 @@ async fn run_once(
     tick: DateTime<Utc>,
     worker: Worker,
     state: &AnyState,
+    fence: Option<Fence>,
 ) -> Result<(), String> {
     match &job.action {
         Action::Function(f) => {
@@ -289,6 +383,7 @@ async fn run_once(
                 name: Arc::from(job.name.as_str()),
                 scheduled_at: tick,
                 worker,
+                fence,
             };
             let mut handle = tokio::spawn(f(ctx, state));
             let joined = match job.timeout {
@@ -319,7 +414,87 @@ async fn run_once(
             }
         }
         Action::Command(argv) => {
-            crate::jobs::command::run(&job.name, argv, tick, &worker, job.timeout).await
+            let token = fence.map(|f| f.token());
+            crate::jobs::command::run(&job.name, argv, tick, &worker, job.timeout, token).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::schedule::{Cron, Every, Schedule};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// The ticks a host's slot 0 would start in `(from, to]`, as its loop computes them.
+    fn ticks(
+        s: &Schedule,
+        anchor: DateTime<Utc>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut cur = from;
+        while let Some(next) = s.next_after(cur, anchor).filter(|n| *n <= to) {
+            out.push(next);
+            cur = next;
+        }
+        out
+    }
+
+    #[test]
+    fn hosts_started_at_different_times_compute_the_same_tick_keys_with_a_store() {
+        // Host A's master started at 10:00:00.300, host B's 7.6 s later; B's slot 0 was replaced at
+        // 10:20:01.234 (a new lease holder computes from its own now).
+        let (a_start, b_start) = (t("2026-03-01T10:00:00.300Z"), t("2026-03-01T10:00:07.900Z"));
+        let end = t("2026-03-01T13:00:00Z");
+        let schedules = [
+            Schedule::from(Every::seconds(1)),
+            Schedule::from(Every::seconds(7)),
+            Schedule::from(Every::new(Duration::from_millis(1500)).unwrap()),
+            Schedule::from(Every::minutes(90)),
+            Schedule::from(Cron::parse("*/5 * * * *").unwrap()),
+        ];
+        for s in &schedules {
+            let a = ticks(s, grid_anchor(true, a_start), b_start, end);
+            let b = ticks(s, grid_anchor(true, b_start), b_start, end);
+            assert!(!a.is_empty());
+            assert_eq!(a, b, "{s}: the same keys on both hosts");
+            // A later holder on B, from its own moment, lands on the same grid.
+            let late = t("2026-03-01T10:20:01.234Z");
+            let b2 = ticks(s, grid_anchor(true, b_start), late, end);
+            assert!(
+                b2.iter().all(|k| a.contains(k)),
+                "{s}: a new holder stays on the grid"
+            );
+            // And the catch-up of ticks missed before it picks one of those keys.
+            let c = catch_up(
+                s,
+                b_start,
+                late,
+                grid_anchor(true, b_start),
+                Duration::from_secs(3600),
+            );
+            assert!(c.run.is_none_or(|k| a.contains(&k)), "{s}: {c:?}");
+        }
+        // The grid is the epoch's: a 90-minute job runs at 00:00, 01:30, 03:00 … UTC.
+        let s = Schedule::from(Every::minutes(90));
+        assert_eq!(
+            ticks(
+                &s,
+                grid_anchor(true, a_start),
+                a_start,
+                t("2026-03-01T13:00:00Z")
+            ),
+            [t("2026-03-01T10:30:00Z"), t("2026-03-01T12:00:00Z")]
+        );
+        // Without a store each host counts from its own start, and the keys would differ.
+        let s = Schedule::from(Every::seconds(10));
+        let a = ticks(&s, grid_anchor(false, a_start), b_start, end);
+        let b = ticks(&s, grid_anchor(false, b_start), b_start, end);
+        assert!(a.iter().all(|k| !b.contains(k)));
     }
 }

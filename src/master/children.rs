@@ -155,6 +155,7 @@ impl Master<'_> {
                 orders: order_read,
                 control: self.control.writer(),
                 jobs: &self.args.jobs,
+                jobs_store: self.args.jobs_store.as_ref(),
                 threads: self.args.threads,
                 graceful_timeout: self.args.graceful_timeout,
                 limits: self.args.limits.clone(),

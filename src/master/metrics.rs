@@ -535,7 +535,7 @@ impl Master<'_> {
 
     fn job_metrics(&self, p: &mut Page) {
         let jobs = &self.tally.jobs;
-        let families: [(&str, Type, &str); 6] = [
+        let families: [(&str, Type, &str); 8] = [
             (
                 "hyperfork_job_runs_total",
                 Type::Counter,
@@ -551,6 +551,17 @@ impl Master<'_> {
                 Type::Counter,
                 "Ticks of the job skipped: the previous run still going, or missed beyond the \
                  misfire grace.",
+            ),
+            (
+                "hyperfork_job_store_skips_total",
+                Type::Counter,
+                "Ticks of the job skipped because the job store could not confirm the claim \
+                 (unreachable, an error, no answer in time); also in hyperfork_job_skips_total.",
+            ),
+            (
+                "hyperfork_job_run_elsewhere_total",
+                Type::Counter,
+                "Ticks of the job another host claimed in the job store (--jobs-store).",
             ),
             (
                 "hyperfork_job_running",
@@ -576,8 +587,10 @@ impl Master<'_> {
                     0 => p.sample(name, &labels, t.runs),
                     1 => p.sample(name, &labels, t.failures),
                     2 => p.sample(name, &labels, t.skips),
-                    3 => p.sample(name, &labels, t.running),
-                    4 => {
+                    3 => p.sample(name, &labels, t.store_skips),
+                    4 => p.sample(name, &labels, t.elsewhere),
+                    5 => p.sample(name, &labels, t.running),
+                    6 => {
                         if let Some(at) = t.last_success {
                             let secs = at
                                 .duration_since(UNIX_EPOCH)

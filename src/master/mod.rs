@@ -58,10 +58,11 @@ use self::reload::Replacement;
 use self::upgrade::{Predecessor, Step, Successor};
 use crate::error::StartError;
 use crate::jobs::Job;
+use crate::jobs::store::StoreConfig;
 use crate::master::lease::Lease;
 use crate::master::pool::{GIVE_UP_AFTER, Pool};
 use crate::master::signals::{Intent, SignalQueue};
-use crate::shared::control::{self, ControlPipe, Message};
+use crate::shared::control::{self, ControlPipe, Message, Skip};
 use crate::shared::listener::Listener;
 use crate::worker::runner::App;
 
@@ -90,6 +91,8 @@ pub(crate) struct Reloaded {
     /// The memory guard for the re-read count, if a cgroup memory limit applies.
     pub guard: Option<crate::config::memory_guard::Guard>,
     pub jobs: Vec<Job>,
+    /// The job store the workers forked from now on claim ticks in (`--jobs-store`).
+    pub jobs_store: Option<StoreConfig>,
 }
 
 /// Re-reads the configuration; an error rejects the reload.
@@ -113,6 +116,8 @@ pub(crate) struct MasterArgs<'a> {
     pub listeners: Vec<Listener>,
     pub app: &'a App,
     pub jobs: Vec<Job>,
+    /// Where slot 0 claims each tick (`--jobs-store`); `None`: ticks run on this host alone.
+    pub jobs_store: Option<StoreConfig>,
     pub reload: ReloadFn<'a>,
     /// Whether the sockets came from systemd (their files are systemd's, never removed).
     pub activated: bool,
@@ -551,7 +556,19 @@ impl Master<'_> {
                     t.failures += 1;
                 }
             }
-            Message::JobSkip { count, job, .. } => self.tally.job(&job).skips += count,
+            Message::JobSkip {
+                count, why, job, ..
+            } => {
+                let t = self.tally.job(&job);
+                match why {
+                    Skip::Elsewhere => t.elsewhere += count,
+                    Skip::Store => {
+                        t.skips += count;
+                        t.store_skips += count;
+                    }
+                    Skip::Late | Skip::Overlap => t.skips += count,
+                }
+            }
             Message::Released { .. } => {
                 if self.lease.ended(pid) {
                     tracing::info!("pid {pid} released the scheduler lease");

@@ -405,7 +405,20 @@ impl Master<'_> {
             changes.push(format!("database connections {:?} -> {db:?}", args.db));
             args.db = db;
         }
+        if new.jobs_store != args.jobs_store {
+            let show = |s: &Option<crate::jobs::store::StoreConfig>| {
+                s.as_ref().map_or("off".to_string(), |c| {
+                    format!("{} (lease {})", c.url, humantime::format_duration(c.lease))
+                })
+            };
+            changes.push(format!(
+                "job store {} -> {}",
+                show(&args.jobs_store),
+                show(&new.jobs_store)
+            ));
+        }
         args.jobs = new.jobs;
+        args.jobs_store = new.jobs_store;
         args.tls = new.tls;
         changes
     }

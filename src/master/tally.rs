@@ -109,8 +109,13 @@ pub(crate) struct JobTally {
     pub runs: u64,
     /// Runs that failed.
     pub failures: u64,
-    /// Ticks skipped (the previous run still going, or missed beyond the grace).
+    /// Ticks skipped (the previous run still going, missed beyond the grace, or not confirmed by
+    /// the job store).
     pub skips: u64,
+    /// Ticks skipped because the job store could not confirm the claim (also in `skips`).
+    pub store_skips: u64,
+    /// Ticks another host claimed (job store).
+    pub elsewhere: u64,
     /// Runs going on now.
     pub running: u64,
     /// When the last successful run ended.

@@ -51,13 +51,14 @@ pub enum Message {
         /// The job's name.
         job: String,
     },
-    /// The lease holder skipped ticks of a job (the previous run still going, or missed beyond the
-    /// grace).
+    /// The lease holder did not run ticks of a job: skipped (see [`Skip`]), or run by another host.
     JobSkip {
         /// The worker's pid.
         pid: i32,
         /// Ticks skipped.
         count: u64,
+        /// Why.
+        why: Skip,
         /// The job's name.
         job: String,
     },
@@ -78,6 +79,36 @@ pub enum Message {
         /// Requests it has served.
         served: u64,
     },
+}
+
+/// Why the lease holder did not run a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Missed beyond the misfire grace.
+    Late,
+    /// The previous run still going (on this host, or on another one with a job store).
+    Overlap,
+    /// The job store could not confirm the claim (unreachable, an error, no answer in time).
+    Store,
+    /// Another host claimed the tick (job store): run elsewhere, not skipped.
+    Elsewhere,
+}
+
+impl Skip {
+    fn as_str(self) -> &'static str {
+        match self {
+            Skip::Late => "late",
+            Skip::Overlap => "overlap",
+            Skip::Store => "store",
+            Skip::Elsewhere => "elsewhere",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Skip> {
+        [Skip::Late, Skip::Overlap, Skip::Store, Skip::Elsewhere]
+            .into_iter()
+            .find(|w| w.as_str() == s)
+    }
 }
 
 impl Message {
@@ -112,9 +143,15 @@ impl Message {
                 if *ok { "ok" } else { "failed" },
                 job.replace(['\n', '\r'], " ")
             ),
-            Message::JobSkip { pid, count, job } => {
+            Message::JobSkip {
+                pid,
+                count,
+                why,
+                job,
+            } => {
                 format!(
-                    "{pid} job-skip {count} {}\n",
+                    "{pid} job-skip {count} {} {}\n",
+                    why.as_str(),
                     job.replace(['\n', '\r'], " ")
                 )
             }
@@ -148,10 +185,12 @@ impl Message {
                 job: job.to_string(),
             })
         } else if let Some(r) = rest.strip_prefix("job-skip ") {
-            let (n, job) = r.split_once(' ')?;
+            let (n, r) = r.split_once(' ')?;
+            let (why, job) = r.split_once(' ')?;
             Some(Message::JobSkip {
                 pid,
                 count: n.parse().ok()?,
+                why: Skip::parse(why)?,
                 job: job.to_string(),
             })
         } else if let Some(r) = rest.strip_prefix("job-start ") {
@@ -341,10 +380,18 @@ mod tests {
         let skip = Message::JobSkip {
             pid: 7,
             count: 3,
+            why: Skip::Late,
+            job: "record usage".into(),
+        };
+        let elsewhere = Message::JobSkip {
+            pid: 7,
+            count: 1,
+            why: Skip::Elsewhere,
             job: "record usage".into(),
         };
         w.send(&end);
         w.send(&skip);
+        w.send(&elsewhere);
         assert_eq!(
             pipe.drain(),
             vec![
@@ -358,6 +405,7 @@ mod tests {
                 Message::Recycle { pid: 7, served: 51 },
                 end,
                 skip,
+                elsewhere,
             ]
         );
     }

@@ -60,6 +60,8 @@ pub(crate) struct ChildArgs<'a> {
     pub orders: std::os::fd::OwnedFd,
     pub control: ControlWriter,
     pub jobs: &'a [crate::jobs::Job],
+    /// Where slot 0 claims each tick (`--jobs-store`), if anywhere.
+    pub jobs_store: Option<&'a crate::jobs::store::StoreConfig>,
     pub threads: usize,
     pub graceful_timeout: Duration,
     pub limits: crate::config::health::Limits,
@@ -334,8 +336,15 @@ fn serve(args: ChildArgs<'_>, worker: &Worker, booted: Booted) -> Result<(), Str
     } = booted;
     let (control, graceful_timeout, health) = (args.control, args.graceful_timeout, args.health);
     let max_requests = request_limit(&health, control, pid);
-    let scheduler = (args.slot == 0 && !args.jobs.is_empty())
-        .then(|| Scheduler::new(args.jobs, worker.clone(), state.clone(), control));
+    let scheduler = (args.slot == 0 && !args.jobs.is_empty()).then(|| {
+        Scheduler::new(
+            args.jobs,
+            worker.clone(),
+            state.clone(),
+            control,
+            args.jobs_store,
+        )
+    });
     let balance = join_balance(args.balance, pid, args.slot);
     let counters = join_stats(args.stats, pid, args.slot);
     let pool = args.stats.pool();
@@ -596,6 +605,7 @@ mod tests {
                 Worker::new(0, 42, 1),
                 crate::app::state::no_state(),
                 writer,
+                None,
             );
             let (stop_tx, stop) = watch::channel(Stop::Run);
             let (done, _done_rx) = watch::channel(false);

@@ -206,6 +206,39 @@ impl PgCluster {
         HeldConnection { child }
     }
 
+    /// Stops the server with `pg_ctl stop -m fast`: every session is ended, the data stays; [`start`]
+    /// brings it back on the same port. Dropping the cluster stops it anyway.
+    ///
+    /// [`start`]: PgCluster::start_again
+    pub fn stop_fast(&self) {
+        let mut c = self.server_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        let out = run_within(c, Duration::from_secs(90)).expect("run pg_ctl stop");
+        assert!(out.status.success(), "pg_ctl stop failed:\n{}", out.text());
+    }
+
+    /// Starts the server [`stop_fast`](PgCluster::stop_fast) stopped, on the port it had.
+    pub fn start_again(&self) {
+        let mut c = self.server_command("pg_ctl");
+        c.arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!("-p {}", self.port))
+            .arg("start");
+        let out = run_within(c, Duration::from_secs(90)).expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start (again, port {}) failed:\n{}\nserver log:\n{}",
+            self.port,
+            out.text(),
+            self.log()
+        );
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
