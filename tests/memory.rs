@@ -50,6 +50,26 @@ impl MemCgroup {
         );
     }
 
+    /// `examples/faults.rs` with workers of 50 MiB each, started inside the cgroup on a fresh port
+    /// with `args`, once it logs `all N workers ready` (`workers`).
+    fn serve_heavy(&self, args: &[&str], workers: usize) -> Proc {
+        let port = free_port();
+        let mut all = vec!["--port".to_string(), port.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut cmd = self.wrap(&example_bin("faults"), &all);
+        cmd.env("HYPERFORK_BOOT_ALLOC_MIB", "50");
+        let mut p = Proc::start(cmd, port);
+        p.wait_serving();
+        let ready = format!("all {workers} workers ready");
+        assert!(
+            p.wait_log(&ready, Duration::from_secs(30)),
+            "{}",
+            p.stderr()
+        );
+        p
+    }
+
     /// `cmd` run inside the cgroup: `sh` moves itself in, then execs the program.
     fn wrap(&self, program: &Path, args: &[&str]) -> Command {
         let mut c = command(&PathBuf::from("/bin/sh"));
@@ -161,11 +181,8 @@ fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
     // for the master and shared pages, plus 3 × 51 while reloading) and 3 do not (4 × 51); the
     // formula asks for at least 3 on any machine.
     let cg = MemCgroup::create("guard", 256 * MIB);
-    let faults = example_bin("faults");
-    let alloc = [("HYPERFORK_BOOT_ALLOC_MIB", "50")];
-
-    let mut cmd = cg.wrap(&faults, &["plan", "--measure", "--json"]);
-    cmd.envs(alloc);
+    let mut cmd = cg.wrap(&example_bin("faults"), &["plan", "--measure", "--json"]);
+    cmd.env("HYPERFORK_BOOT_ALLOC_MIB", "50");
     let predicted = measure(cmd);
     let wanted = predicted["memory_guard"]["decision"]["wanted"]
         .as_u64()
@@ -179,16 +196,7 @@ fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
         Some(2)
     );
 
-    let port = free_port();
-    let mut cmd = cg.wrap(&faults, &["--port", &port.to_string()]);
-    cmd.envs(alloc);
-    let mut p = Proc::start(cmd, port);
-    p.wait_serving();
-    assert!(
-        p.wait_log("all 2 workers ready", Duration::from_secs(30)),
-        "{}",
-        p.stderr()
-    );
+    let p = cg.serve_heavy(&[], 2);
     let line = format!("starting 2 of {wanted} workers: {wanted} would need ");
     let log = p.stderr();
     let logged = log
@@ -202,7 +210,7 @@ fn a_computed_pool_stops_at_what_fits_in_its_cgroup_and_plan_predicts_it() {
     assert_eq!(p.worker_pids().len(), 2, "{log}");
     // The guard stopped growing; it did not fork and kill.
     assert!(!log.contains("worker 2 "), "{log}");
-    assert_eq!(get(port, "/").map(|r| r.status).ok(), Some(200));
+    assert_eq!(get(p.port, "/").map(|r| r.status).ok(), Some(200));
 }
 
 #[test]
@@ -213,24 +221,7 @@ fn a_reload_decides_again_with_fresh_measurements() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hyperfork.toml");
     std::fs::write(&config, "memory_reserve = \"64MiB\"\n").unwrap();
-    let port = free_port();
-    let mut cmd = cg.wrap(
-        &example_bin("faults"),
-        &[
-            "--port",
-            &port.to_string(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
-    cmd.env("HYPERFORK_BOOT_ALLOC_MIB", "50");
-    let mut p = Proc::start(cmd, port);
-    p.wait_serving();
-    assert!(
-        p.wait_log("all 2 workers ready", Duration::from_secs(30)),
-        "{}",
-        p.stderr()
-    );
+    let p = cg.serve_heavy(&["--config", config.to_str().unwrap()], 2);
     std::fs::write(&config, "memory_reserve = \"8MiB\"\n").unwrap();
     p.reload(1);
     let log = p.stderr();
@@ -250,19 +241,7 @@ fn a_reload_decides_again_with_fresh_measurements() {
 #[test]
 fn an_explicit_count_in_a_small_cgroup_is_kept_and_warned_about() {
     let cg = MemCgroup::create("explicit", 256 * MIB);
-    let port = free_port();
-    let mut cmd = cg.wrap(
-        &example_bin("faults"),
-        &["--port", &port.to_string(), "--workers", "3"],
-    );
-    cmd.env("HYPERFORK_BOOT_ALLOC_MIB", "50");
-    let mut p = Proc::start(cmd, port);
-    p.wait_serving();
-    assert!(
-        p.wait_log("all 3 workers ready", Duration::from_secs(30)),
-        "{}",
-        p.stderr()
-    );
+    let p = cg.serve_heavy(&["--workers", "3"], 3);
     let log = p.stderr();
     assert!(
         log.contains("the explicit count is kept, but 3 would need ")
