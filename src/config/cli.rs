@@ -21,7 +21,7 @@ use super::declare::Declared;
 use super::foreign::{FOREIGN, Takes};
 use super::kinds::{Form, Kind, Seconds};
 use super::settings::ALL;
-use super::values::parse_duration;
+use super::values::{parse_delay, parse_duration};
 use crate::shared::ctl_wire::Request;
 
 /// How long `hyperfork ctl` waits for the master's answer without `--wait`.
@@ -29,6 +29,10 @@ pub const CTL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `hyperfork ctl reload --wait` and `upgrade --wait` wait for the master's answer: a reload
 /// replaces every worker one by one, each old one draining for up to `--graceful-timeout`.
 pub const CTL_WAIT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How often `hyperfork ctl top` refreshes without `--interval`, as `top` does by default (3 s there).
+pub const TOP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest `ctl top --interval`: each refresh is a status request the master answers.
+pub const TOP_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The variable gunicorn reads extra command-line arguments from.
 pub const GUNICORN_CMD_ARGS: &str = "GUNICORN_CMD_ARGS";
@@ -63,6 +67,9 @@ pub struct CtlArgs {
     pub request: Request,
     /// `ctl status --json`: print the master's status as JSON instead of a table.
     pub json: bool,
+    /// `ctl top`: the live view, refreshed every this long (`--interval`); `None` for every other
+    /// command. Its request is [`Request::Status`], sent once per refresh.
+    pub top: Option<Duration>,
     /// How long to wait for the master's final answer (`--timeout`); `None` for no limit
     /// (`--timeout 0`). Without the flag: [`CTL_TIMEOUT`], or [`CTL_WAIT_TIMEOUT`] with `--wait`.
     pub timeout: Option<Duration>,
@@ -353,6 +360,26 @@ fn ctl_command() -> clap::Command {
                 .about("Print the master, its listeners and every worker")
                 .arg(switch("json", "Print the status as JSON")),
         )
+        .subcommand(
+            clap::Command::new("top")
+                .about(
+                    "Show the master and every worker live, refreshed in place (q or Ctrl-C quits)",
+                )
+                .long_about(
+                    "Show the master, its listeners and every worker live, refreshed in place \
+                     like top, with each worker's requests per second between two refreshes. q or \
+                     Ctrl-C quits. When stdout is not a terminal, print one snapshot (requests per \
+                     second over one interval) and exit.",
+                )
+                .arg(
+                    Arg::new("interval")
+                        .long("interval")
+                        .short('d')
+                        .value_name("DURATION")
+                        .value_parser(top_interval)
+                        .help("Time between refreshes, e.g. 2, 0.5, 500ms [default: 1s]"),
+                ),
+        )
         .subcommand(workers)
         .subcommand(
             clap::Command::new("reload")
@@ -386,11 +413,32 @@ fn worker_count(s: &str) -> Result<i64, String> {
     }
 }
 
+/// A refresh interval for `ctl top --interval`: seconds (`2`, `0.5`) or a duration (`500ms`), at
+/// least [`TOP_MIN_INTERVAL`].
+fn top_interval(s: &str) -> Result<Duration, String> {
+    let expected = || {
+        format!("expected a refresh interval of 0.1s or more, such as 2, 0.5 or 500ms, got {s:?}")
+    };
+    match parse_delay(s) {
+        Ok(d) if d >= TOP_MIN_INTERVAL => Ok(d),
+        _ => Err(expected()),
+    }
+}
+
 /// The parsed `ctl` subcommand.
 fn ctl_args(m: &ArgMatches) -> CtlArgs {
     let count = |m: &ArgMatches| m.get_one::<i64>("N").copied().unwrap_or(1);
+    let mut top = None;
     let (request, json) = match m.subcommand() {
         Some(("status", s)) => (Request::Status, s.get_flag("json")),
+        Some(("top", t)) => {
+            top = Some(
+                t.get_one::<Duration>("interval")
+                    .copied()
+                    .unwrap_or(TOP_INTERVAL),
+            );
+            (Request::Status, false)
+        }
         Some(("workers", w)) => match w.subcommand() {
             Some(("remove", r)) => (Request::Workers { change: -count(r) }, false),
             Some((_, a)) => (Request::Workers { change: count(a) }, false),
@@ -434,6 +482,7 @@ fn ctl_args(m: &ArgMatches) -> CtlArgs {
     CtlArgs {
         request,
         json,
+        top,
         timeout,
     }
 }
@@ -704,6 +753,41 @@ mod tests {
         match cli.command {
             Some(Command::Ctl(c)) => assert_eq!(c.timeout, Some(Duration::from_secs(7))),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ctl_top_refreshes_every_second_unless_told() {
+        let c = ctl(&["top"]);
+        assert_eq!(
+            (c.request, c.top, c.json),
+            (Request::Status, Some(TOP_INTERVAL), false)
+        );
+        assert_eq!(c.timeout, Some(CTL_TIMEOUT));
+        assert_eq!(
+            ctl(&["top", "--interval", "2"]).top,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            ctl(&["top", "-d", "0.5"]).top,
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            ctl(&["top", "-d", "250ms"]).top,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(ctl(&["status"]).top, None);
+        for bad in ["0", "0.05", "soon", "-1", ""] {
+            let flag = format!("--interval={bad}");
+            let e = Cli::try_parse_from(["hyperfork", "ctl", "top", flag.as_str()])
+                .unwrap_err()
+                .to_string();
+            let first = e.lines().next().unwrap_or_default();
+            assert!(
+                first.contains("--interval")
+                    && first.contains("expected a refresh interval of 0.1s or more"),
+                "{bad:?}: {e}"
+            );
         }
     }
 

@@ -7,6 +7,7 @@
 //! runtime, no logging, no file created.
 
 pub(crate) mod table;
+pub(crate) mod top;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -116,11 +117,14 @@ pub(crate) enum CtlError {
     /// A status answer without its status.
     #[error("the master's answer to status holds no status")]
     NoStatus,
+    /// The master answered that the command failed (its message).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CtlError {
     /// The exit status for this failure.
-    fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CtlError::PathTooLong(_) => EXIT_USAGE,
             _ => EXIT_FAILED,
@@ -143,6 +147,9 @@ pub(crate) struct Answer {
 /// returns the exit status. `program` names this binary in error lines.
 pub(crate) fn run(settings: &Settings, args: &CtlArgs, program: &str) -> ExitCode {
     let place = control_socket(settings, &ProcessEnv);
+    if let Some(interval) = args.top {
+        return top::run(&place, args, interval, program);
+    }
     let answer = exchange(&place, args, |message| {
         let _ = writeln!(io::stderr().lock(), "{message}");
     });
@@ -156,6 +163,23 @@ pub(crate) fn run(settings: &Settings, args: &CtlArgs, program: &str) -> ExitCod
         let _ = writeln!(io::stderr().lock(), "{line}");
     }
     ExitCode::from(printed.code)
+}
+
+/// The master's status, asked once over the socket at `place` (`args.timeout` bounds the exchange).
+pub(crate) fn status(place: &ControlPath, args: &CtlArgs) -> Result<Status, CtlError> {
+    let status_args = CtlArgs {
+        request: Request::Status,
+        ..args.clone()
+    };
+    let answer = exchange(place, &status_args, |_| {})?;
+    if !answer.ok {
+        return Err(CtlError::Failed(answer.message));
+    }
+    let data = answer.data.ok_or(CtlError::NoStatus)?;
+    serde_json::from_value::<Status>(data.clone()).map_err(|e| CtlError::BadReply {
+        line: data.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// What `hyperfork ctl` prints, and its exit status.
@@ -380,6 +404,7 @@ mod tests {
         CtlArgs {
             request,
             json: false,
+            top: None,
             timeout: Some(timeout),
         }
     }

@@ -6,6 +6,27 @@ use crate::shared::ctl_wire::{Status, WorkerStatus};
 /// The status as `ctl status` prints it; `client_version` is this program's version, shown beside
 /// the master's when they differ.
 pub(crate) fn render(status: &Status, client_version: &str) -> String {
+    let mut out = String::new();
+    for (name, value) in header(status, client_version) {
+        out.push_str(&format!("{:<10}{value}\n", format!("{name}:")));
+    }
+    out.push('\n');
+    if status.workers.is_empty() {
+        out.push_str("no worker process\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = status
+        .workers
+        .iter()
+        .map(|w| row(w, status.scheduler_holder))
+        .collect();
+    out.push_str(&columns(&rows));
+    out
+}
+
+/// The header block's lines, each a name (`master`, `pool`, `listener`, `memory`, `guard`) and its
+/// text; `ctl status` and `ctl top` show them.
+pub(crate) fn header(status: &Status, client_version: &str) -> Vec<(&'static str, String)> {
     let version = if status.version == client_version {
         status.version.clone()
     } else {
@@ -58,22 +79,7 @@ pub(crate) fn render(status: &Status, client_version: &str) -> String {
             header.push(("guard", g.clone()));
         }
     }
-    let mut out = String::new();
-    for (name, value) in header {
-        out.push_str(&format!("{:<10}{value}\n", format!("{name}:")));
-    }
-    out.push('\n');
-    if status.workers.is_empty() {
-        out.push_str("no worker process\n");
-        return out;
-    }
-    let rows: Vec<Vec<String>> = status
-        .workers
-        .iter()
-        .map(|w| row(w, status.scheduler_holder))
-        .collect();
-    out.push_str(&columns(&rows));
-    out
+    header
 }
 
 /// The column titles and whether each is right-aligned (numbers).
