@@ -393,6 +393,10 @@ fn spark(values: &[Option<f64>], class: &str, label: &str) -> String {
                     H - 1.0
                 };
                 let _ = write!(d, "{pen}{x:.1} {y:.1}");
+                if pen == 'M' {
+                    // A point alone (between gaps) still shows.
+                    d.push_str("h0.8");
+                }
                 pen = 'L';
             }
             None => pen = 'M',
@@ -456,7 +460,7 @@ fn body(p: &Page) -> String {
             w.pid,
             w.slot,
             if w.scheduler {
-                " <span class=\"sched\" title=\"holds the scheduler lease\">⏱</span>"
+                " <span class=\"sched\" title=\"holds the scheduler lease: runs the jobs\">jobs</span>"
             } else {
                 ""
             },
@@ -579,7 +583,7 @@ mod tests {
     #[test]
     fn a_sparkline_scales_to_its_box_and_leaves_gaps() {
         let s = spark(&[Some(0.0), Some(2.0), None, Some(1.0)], "rate", "x");
-        assert!(s.contains("d=\"M0.0 23.0L40.0 1.0M120.0 12.0\""), "{s}");
+        assert!(s.contains("d=\"M0.0 23.0h0.8L40.0 1.0M120.0 12.0h0.8\""), "{s}");
         let flat = spark(&[], "rate", "x");
         assert!(flat.contains("d=\"\""), "{flat}");
     }
