@@ -583,7 +583,10 @@ mod tests {
     #[test]
     fn a_sparkline_scales_to_its_box_and_leaves_gaps() {
         let s = spark(&[Some(0.0), Some(2.0), None, Some(1.0)], "rate", "x");
-        assert!(s.contains("d=\"M0.0 23.0h0.8L40.0 1.0M120.0 12.0h0.8\""), "{s}");
+        assert!(
+            s.contains("d=\"M0.0 23.0h0.8L40.0 1.0M120.0 12.0h0.8\""),
+            "{s}"
+        );
         let flat = spark(&[], "rate", "x");
         assert!(flat.contains("d=\"\""), "{flat}");
     }
