@@ -367,8 +367,9 @@ fn other_paths_and_methods_are_refused_on_the_metrics_port() {
         s.read_to_string(&mut text).unwrap();
         text
     };
-    assert!(ask("GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(ask("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
     assert!(ask("POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(ask("POST /status.json HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
     let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9_000));
     assert!(ask(&huge).starts_with("HTTP/1.1 431"));
 }

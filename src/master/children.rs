@@ -303,7 +303,7 @@ impl Master<'_> {
         });
         let counts = self.stats.release(pid.as_raw() as u32);
         self.tally
-            .exited(child.slot, cause, counts, ended.cpu_seconds);
+            .exited(child.slot, pid.as_raw(), cause, counts, ended.cpu_seconds);
     }
 
     /// Everything a worker's death changes.

@@ -458,7 +458,7 @@ impl Master<'_> {
     }
 
     /// The pool's memory now: what one more worker costs and what the whole pool holds.
-    fn memory_status(&self, rows: &[super::census::Row]) -> Option<MemoryStatus> {
+    pub(super) fn memory_status(&self, rows: &[super::census::Row]) -> Option<MemoryStatus> {
         use crate::config::footprint::Footprint;
         let master = Footprint::of(self.pid.as_raw())?;
         let all: Vec<(bool, Footprint)> = rows
@@ -478,18 +478,24 @@ impl Master<'_> {
         })
     }
 
-    /// `ctl status`.
-    fn ctl_status(&mut self) -> Status {
-        let Census { rows, sockets } = self.census();
-        let memory = self.memory_status(&rows);
-        let phase = match (&self.phase, self.delayed) {
+    /// Where the master is: `starting`, `running`, `reloading`, `upgrading`, `stopping in Ns` or
+    /// `stopping`.
+    pub(super) fn phase_name(&self) -> String {
+        match (&self.phase, self.delayed) {
             (Phase::Stopping { .. }, _) => "stopping".to_string(),
             (_, Some(d)) => format!("stopping in {}s", d.seconds_left(Instant::now())),
             (Phase::Replacing(_), _) => "reloading".to_string(),
             _ if self.upgrading() => "upgrading".to_string(),
             (Phase::Starting, _) => "starting".to_string(),
             (Phase::Running, _) => "running".to_string(),
-        };
+        }
+    }
+
+    /// `ctl status`.
+    fn ctl_status(&mut self) -> Status {
+        let Census { rows, sockets } = self.census();
+        let memory = self.memory_status(&rows);
+        let phase = self.phase_name();
         Status {
             master_pid: self.pid.as_raw(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -83,6 +83,11 @@ impl Lease {
         }
     }
 
+    /// Where interval ticks count from, Unix milliseconds.
+    pub fn anchor_ms(&self) -> i64 {
+        self.anchor_ms
+    }
+
     /// The current holder.
     pub fn holder(&self) -> Option<Pid> {
         self.holder

@@ -1,5 +1,6 @@
 //! `/metrics` in the Prometheus text format, served by the master itself on `--metrics-bind`, never on
-//! the app's port.
+//! the app's port; the same socket serves the status page (`/`, `/status`, `/status.json`: see
+//! [`super::status_page`]).
 //!
 //! The master stays one thread with one poll loop: the metrics socket is one more file descriptor in
 //! its poll set. One scrape is served at a time (others wait in the socket's small backlog); the
@@ -92,7 +93,17 @@ type Field = (&'static str, Type, &'static str, fn(&Counts) -> u64);
 
 /// The answer to a scrape's request.
 enum Answer {
-    Metrics { head: bool },
+    Metrics {
+        head: bool,
+    },
+    /// The status page (`/`, `/status`).
+    Page {
+        head: bool,
+    },
+    /// The status page's figures (`/status.json`).
+    Json {
+        head: bool,
+    },
     Status(&'static str, &'static str),
 }
 
@@ -107,8 +118,17 @@ fn answer_to(request: &[u8]) -> Answer {
         ("GET" | "HEAD", "/metrics") => Answer::Metrics {
             head: method == "HEAD",
         },
-        ("GET" | "HEAD", _) => Answer::Status("404 Not Found", "not found; try /metrics\n"),
-        _ => Answer::Status("405 Method Not Allowed", "only GET /metrics\n"),
+        ("GET" | "HEAD", "/" | "/status") => Answer::Page {
+            head: method == "HEAD",
+        },
+        ("GET" | "HEAD", "/status.json") => Answer::Json {
+            head: method == "HEAD",
+        },
+        ("GET" | "HEAD", _) => Answer::Status(
+            "404 Not Found",
+            "not found; try /metrics, /status or /status.json\n",
+        ),
+        _ => Answer::Status("405 Method Not Allowed", "only GET\n"),
     }
 }
 
@@ -172,6 +192,16 @@ impl Master<'_> {
                         Answer::Metrics { head } => {
                             let page = self.metrics_page();
                             response("200 OK", CONTENT_TYPE, &page, head)
+                        }
+                        Answer::Page { head } => {
+                            let page = self.status_page();
+                            let html = super::status_page::html(&page);
+                            response("200 OK", "text/html; charset=utf-8", &html, head)
+                        }
+                        Answer::Json { head } => {
+                            let page = self.status_page();
+                            let json = super::status_page::json(&page);
+                            response("200 OK", "application/json", &json, head)
                         }
                         Answer::Status(status, body) => response(status, "text/plain", body, false),
                     };
@@ -634,6 +664,14 @@ mod tests {
         ));
         assert!(matches!(
             answer_to(b"GET / HTTP/1.1\r\n\r\n"),
+            Answer::Page { head: false }
+        ));
+        assert!(matches!(
+            answer_to(b"GET /status.json?x HTTP/1.1\r\n\r\n"),
+            Answer::Json { head: false }
+        ));
+        assert!(matches!(
+            answer_to(b"GET /nope HTTP/1.1\r\n\r\n"),
             Answer::Status("404 Not Found", _)
         ));
         assert!(matches!(

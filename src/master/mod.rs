@@ -32,6 +32,7 @@ mod endpoint;
 mod exposition;
 mod guard;
 mod handover;
+mod history;
 pub(crate) mod lease;
 pub(crate) mod measure;
 mod metrics;
@@ -39,6 +40,7 @@ pub(crate) mod pidfile;
 pub(crate) mod pool;
 mod reload;
 pub(crate) mod signals;
+mod status_page;
 mod surge;
 pub(crate) mod systemd;
 mod tally;
@@ -214,6 +216,8 @@ struct Master<'a> {
     started: Instant,
     /// The `/metrics` socket (`--metrics-bind`).
     metrics: Option<metrics::MetricsServer>,
+    /// The recent past for the status page, sampled while the metrics socket is open.
+    history: history::History,
     /// The control socket (`hyperfork ctl`).
     ctl: Option<ctl::CtlServer>,
     /// `--reload`: the file watcher and the change waiting for its turn.
@@ -339,6 +343,7 @@ impl<'a> Master<'a> {
             tally: tally::Tally::default(),
             started: now,
             metrics,
+            history: history::History::default(),
             ctl: None,
             dev,
             delayed: None,
@@ -360,6 +365,7 @@ impl Master<'_> {
             self.drive_delay(now);
             self.kill_overdue_drains(now);
             self.report(now);
+            self.sample_history(now);
             self.serve_metrics(now);
             self.serve_ctl(now);
             let ended = if self.is_stopping() {
@@ -462,6 +468,7 @@ impl Master<'_> {
             health,
             self.notifier.watchdog_deadline(),
             self.metrics.as_ref().and_then(|m| m.deadline()),
+            self.metrics.as_ref().and(self.history.next_at()),
             self.ctl.as_ref().and_then(|c| c.deadline()),
             self.dev.as_ref().and_then(|d| d.deadline()),
         ]
@@ -535,6 +542,7 @@ impl Master<'_> {
                 let t = self.tally.job(&job);
                 t.runs += 1;
                 t.running += 1;
+                t.last_start = Some(SystemTime::now());
                 if !self.lease.job_started(pid, &job, tick_ms) {
                     tracing::error!(
                         "pid {pid} reported a run of job {job:?} without holding the scheduler lease"
@@ -550,6 +558,8 @@ impl Master<'_> {
                 let t = self.tally.job(&job);
                 t.running = t.running.saturating_sub(1);
                 t.last_duration = Some(Duration::from_millis(duration_ms));
+                t.last_end = Some(SystemTime::now());
+                t.last_ok = Some(ok);
                 if ok {
                     t.last_success = Some(SystemTime::now());
                 } else {

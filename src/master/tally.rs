@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use super::history::EventKind;
 use crate::shared::stats::Counts;
 
 /// Why a worker process ended.
@@ -122,6 +123,12 @@ pub(crate) struct JobTally {
     pub last_success: Option<SystemTime>,
     /// How long the last finished run took.
     pub last_duration: Option<Duration>,
+    /// When the last run started.
+    pub last_start: Option<SystemTime>,
+    /// When the last run ended.
+    pub last_end: Option<SystemTime>,
+    /// Whether the last finished run succeeded.
+    pub last_ok: Option<bool>,
 }
 
 /// Everything the master counts, for its life.
@@ -143,6 +150,8 @@ pub(crate) struct Tally {
     pub upgrades: BTreeMap<Outcome, u64>,
     /// Each job, by name.
     pub jobs: BTreeMap<String, JobTally>,
+    /// The last exits, reloads and upgrades, with their time (for the status page).
+    pub events: super::history::EventLog,
 }
 
 impl Tally {
@@ -151,9 +160,18 @@ impl Tally {
         *self.spawns.entry(slot).or_default() += 1;
     }
 
-    /// A worker of `slot` ended for `cause`, leaving `counts` and `cpu` seconds behind.
-    pub fn exited(&mut self, slot: usize, cause: Cause, counts: Option<Counts>, cpu: f64) {
+    /// A worker of `slot` (process `pid`) ended for `cause`, leaving `counts` and `cpu` seconds
+    /// behind.
+    pub fn exited(
+        &mut self,
+        slot: usize,
+        pid: i32,
+        cause: Cause,
+        counts: Option<Counts>,
+        cpu: f64,
+    ) {
         *self.exits.entry((slot, cause)).or_default() += 1;
+        self.events.push(EventKind::Exit { slot, pid, cause });
         if let Some(c) = counts {
             self.retired.entry(slot).or_default().add(&c.totals());
         }
@@ -163,11 +181,13 @@ impl Tally {
     /// A reload ended with `outcome`.
     pub fn reload(&mut self, outcome: Outcome) {
         *self.reloads.entry(outcome).or_default() += 1;
+        self.events.push(EventKind::Reload(outcome));
     }
 
     /// An upgrade ended with `outcome`.
     pub fn upgrade(&mut self, outcome: Outcome) {
         *self.upgrades.entry(outcome).or_default() += 1;
+        self.events.push(EventKind::Upgrade(outcome));
     }
 
     /// The tally of `job`.
@@ -212,8 +232,8 @@ mod tests {
             in_flight: 1,
             ..Counts::default()
         };
-        t.exited(2, Cause::Signal, Some(one), 0.5);
-        t.exited(2, Cause::MaxRequests, Some(one), 0.25);
+        t.exited(2, 10, Cause::Signal, Some(one), 0.5);
+        t.exited(2, 11, Cause::MaxRequests, Some(one), 0.25);
         assert_eq!(t.exits_of(2, Cause::Signal), 1);
         assert_eq!(t.exits_of(2, Cause::MaxRequests), 1);
         assert_eq!(t.exits_of(1, Cause::Signal), 0);
