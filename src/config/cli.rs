@@ -623,6 +623,17 @@ pub(crate) fn one_line(e: &clap::Error) -> String {
         .unwrap_or("invalid command line");
     let first = first.strip_prefix("error: ").unwrap_or(first);
     let mut line = first.to_string();
+    if line.ends_with(':') {
+        // "the following required arguments were not provided:" lists them on the next lines.
+        let listed: Vec<&str> = (rendered.lines())
+            .skip_while(|l| !l.contains(first))
+            .skip(1)
+            .take_while(|l| l.starts_with(' ') && !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        line.push(' ');
+        line.push_str(&listed.join(", "));
+    }
     for l in rendered.lines().map(str::trim) {
         if let Some(values) = l.strip_prefix("[possible values:") {
             line.push_str(&format!(
@@ -673,6 +684,35 @@ mod tests {
     #[test]
     fn clap_accepts_the_generated_command() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn plan_measure_and_its_warmup_path() {
+        let cli = Cli::try_parse_from(["hyperfork", "plan", "--measure"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Plan {
+                json: false,
+                measure: Some("/".into())
+            })
+        );
+        let args = ["hyperfork", "plan", "--measure", "--warmup-path", "/health"];
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Plan { measure: Some(p), .. }) if p == "/health")
+        );
+        let e = Cli::try_parse_from(["hyperfork", "plan", "--warmup-path", "/x"]).unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "the following required arguments were not provided: --measure"
+        );
+        let e = Cli::try_parse_from(["hyperfork", "plan", "--measure", "--warmup-path", "x"])
+            .unwrap_err();
+        assert!(
+            one_line(&e).contains("expected a path starting with /"),
+            "{}",
+            one_line(&e)
+        );
     }
 
     #[test]
