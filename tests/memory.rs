@@ -433,3 +433,20 @@ fn ctl_status_answers_from_the_live_pool() {
         "{text}"
     );
 }
+
+#[test]
+fn plan_measure_of_an_app_that_cannot_boot_exits_3_with_its_error() {
+    let out = command(&example_bin("faults"))
+        .args(["plan", "--measure", "--workers", "2"])
+        .env("HYPERFORK_FAULT", "boot-error")
+        .output()
+        .expect("run plan --measure");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(out.stdout.is_empty(), "no plan without a measurement: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("failed to boot") && last.contains("injected boot error"),
+        "{err}"
+    );
+}
