@@ -6,34 +6,16 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{PidGuard, Proc, command, example_bin, get, hyperfork_bin, wait_until};
-
-/// A server with its control socket in a fresh directory.
-struct Server {
-    proc: Proc,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
+use common::{
+    CtlServer as Server, PidGuard, Proc, command, example_bin, get, hyperfork_bin, wait_until,
+};
 
 fn start(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("hf.ctl");
-    let mut all = vec!["--control-socket", socket.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let proc = Proc::serve(&bin.to_path_buf(), &all, env);
-    assert!(
-        wait_until(Duration::from_secs(10), || socket.exists()),
-        "the control socket exists"
-    );
-    Server {
-        proc,
-        socket,
-        _dir: dir,
-    }
+    Server::start(bin, args, env)
 }
 
 impl Server {

@@ -11,35 +11,10 @@ use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, command, get, hyperfork_bin, wait_until};
-
-/// A server with its control socket in a fresh directory.
-struct Server {
-    proc: Proc,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
+use common::{CtlServer as Server, command, get, hyperfork_bin, wait_until};
 
 fn start(workers: usize) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("hf.ctl");
-    let n = workers.to_string();
-    let args = [
-        "--control-socket",
-        socket.to_str().unwrap(),
-        "--workers",
-        &n,
-    ];
-    let proc = Proc::serve(&hyperfork_bin(), &args, &[]);
-    assert!(
-        wait_until(Duration::from_secs(10), || socket.exists()),
-        "the control socket exists"
-    );
-    Server {
-        proc,
-        socket,
-        _dir: dir,
-    }
+    Server::start(&hyperfork_bin(), &["--workers", &workers.to_string()], &[])
 }
 
 impl Server {

@@ -442,7 +442,10 @@ fn plan_measure_of_an_app_that_cannot_boot_exits_3_with_its_error() {
         .output()
         .expect("run plan --measure");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(out.stdout.is_empty(), "no plan without a measurement: {out:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "no plan without a measurement: {out:?}"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default();
     assert!(

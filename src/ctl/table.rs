@@ -99,26 +99,32 @@ const COLUMNS: [(&str, bool); 11] = [
 
 /// One worker's cells, in [`COLUMNS`] order.
 fn row(w: &WorkerStatus, holder: Option<i32>) -> Vec<String> {
+    cells(w, holder, w.requests.to_string())
+}
+
+/// One worker's cells: slot, pid, state, age, `count` (its requests here, its requests per second
+/// in `ctl top`), in-flight, connections, RSS, CPU %, generation and the scheduler mark.
+pub(crate) fn cells(w: &WorkerStatus, holder: Option<i32>, count: String) -> Vec<String> {
     let scheduler = w.scheduler || holder == Some(w.pid);
+    let dash = || "-".to_string();
     vec![
         w.slot.to_string(),
         w.pid.to_string(),
         w.state.clone(),
         duration(w.age_seconds),
-        w.requests.to_string(),
+        count,
         w.in_flight.to_string(),
         w.open_connections.to_string(),
-        w.rss_bytes.map_or_else(|| "-".to_string(), bytes),
-        w.cpu_percent
-            .map_or_else(|| "-".to_string(), |p| format!("{p:.1}")),
+        w.rss_bytes.map_or_else(dash, bytes),
+        w.cpu_percent.map_or_else(dash, |p| format!("{p:.1}")),
         w.generation.to_string(),
         if scheduler { "*" } else { "" }.to_string(),
     ]
 }
 
-/// The title line and `rows`, each column as wide as its widest cell, two spaces apart.
-fn columns(rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = COLUMNS
+/// Each column's width: its widest cell, or its title.
+pub(crate) fn widths(titles: &[(&str, bool)], rows: &[Vec<String>]) -> Vec<usize> {
+    titles
         .iter()
         .enumerate()
         .map(|(i, (title, _))| {
@@ -129,7 +135,12 @@ fn columns(rows: &[Vec<String>]) -> String {
                 .max()
                 .unwrap_or(0)
         })
-        .collect();
+        .collect()
+}
+
+/// The title line and `rows`, each column as wide as its widest cell, two spaces apart.
+fn columns(rows: &[Vec<String>]) -> String {
+    let widths = widths(&COLUMNS, rows);
     let titles: Vec<String> = COLUMNS.iter().map(|(t, _)| t.to_string()).collect();
     let mut out = String::new();
     for cells in std::iter::once(&titles).chain(rows) {

@@ -190,42 +190,17 @@ fn per_second(r: f64) -> String {
     }
 }
 
-/// One worker's cells, in [`COLUMNS`] order.
+/// One worker's cells, in [`COLUMNS`] order: its requests per second where the table has its
+/// requests.
 fn row(w: &WorkerStatus, holder: Option<i32>, before: Option<Before<'_>>) -> Vec<String> {
-    let scheduler = w.scheduler || holder == Some(w.pid);
-    let dash = || "-".to_string();
-    vec![
-        w.slot.to_string(),
-        w.pid.to_string(),
-        w.state.clone(),
-        duration(w.age_seconds),
-        before
-            .and_then(|b| rate(w, b))
-            .map_or_else(dash, per_second),
-        w.in_flight.to_string(),
-        w.open_connections.to_string(),
-        w.rss_bytes.map_or_else(dash, bytes),
-        w.cpu_percent.map_or_else(dash, |p| format!("{p:.1}")),
-        w.generation.to_string(),
-        if scheduler { "*" } else { "" }.to_string(),
-    ]
+    let rate = before.and_then(|b| rate(w, b));
+    table::cells(w, holder, rate.map_or_else(|| "-".to_string(), per_second))
 }
 
 /// The title line and `rows`, each column as wide as its widest cell. Within `width`: two spaces
 /// between columns, else one, else without the columns of [`DROP_ORDER`] one by one.
 fn columns(rows: &[Vec<String>], width: Option<usize>) -> Vec<String> {
-    let widths: Vec<usize> = COLUMNS
-        .iter()
-        .enumerate()
-        .map(|(i, (title, _))| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .chain([title.chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths = table::widths(&COLUMNS, rows);
     let mut shown = [true; COLUMNS.len()];
     let total = |shown: &[bool], gap: usize| {
         let n = shown.iter().filter(|s| **s).count();

@@ -609,3 +609,31 @@ pub fn parent_of(pid: i32) -> Option<i32> {
         .parse()
         .ok()
 }
+
+/// A server with its control socket in a fresh directory (`--control-socket`), killed on drop.
+pub struct CtlServer {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CtlServer {
+    /// Starts `bin` with `args` and `env` and its control socket in a fresh directory; returns once
+    /// it serves and the socket exists.
+    pub fn start(bin: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> CtlServer {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("hf.ctl");
+        let mut all = vec!["--control-socket", socket.to_str().expect("a UTF-8 path")];
+        all.extend_from_slice(args);
+        let proc = Proc::serve(&bin.to_path_buf(), &all, env);
+        assert!(
+            wait_until(Duration::from_secs(10), || socket.exists()),
+            "the control socket exists"
+        );
+        CtlServer {
+            proc,
+            socket,
+            _dir: dir,
+        }
+    }
+}
