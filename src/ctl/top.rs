@@ -571,6 +571,7 @@ mod tests {
                 processes: 2,
                 guard: None,
             }),
+            advice: Vec::new(),
         }
     }
 
