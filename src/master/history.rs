@@ -456,10 +456,9 @@ mod tests {
         let mut h = History::default();
         let t0 = Instant::now();
         assert_eq!(h.recent(Duration::from_secs(60)), None);
-        let limited = |n| {
-            let mut c = Counts::default();
-            c.limit_concurrency = n;
-            c
+        let limited = |n| Counts {
+            limit_concurrency: n,
+            ..Counts::default()
         };
         h.record(t0, &[(0, limited(2))], 0, 10.0);
         assert_eq!(h.recent(Duration::from_secs(60)), None, "one sample");
