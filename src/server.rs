@@ -469,7 +469,12 @@ impl<S: Send + Sync + 'static> Server<S> {
                 json,
                 measure: None,
             }) => {
-                print_plan(&plan.with_memory(&settings, memory, None), *json);
+                let live = live_advice(&settings);
+                print_plan(
+                    &plan.with_memory(&settings, memory, None),
+                    *json,
+                    live.as_deref(),
+                );
                 return Ok(ExitCode::from(EXIT_OK));
             }
             Some(Command::Plan {
@@ -588,12 +593,14 @@ impl<S: Send + Sync + 'static> Server<S> {
             chdir: settings.chdir.clone(),
             db: settings.db_use(),
             guard,
+            cores: plan.cores.count,
+            budget: crate::config::memory_guard::Budget::of_limit(&memory, settings.memory_reserve),
             measure: measure.as_ref().map(|(spec, _)| spec.clone()),
         });
         match outcome {
             Ok(Outcome::Measured(m)) => {
                 let json = measure.as_ref().is_some_and(|(_, json)| *json);
-                print_plan(&plan.with_memory(&settings, memory, Some(*m)), json);
+                print_plan(&plan.with_memory(&settings, memory, Some(*m)), json, None);
                 Ok(ExitCode::from(EXIT_OK))
             }
             Ok(Outcome::Stopped) if measure.is_some() => Err(Failure::runtime(
@@ -653,12 +660,40 @@ impl Failure {
 }
 
 /// `hyperfork plan`: the sizing decision as text or JSON on stdout.
-fn print_plan(plan: &Plan, json: bool) {
+/// Prints the plan, with the running master's advice (`live`) when one answered.
+fn print_plan(plan: &Plan, json: bool, live: Option<&[String]>) {
     if json {
-        println!("{}", plan.to_json());
+        let text = plan.to_json();
+        match (live, serde_json::from_str::<serde_json::Value>(&text)) {
+            (Some(live), Ok(serde_json::Value::Object(mut doc))) => {
+                doc.insert("live".into(), serde_json::json!(live));
+                let doc = serde_json::Value::Object(doc);
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or(text));
+            }
+            _ => println!("{text}"),
+        }
     } else {
         print!("{}", plan.to_text());
+        for line in live.unwrap_or_default() {
+            println!("{:<11}{line}", "live:");
+        }
     }
+}
+
+/// How long `plan` waits for a running master's status.
+const LIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The advice of the master listening on the control socket, if one answers within
+/// [`LIVE_TIMEOUT`]; `None` when none does (nothing is running, or it is another version's).
+fn live_advice(settings: &Settings) -> Option<Vec<String>> {
+    let place = crate::config::control::control_socket(settings, &ProcessEnv);
+    let args = crate::config::cli::CtlArgs {
+        request: crate::shared::ctl_wire::Request::Status,
+        json: false,
+        top: None,
+        timeout: Some(LIVE_TIMEOUT),
+    };
+    crate::ctl::status(&place, &args).ok().map(|s| s.advice)
 }
 
 /// `plan --measure` boots the pool as `serve` would, but out of the way of a server already
@@ -1063,11 +1098,9 @@ fn reload(
     fixed.warn_about_changes(&settings);
     let jobs = with_library_jobs(&settings, lib_jobs)?;
     check_db_connections(&settings, plan.workers);
-    let guard = plan.guard(
-        &crate::config::memory::detect(),
-        settings.memory_reserve,
-        settings.max_surge,
-    );
+    let memory = crate::config::memory::detect();
+    let guard = plan.guard(&memory, settings.memory_reserve, settings.max_surge);
+    let budget = crate::config::memory_guard::Budget::of_limit(&memory, settings.memory_reserve);
     let jobs_store = settings.jobs_store_config(lib_store);
     announce_store(jobs_store.as_ref(), &jobs);
     Ok(Reloaded {
@@ -1075,6 +1108,7 @@ fn reload(
         tls,
         plan,
         guard,
+        budget,
         jobs,
         jobs_store,
     })

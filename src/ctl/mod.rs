@@ -467,6 +467,7 @@ mod tests {
                 scheduler: true,
             }],
             memory: None,
+            advice: Vec::new(),
         }
     }
 

@@ -24,7 +24,7 @@ pub(crate) fn render(status: &Status, client_version: &str) -> String {
     out
 }
 
-/// The header block's lines, each a name (`master`, `pool`, `listener`, `memory`, `guard`) and its
+/// The header block's lines, each a name (`master`, `pool`, `listener`, `memory`, `guard`, `advice`) and its
 /// text; `ctl status` and `ctl top` show them.
 pub(crate) fn header(status: &Status, client_version: &str) -> Vec<(&'static str, String)> {
     let version = if status.version == client_version {
@@ -78,6 +78,9 @@ pub(crate) fn header(status: &Status, client_version: &str) -> Vec<(&'static str
         if let Some(g) = &m.guard {
             header.push(("guard", g.clone()));
         }
+    }
+    for a in &status.advice {
+        header.push(("advice", a.clone()));
     }
     header
 }
@@ -249,6 +252,7 @@ mod tests {
             ],
             workers: vec![w0, w1, worker(1, 4251, "booting")],
             memory: None,
+            advice: Vec::new(),
         }
     }
 
@@ -283,6 +287,20 @@ slot   pid  state       age  requests  in-flight  conns       RSS  CPU %  gen  s
             text.contains(
                 "memory:   one more worker costs 52.0 MiB; the pool (3 worker processes and the \
                  master) uses 168.0 MiB in all\nguard:    starting 3 of 5 workers"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn each_advice_is_a_header_line() {
+        let mut s = status();
+        s.advice = vec!["no advice: CPU 3 % of 2 cores, accept queue 0".into()];
+        let text = render(&s, "0.4.0");
+        assert!(
+            text.contains(
+                "listener: unix:/run/app.sock\nadvice:   no advice: CPU 3 % of 2 cores, accept \
+                 queue 0\n\n"
             ),
             "{text}"
         );

@@ -546,6 +546,7 @@ mod tests {
                 processes: 2,
                 guard: None,
             }),
+            advice: Vec::new(),
         }
     }
 

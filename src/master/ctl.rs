@@ -478,6 +478,34 @@ impl Master<'_> {
         })
     }
 
+    /// The tuning advice (see [`super::advice`]) from the history's last minute, the workers now
+    /// (`rows`) and the pool's memory now.
+    pub(super) fn advice(
+        &self,
+        rows: &[super::census::Row],
+        memory: Option<&MemoryStatus>,
+    ) -> Vec<String> {
+        let window = Duration::from_secs_f64(super::advice::WINDOW_SECONDS);
+        let Some(recent) = self.history.recent(window) else {
+            return Vec::new();
+        };
+        let serving = rows.iter().filter(|r| r.in_pool);
+        super::advice::advise(&super::advice::Window {
+            seconds: recent.seconds,
+            cores: self.args.cores,
+            cpu_seconds: recent.cpu_seconds,
+            queue_first: recent.queue_first,
+            queue_last: recent.queue_last,
+            queue_min: recent.queue_min,
+            workers: serving.clone().count(),
+            busy_workers: serving.filter(|r| r.counts.in_flight > 0).count(),
+            memory_used: memory.map(|m| m.total),
+            budget: self.args.budget.clone(),
+            limit_concurrency: self.args.limits.limit_concurrency,
+            limit_503s: recent.limited,
+        })
+    }
+
     /// Where the master is: `starting`, `running`, `reloading`, `upgrading`, `stopping in Ns` or
     /// `stopping`.
     pub(super) fn phase_name(&self) -> String {
@@ -495,6 +523,7 @@ impl Master<'_> {
     fn ctl_status(&mut self) -> Status {
         let Census { rows, sockets } = self.census();
         let memory = self.memory_status(&rows);
+        let advice = self.advice(&rows, memory.as_ref());
         let phase = self.phase_name();
         Status {
             master_pid: self.pid.as_raw(),
@@ -531,6 +560,7 @@ impl Master<'_> {
                 })
                 .collect(),
             memory,
+            advice,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The recent past, for the status page: about once a second the master samples each slot's request
-//! counters (from shared memory, plus what the slot's exited workers left behind) and the listen
-//! queue into fixed ring buffers, and keeps the last [`EVENTS`] worker exits, reloads and upgrades
+//! The recent past, for the status page, `ctl status` and the tuning advice: about once a second the
+//! master samples each slot's request counters (from shared memory, plus what the slot's exited
+//! workers left behind), the listen queue and the workers' CPU time into fixed ring buffers, and keeps the last [`EVENTS`] worker exits, reloads and upgrades
 //! with their wall-clock time.
 //!
 //! Rings are per slot, not per process, so a restarted worker's slot keeps its line. Each sample holds
@@ -39,6 +39,34 @@ pub(super) struct Sample {
     pub duration_us: u64,
     /// Requests in flight at the sample.
     pub in_flight: u32,
+}
+
+/// The whole pool at one sample: running totals, so a window's figure is a difference.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct PoolSample {
+    /// Milliseconds since the previous sample.
+    pub interval_ms: u32,
+    /// The workers' CPU seconds (user + system), exited workers included.
+    pub cpu_seconds: f64,
+    /// 503s answered by `--limit-concurrency`, exited workers included.
+    pub limited: u64,
+    /// Connections waiting in the accept queues.
+    pub queued: u32,
+}
+
+/// The pool's figures over a window, from the first sample in it to the newest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Recent {
+    /// The window's length, seconds.
+    pub seconds: f64,
+    /// The workers' CPU time over it, seconds.
+    pub cpu_seconds: f64,
+    /// 503s from `--limit-concurrency` over it.
+    pub limited: u64,
+    /// The accept queue at its start, at its end, and the fewest seen.
+    pub queue_first: u32,
+    pub queue_last: u32,
+    pub queue_min: u32,
 }
 
 /// A fixed ring of the last [`SAMPLES`] values, oldest first when read.
@@ -217,6 +245,8 @@ pub(super) struct History {
     pub slots: Vec<SlotHistory>,
     /// Connections waiting in the accept queues (summed over the TCP listeners).
     pub queue: Ring<u32>,
+    /// The whole pool's running totals, for the tuning advice.
+    pub pool: Ring<PoolSample>,
     last_at: Option<Instant>,
     next_at: Option<Instant>,
     /// Each slot's totals, reused from sample to sample.
@@ -235,8 +265,14 @@ impl History {
     }
 
     /// Records one sample: `totals` holds each slot's counters (every process that held it), `queued`
-    /// the listen queue.
-    pub fn record(&mut self, now: Instant, totals: &[(usize, Counts)], queued: u32) {
+    /// the listen queue, `cpu_seconds` the workers' CPU time (exited ones included).
+    pub fn record(
+        &mut self,
+        now: Instant,
+        totals: &[(usize, Counts)],
+        queued: u32,
+        cpu_seconds: f64,
+    ) {
         let interval = self
             .last_at
             .map_or(EVERY, |t| now.saturating_duration_since(t));
@@ -249,6 +285,37 @@ impl History {
             self.slots[*slot].record(total, interval);
         }
         self.queue.push(queued);
+        self.pool.push(PoolSample {
+            interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+            cpu_seconds,
+            limited: totals.iter().map(|(_, c)| c.limit_concurrency).sum(),
+            queued,
+        });
+    }
+
+    /// The pool's figures over the last `window` (less if fewer samples were taken); `None` before
+    /// two samples.
+    pub fn recent(&self, window: Duration) -> Option<Recent> {
+        let samples: Vec<&PoolSample> = self.pool.iter().collect();
+        let newest = samples.len().checked_sub(1)?;
+        let want = window.as_millis() as u64;
+        let (mut first, mut ms) = (newest, 0u64);
+        while first > 0 && ms < want {
+            ms += u64::from(samples[first].interval_ms);
+            first -= 1;
+        }
+        if first == newest {
+            return None;
+        }
+        let (a, b) = (samples[first], samples[newest]);
+        Some(Recent {
+            seconds: ms as f64 / 1000.0,
+            cpu_seconds: (b.cpu_seconds - a.cpu_seconds).max(0.0),
+            limited: b.limited.saturating_sub(a.limited),
+            queue_first: a.queued,
+            queue_last: b.queued,
+            queue_min: samples[first..].iter().map(|s| s.queued).min().unwrap_or(0),
+        })
     }
 
     /// The history of `slot`, if it was ever sampled.
@@ -258,10 +325,11 @@ impl History {
 }
 
 impl super::Master<'_> {
-    /// Takes a sample when one is due (only while the metrics socket is open: nobody sees it
-    /// otherwise). Reads each worker's counters from shared memory and each TCP listener's queue.
+    /// Takes a sample when one is due (always: `ctl status` and the advice read it too). Reads each
+    /// worker's counters from shared memory, its CPU time from `/proc`, and each TCP listener's
+    /// queue: a few system calls per worker, once a second.
     pub(super) fn sample_history(&mut self, now: Instant) {
-        if self.metrics.is_none() || !self.history.due(now) {
+        if !self.history.due(now) {
             return;
         }
         let slots = self
@@ -271,6 +339,12 @@ impl super::Master<'_> {
             .chain([self.pool.size()])
             .max()
             .unwrap_or(0);
+        let cpu: f64 = self.tally.retired_cpu.values().sum::<f64>()
+            + self
+                .children
+                .keys()
+                .filter_map(|pid| super::tally::cpu_seconds(pid.as_raw()))
+                .sum::<f64>();
         let mut totals = std::mem::take(&mut self.history.scratch);
         totals.clear();
         totals.extend(
@@ -290,7 +364,7 @@ impl super::Master<'_> {
             .filter_map(|l| l.queue())
             .map(|q| q.0)
             .sum();
-        self.history.record(now, &totals, queued);
+        self.history.record(now, &totals, queued, cpu);
         self.history.scratch = totals;
     }
 }
@@ -324,7 +398,7 @@ mod tests {
     fn rates_and_percentiles_come_from_the_deltas() {
         let mut h = History::default();
         let t0 = Instant::now();
-        h.record(t0, &[(1, counts(&[(0, 1000)]))], 0);
+        h.record(t0, &[(1, counts(&[(0, 1000)]))], 0, 0.0);
         assert_eq!(
             h.slot(1).map(|s| s.samples.iter().count()),
             Some(0),
@@ -335,6 +409,7 @@ mod tests {
             t0 + Duration::from_secs(1),
             &[(1, counts(&[(0, 1099), (10, 1)]))],
             3,
+            0.0,
         );
         let s = h.slot(1).unwrap();
         assert_eq!(s.rate(Duration::from_secs(60)), 100.0);
@@ -352,8 +427,8 @@ mod tests {
     fn counters_that_go_backwards_count_nothing() {
         let mut h = History::default();
         let t0 = Instant::now();
-        h.record(t0, &[(0, counts(&[(0, 10)]))], 0);
-        h.record(t0 + EVERY, &[(0, counts(&[(0, 4)]))], 0);
+        h.record(t0, &[(0, counts(&[(0, 10)]))], 0, 0.0);
+        h.record(t0 + EVERY, &[(0, counts(&[(0, 4)]))], 0, 0.0);
         assert_eq!(h.slot(0).unwrap().rate(Duration::from_secs(60)), 0.0);
     }
 
@@ -361,10 +436,10 @@ mod tests {
     fn the_window_ends_at_the_newest_sample() {
         let mut h = History::default();
         let t0 = Instant::now();
-        h.record(t0, &[(0, counts(&[]))], 0);
-        h.record(t0 + EVERY, &[(0, counts(&[(3, 60)]))], 0);
+        h.record(t0, &[(0, counts(&[]))], 0, 0.0);
+        h.record(t0 + EVERY, &[(0, counts(&[(3, 60)]))], 0, 0.0);
         for i in 2..=61 {
-            h.record(t0 + EVERY * i, &[(0, counts(&[(3, 60)]))], 0);
+            h.record(t0 + EVERY * i, &[(0, counts(&[(3, 60)]))], 0, 0.0);
         }
         let s = h.slot(0).unwrap();
         assert_eq!(
@@ -374,6 +449,34 @@ mod tests {
         );
         assert_eq!(s.quantile(0.5, Duration::from_secs(60)), None);
         assert!(s.rate(Duration::from_secs(120)) > 0.0);
+    }
+
+    #[test]
+    fn the_pools_window_is_a_difference_of_totals() {
+        let mut h = History::default();
+        let t0 = Instant::now();
+        assert_eq!(h.recent(Duration::from_secs(60)), None);
+        let limited = |n| Counts {
+            limit_concurrency: n,
+            ..Counts::default()
+        };
+        h.record(t0, &[(0, limited(2))], 0, 10.0);
+        assert_eq!(h.recent(Duration::from_secs(60)), None, "one sample");
+        for i in 1..=90u32 {
+            h.record(
+                t0 + EVERY * i,
+                &[(0, limited(2 + u64::from(i)))],
+                i,
+                10.0 + f64::from(i),
+            );
+        }
+        let r = h.recent(Duration::from_secs(60)).unwrap();
+        assert_eq!(r.seconds, 60.0);
+        assert_eq!(r.cpu_seconds, 60.0);
+        assert_eq!(r.limited, 60);
+        assert_eq!((r.queue_first, r.queue_last, r.queue_min), (30, 90, 30));
+        let short = h.recent(Duration::from_secs(5)).unwrap();
+        assert_eq!((short.seconds, short.queue_first), (5.0, 85));
     }
 
     #[test]

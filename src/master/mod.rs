@@ -22,6 +22,7 @@
 //! into an upgrade and another change into a reload (see [`watch`] and [`dev_reload`]). `SIGTERM`
 //! with `--shutdown-delay` keeps the pool serving, marked draining, before the drain (see [`delay`]).
 
+mod advice;
 mod census;
 mod checks;
 mod children;
@@ -92,6 +93,8 @@ pub(crate) struct Reloaded {
     pub plan: crate::config::sizing::Plan,
     /// The memory guard for the re-read count, if a cgroup memory limit applies.
     pub guard: Option<crate::config::memory_guard::Guard>,
+    /// The cgroup memory limit minus `--memory-reserve`, read again (for the tuning advice).
+    pub budget: Option<crate::config::memory_guard::Budget>,
     pub jobs: Vec<Job>,
     /// The job store the workers forked from now on claim ticks in (`--jobs-store`).
     pub jobs_store: Option<StoreConfig>,
@@ -149,6 +152,11 @@ pub(crate) struct MasterArgs<'a> {
     pub db: Option<crate::app::share::DbUse>,
     /// The memory guard, if a cgroup memory limit applies (see [`guard`]).
     pub guard: Option<crate::config::memory_guard::Guard>,
+    /// The usable cores (`config::cores`), for the tuning advice.
+    pub cores: usize,
+    /// The cgroup memory limit minus `--memory-reserve`, if a limit applies (the tuning advice);
+    /// read at start and at each reload.
+    pub budget: Option<crate::config::memory_guard::Budget>,
     /// `plan --measure`: measure the pool once it is whole, then shut down.
     pub measure: Option<measure::Spec>,
 }
@@ -216,7 +224,7 @@ struct Master<'a> {
     started: Instant,
     /// The `/metrics` socket (`--metrics-bind`).
     metrics: Option<metrics::MetricsServer>,
-    /// The recent past for the status page, sampled while the metrics socket is open.
+    /// The recent past for the status page, `ctl status` and the advice, sampled once a second.
     history: history::History,
     /// The control socket (`hyperfork ctl`).
     ctl: Option<ctl::CtlServer>,
@@ -468,7 +476,7 @@ impl Master<'_> {
             health,
             self.notifier.watchdog_deadline(),
             self.metrics.as_ref().and_then(|m| m.deadline()),
-            self.metrics.as_ref().and(self.history.next_at()),
+            self.history.next_at(),
             self.ctl.as_ref().and_then(|c| c.deadline()),
             self.dev.as_ref().and_then(|d| d.deadline()),
         ]

@@ -385,6 +385,8 @@ impl Master<'_> {
         }
         args.limits = limits;
         args.health = health;
+        args.cores = new.plan.cores.count;
+        args.budget = new.budget.clone();
         args.threads = settings.threads;
         args.max_surge = settings.max_surge;
         args.graceful_timeout = settings.graceful_timeout;

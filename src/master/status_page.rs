@@ -52,6 +52,8 @@ pub(super) struct Page {
     events: Vec<Event>,
     jobs: Vec<JobRow>,
     memory: Option<MemoryStatus>,
+    /// Tuning advice from the last minute (see `ctl status`).
+    advice: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,6 +165,7 @@ impl Master<'_> {
     pub(super) fn status_page(&mut self) -> Page {
         let census = self.census();
         let memory = self.memory_status(&census.rows);
+        let advice = self.advice(&census.rows, memory.as_ref());
         let slots = census
             .rows
             .iter()
@@ -273,6 +276,7 @@ impl Master<'_> {
                 .collect(),
             jobs: self.job_rows(),
             memory,
+            advice,
         }
     }
 
@@ -439,6 +443,13 @@ fn body(p: &Page) -> String {
                 .as_deref()
                 .map_or_else(String::new, |g| format!("; memory guard: {}", esc(g)))
         );
+    }
+    if !p.advice.is_empty() {
+        o.push_str("<div class=\"advice\"><h2>Advice</h2><ul>");
+        for a in &p.advice {
+            let _ = write!(o, "<li>{}</li>", esc(a));
+        }
+        o.push_str("</ul></div>");
     }
     o.push_str(
         "<h2>Workers</h2><table id=\"workers\"><thead><tr><th>slot</th><th>pid</th><th>state</th>\

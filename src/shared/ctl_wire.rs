@@ -115,6 +115,11 @@ pub struct Status {
     /// The pool's memory, measured now (absent from a master that does not report it).
     #[serde(default)]
     pub memory: Option<MemoryStatus>,
+    /// Tuning advice from the last minute's figures, one line per rule that applies, or one
+    /// `no advice: …` line with the figures looked at (empty from a master too young, or too old,
+    /// to say).
+    #[serde(default)]
+    pub advice: Vec<String>,
 }
 
 /// The pool's memory, from `/proc/PID/smaps_rollup` of the master and every worker.

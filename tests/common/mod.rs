@@ -2,6 +2,7 @@
 //! to them, and kill everything they started on every path.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod pg;
 mod process;
 
