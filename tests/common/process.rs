@@ -4,12 +4,23 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago, on 127.0.0.1.
+/// A port that was free a moment ago, on 127.0.0.1, and that this process has not handed out
+/// before: two calls in a row (a server's port and its metrics port) may otherwise get the same port
+/// back from the kernel, since the first is free again as soon as it is returned.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Child pids of `pid`, from `/proc/PID/task/*/children`.
