@@ -270,15 +270,13 @@ fn plan_without_measure_shows_the_guard_and_the_levels() {
 
 #[test]
 fn ctl_status_answers_from_the_live_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("ctl.sock");
-    let socket = socket.to_str().unwrap();
     let faults = example_bin("faults");
-    let p = Proc::serve(
+    let s = CtlServer::start(
         &faults,
-        &["--workers", "2", "--control-socket", socket],
+        &["--workers", "2"],
         &[("HYPERFORK_BOOT_ALLOC_MIB", "50")],
     );
+    let (p, socket) = (&s.proc, s.socket.to_str().unwrap());
     assert!(p.wait_log("all 2 workers ready", Duration::from_secs(30)));
     let out = command(&faults)
         .args(["ctl", "status", "--json", "--control-socket", socket])
