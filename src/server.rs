@@ -540,7 +540,10 @@ impl<S: Send + Sync + 'static> Server<S> {
         announce(&settings, &opened.listeners, &plan, &jobs, tls.as_ref());
         announce_store(jobs_store.as_ref(), &jobs);
         check_db_connections(&settings, plan.workers);
-        let guard = plan.guard(&memory, settings.memory_reserve, settings.max_surge);
+        // The cgroup limit less the reserve: the guard's and the advice's budget.
+        let budget =
+            crate::config::memory_guard::Budget::of_limit(&memory, settings.memory_reserve);
+        let guard = plan.guard(budget.as_ref(), settings.max_surge);
         let fixed = FixedAtStart::of(&settings);
         let reload = || reload(&cli, &lib_jobs, lib_store.as_ref(), &fixed);
         let control_socket = if measure.is_some() {
@@ -594,7 +597,7 @@ impl<S: Send + Sync + 'static> Server<S> {
             db: settings.db_use(),
             guard,
             cores: plan.cores.count,
-            budget: crate::config::memory_guard::Budget::of_limit(&memory, settings.memory_reserve),
+            budget,
             measure: measure.as_ref().map(|(spec, _)| spec.clone()),
         });
         match outcome {
@@ -1099,8 +1102,8 @@ fn reload(
     let jobs = with_library_jobs(&settings, lib_jobs)?;
     check_db_connections(&settings, plan.workers);
     let memory = crate::config::memory::detect();
-    let guard = plan.guard(&memory, settings.memory_reserve, settings.max_surge);
     let budget = crate::config::memory_guard::Budget::of_limit(&memory, settings.memory_reserve);
+    let guard = plan.guard(budget.as_ref(), settings.max_surge);
     let jobs_store = settings.jobs_store_config(lib_store);
     announce_store(jobs_store.as_ref(), &jobs);
     Ok(Reloaded {

@@ -97,21 +97,15 @@ pub struct Decision {
 }
 
 impl Guard {
-    /// The guard for a pool of `wanted` workers and `surge` more during a reload, if `memory` has a
-    /// cgroup limit.
-    pub fn new(
-        memory: &Memory,
-        reserve: u64,
-        wanted: usize,
-        explicit: bool,
-        surge: usize,
-    ) -> Option<Guard> {
-        Budget::of_limit(memory, reserve).map(|budget| Guard {
+    /// The guard for a pool of `wanted` workers and `surge` more during a reload, under `budget`
+    /// (a cgroup limit's: [`Budget::of_limit`]).
+    pub fn new(budget: Budget, wanted: usize, explicit: bool, surge: usize) -> Guard {
+        Guard {
             budget,
             wanted,
             explicit,
             surge,
-        })
+        }
     }
 
     /// How many workers to run, given what a pool costs.
@@ -178,6 +172,11 @@ mod tests {
         }
     }
 
+    /// The budget of `limited(bytes)` with a 64 MiB reserve.
+    fn limit_budget(bytes: u64) -> Budget {
+        Budget::of_limit(&limited(bytes), 64 * MIB).unwrap()
+    }
+
     fn cost(fixed: u64, per_worker: u64) -> Cost {
         Cost {
             fixed: fixed * MIB,
@@ -188,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_computed_count_stops_at_what_fits_and_says_why() {
-        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, false, 1).unwrap();
+        let g = Guard::new(limit_budget(512 * MIB), 5, false, 1);
         let d = g.decide(&cost(10, 120));
         // 3 workers hold 370 MiB, but 490 MiB while a reload forks a 4th: 2 fit.
         assert_eq!((d.workers, d.fitting, d.wanted), (2, 2, 5));
@@ -203,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_pool_that_fits_is_left_alone() {
-        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, false, 1).unwrap();
+        let g = Guard::new(limit_budget(512 * MIB), 5, false, 1);
         let d = g.decide(&cost(10, 50));
         assert_eq!(d.workers, 5);
         assert!(d.message.is_none());
@@ -211,7 +210,7 @@ mod tests {
 
     #[test]
     fn an_explicit_count_is_kept_and_warned_about() {
-        let g = Guard::new(&limited(512 * MIB), 64 * MIB, 5, true, 1).unwrap();
+        let g = Guard::new(limit_budget(512 * MIB), 5, true, 1);
         let d = g.decide(&cost(10, 120));
         assert_eq!((d.workers, d.fitting), (5, 2));
         let m = d.message.unwrap();
@@ -228,7 +227,7 @@ mod tests {
             limit: None,
             ..limited(0)
         };
-        assert!(Guard::new(&m, 64 * MIB, 5, false, 1).is_none());
+        assert!(Budget::of_limit(&m, 64 * MIB).is_none(), "no guard");
         let b = Budget::of(&m, 64 * MIB).unwrap();
         assert_eq!(b.bytes(), 1984 * MIB);
         assert_eq!(
@@ -239,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_reserve_above_the_limit_leaves_one_worker() {
-        let g = Guard::new(&limited(32 * MIB), 64 * MIB, 5, false, 1).unwrap();
+        let g = Guard::new(limit_budget(32 * MIB), 5, false, 1);
         let d = g.decide(&cost(10, 50));
         assert_eq!(d.workers, 1);
         assert_eq!(d.budget, 0);

@@ -142,16 +142,17 @@ impl Plan {
         plan
     }
 
-    /// The guard a master started with these settings applies, if `memory` has a cgroup limit: on
-    /// a computed count (it stops growing where the pool would pass the limit less the reserve)
-    /// and on an explicit one (warned about only); not in debug or `--reload` mode.
-    pub fn guard(&self, memory: &Memory, reserve: u64, surge: usize) -> Option<Guard> {
+    /// The guard a master started with these settings applies under a cgroup limit's `budget`
+    /// ([`Budget::of_limit`]; none without one): on a computed count (it stops growing where the
+    /// pool would pass the limit less the reserve) and on an explicit one (warned about only); not
+    /// in debug or `--reload` mode.
+    pub fn guard(&self, budget: Option<&Budget>, surge: usize) -> Option<Guard> {
         let explicit = match self.decided_by {
             "formula" if self.workers > 1 => false,
             "explicit" => true,
             _ => return None,
         };
-        Guard::new(memory, reserve, self.workers, explicit, surge)
+        Some(Guard::new(budget?.clone(), self.workers, explicit, surge))
     }
 
     /// The plan with the memory and database inputs: the budget, the memory guard, the
@@ -165,12 +166,15 @@ impl Plan {
     ) -> Plan {
         let reserve = settings.memory_reserve;
         self.budget = Budget::of(&memory, reserve);
-        self.memory_guard =
-            (self.guard(&memory, reserve, settings.max_surge)).map(|g| GuardReport {
-                explicit: g.explicit,
-                budget: g.budget,
-                decision: measured.as_ref().and_then(|m| m.guard.clone()),
-            });
+        self.memory_guard = (self.guard(
+            Budget::of_limit(&memory, reserve).as_ref(),
+            settings.max_surge,
+        ))
+        .map(|g| GuardReport {
+            explicit: g.explicit,
+            budget: g.budget,
+            decision: measured.as_ref().and_then(|m| m.guard.clone()),
+        });
         if let Some(d) = self.memory_guard.as_ref().and_then(|g| g.decision.as_ref()) {
             if d.workers != self.workers {
                 self.workers = d.workers;
